@@ -1,0 +1,134 @@
+"""Every error cumulo raises on purpose, in one hierarchy.
+
+Each message says what happened and what to do next. Lower-layer errors
+(OSError, httpx, sqlite3, dask) are mapped to the most specific class below
+with ``raise ... from exc`` so that the cause stays inspectable.
+
+    CumuloError
+    ├── SpecError                 bad input: a malformed address, a negative size, an unknown option
+    ├── ConfigError               a cumulo.* config value that fails the schema
+    ├── CredentialsError          missing or refused credentials (never includes the secret)
+    ├── ConnectError              a scheduler could not be reached or answered wrongly
+    │   ├── ConnectTimeout        ...within the configured timeout
+    │   └── InsecureAddress       a plain tcp:// address off loopback, not explicitly allowed
+    ├── ClusterNotFound           no open cluster of that name in the registry
+    ├── ClusterLost               the cluster's scheduler went away under an attached client
+    ├── NotOwner                  an operation only the process that started a cluster can do
+    ├── VersionMismatch           client, scheduler and workers disagree on key packages
+    ├── RegistryError             the cluster registry could not be read or written
+    ├── ProviderError             a compute backend refused or failed
+    │   ├── CapacityError         no capacity for the requested shape (names where there is some)
+    │   ├── QuotaError            an account limit was reached
+    │   ├── RateLimited           the provider asked us to slow down
+    │   ├── LaunchTimeout         an instance or worker did not come up in time
+    │   └── TerminateError        termination could not be confirmed (resources may still bill)
+    └── BudgetExceeded            a cluster reached its budget and the configured action ran
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceeded",
+    "CapacityError",
+    "ClusterLost",
+    "ClusterNotFound",
+    "ConfigError",
+    "ConnectError",
+    "ConnectTimeout",
+    "CredentialsError",
+    "CumuloError",
+    "InsecureAddress",
+    "LaunchTimeout",
+    "NotOwner",
+    "ProviderError",
+    "QuotaError",
+    "RateLimited",
+    "RegistryError",
+    "SpecError",
+    "TerminateError",
+    "VersionMismatch",
+]
+
+
+class CumuloError(Exception):
+    """Base class of every error cumulo raises on purpose."""
+
+
+class SpecError(CumuloError, ValueError):
+    """A cluster request or argument is invalid; the message names the field and a valid form."""
+
+
+class ConfigError(CumuloError, ValueError):
+    """A ``cumulo.*`` configuration value does not match the schema."""
+
+
+class CredentialsError(CumuloError):
+    """Credentials are missing, unreadable or refused. Never carries the secret itself."""
+
+
+class ConnectError(CumuloError, ConnectionError):
+    """A scheduler could not be reached, or answered in a way we cannot use."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """A scheduler did not answer within ``cumulo.connect.timeout``."""
+
+
+class InsecureAddress(ConnectError):
+    """A plain ``tcp://`` scheduler address off loopback was refused.
+
+    A Dask scheduler runs whatever pickled code it is sent, so an unencrypted,
+    unauthenticated link is only accepted on loopback unless the user opts in.
+    """
+
+
+class ClusterNotFound(CumuloError, LookupError):
+    """No open cluster of the given name is known to the registry."""
+
+
+class ClusterLost(CumuloError):
+    """The scheduler of an attached cluster is gone (killed, crashed, or shut down elsewhere)."""
+
+
+class NotOwner(CumuloError):
+    """The operation needs the cluster manager, which lives in the process that started it."""
+
+
+class VersionMismatch(CumuloError):
+    """Client, scheduler and workers run different versions of packages that must agree."""
+
+
+class RegistryError(CumuloError):
+    """The cluster registry database could not be opened, read or written."""
+
+
+class ProviderError(CumuloError):
+    """A compute backend (local, ssh, gateway, cloud) refused or failed a request."""
+
+
+class CapacityError(ProviderError):
+    """The provider has no capacity for the requested shape where it was asked."""
+
+
+class QuotaError(ProviderError):
+    """An account quota or limit at the provider was reached."""
+
+
+class RateLimited(ProviderError):
+    """The provider rate-limited us and retries were exhausted."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LaunchTimeout(ProviderError, TimeoutError):
+    """An instance, scheduler or worker did not become ready in time."""
+
+
+class TerminateError(ProviderError):
+    """Termination could not be confirmed: resources may still be running and billing."""
+
+
+class BudgetExceeded(CumuloError):
+    """A cluster reached its budget; the configured action (close, scale to zero, warn) ran."""

@@ -1,0 +1,405 @@
+"""The user's clusters, shared by every kernel, the CLI and the Jupyter server.
+
+One SQLite file in WAL mode (readers never block the writer; writers queue on a
+busy timeout), so several processes can record clusters at once. Rows are
+never deleted: a closed cluster stays as history. The registry holds no
+secrets; specs are checked for secret-looking keys before they are stored
+(see spec.ClusterSpec.validate), and free-text fields are only ever written by
+cumulo itself.
+
+Tables:
+  clusters   one row per cluster ever started or attached (name unique among open rows)
+  resources  billable things a cluster owns at a provider (instances, firewall rules)
+  events     an append-only log of what happened to each cluster
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .exceptions import RegistryError, SpecError
+
+__all__ = ["ClusterRecord", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES"]
+
+#: States of a cluster that may still be running (and billing).
+OPEN_STATES = ("starting", "running", "closing")
+#: Final states: closed (confirmed stopped), failed (never came up, cleaned up), lost (gone without us).
+CLOSED_STATES = ("closed", "failed", "lost")
+
+_SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS clusters (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    spec TEXT NOT NULL DEFAULT '{}',
+    address TEXT,
+    dashboard TEXT,
+    state TEXT NOT NULL,
+    owner_pid INTEGER,
+    owner_host TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    closed REAL,
+    heartbeat REAL,
+    lease_seconds REAL,
+    workers INTEGER,
+    threads INTEGER,
+    memory INTEGER,
+    gpus INTEGER,
+    gpu_model TEXT,
+    backend TEXT,
+    budget REAL,
+    idle_timeout REAL,
+    rate_per_hour REAL,
+    cost REAL,
+    cost_kind TEXT,
+    note TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS clusters_one_open_name
+    ON clusters(name) WHERE state IN ('starting', 'running', 'closing');
+CREATE INDEX IF NOT EXISTS clusters_created ON clusters(created);
+CREATE TABLE IF NOT EXISTS resources (
+    provider TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    cluster_id TEXT NOT NULL REFERENCES clusters(id),
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (provider, resource_id)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    cluster_id TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+"""
+
+
+@dataclass
+class ClusterRecord:
+    """One row of the clusters table."""
+
+    id: str
+    name: str
+    provider: str
+    spec: dict[str, Any]
+    state: str
+    created: float
+    updated: float
+    address: str | None = None
+    dashboard: str | None = None
+    owner_pid: int | None = None
+    owner_host: str | None = None
+    closed: float | None = None
+    heartbeat: float | None = None
+    lease_seconds: float | None = None
+    workers: int | None = None
+    threads: int | None = None
+    memory: int | None = None
+    gpus: int | None = None
+    gpu_model: str | None = None
+    backend: str | None = None
+    budget: float | None = None
+    idle_timeout: float | None = None
+    rate_per_hour: float | None = None
+    cost: float | None = None
+    cost_kind: str | None = None
+    note: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the cluster may still be running."""
+        return self.state in OPEN_STATES
+
+    @property
+    def age(self) -> float:
+        """Seconds since creation (until closing, for closed clusters)."""
+        return (self.closed or time.time()) - self.created
+
+    def owned_here(self) -> bool:
+        """Whether this process started the cluster."""
+        return self.owner_pid == os.getpid() and self.owner_host == socket.gethostname()
+
+
+@dataclass
+class ResourceRecord:
+    """A billable thing at a provider that belongs to a cluster."""
+
+    provider: str
+    resource_id: str
+    cluster_id: str
+    kind: str
+    state: str
+    created: float
+    updated: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+_CLUSTER_FIELDS = {f.name for f in fields(ClusterRecord)}
+_UPDATABLE = _CLUSTER_FIELDS - {"id", "created"}
+
+
+class Registry:
+    """Access to the registry file. Cheap to create; each call opens a short connection.
+
+    ``path`` defaults to config.path_of_registry() ($CUMULO_REGISTRY, the
+    ``cumulo.registry.path`` setting, or the user data directory).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = 30.0) -> None:
+        self.path = Path(path) if path is not None else config.path_of_registry()
+        self.timeout = timeout
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version < _SCHEMA_VERSION:
+                    db.executescript(_SCHEMA)
+                    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        except (OSError, sqlite3.Error) as exc:
+            raise RegistryError(
+                f"cannot open the cluster registry at {self.path}: {exc}. Set CUMULO_REGISTRY "
+                "or the cumulo.registry.path config to a writable file."
+            ) from exc
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.path)!r})"
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.row_factory = sqlite3.Row
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                else:
+                    db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot write the cluster registry at {self.path}: {exc}") from exc
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            with self._connect() as db:
+                return db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot read the cluster registry at {self.path}: {exc}") from exc
+
+    # -- clusters ---------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        provider: str,
+        spec: dict[str, Any] | None = None,
+        *,
+        state: str = "starting",
+        **values: Any,
+    ) -> ClusterRecord:
+        """Add a cluster row owned by this process. Raises SpecError if an open cluster has that name."""
+        now = time.time()
+        row: dict[str, Any] = {
+            "id": uuid.uuid4().hex[:12],
+            "name": name,
+            "provider": provider,
+            "spec": json.dumps(spec or {}, sort_keys=True),
+            "state": state,
+            "created": now,
+            "updated": now,
+            "heartbeat": now,
+            "owner_pid": os.getpid(),
+            "owner_host": socket.gethostname(),
+        }
+        unknown = set(values) - _UPDATABLE
+        if unknown:
+            raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
+        row.update(values)
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        try:
+            with self._write() as db:
+                db.execute(f"INSERT INTO clusters ({cols}) VALUES ({marks})", tuple(row.values()))
+                db.execute(
+                    "INSERT INTO events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                    (row["id"], now, "created", f"{provider} cluster {name!r} requested"),
+                )
+        except RegistryError as exc:
+            if isinstance(exc.__cause__, sqlite3.IntegrityError):
+                raise SpecError(
+                    f"a cluster named {name!r} is already open; attach to it with "
+                    f"cumulo.connect(name={name!r}), close it with `cumulo down {name}`, or pick another name"
+                ) from None
+            raise
+        return self.get(row["id"])
+
+    def get(self, cluster_id: str) -> ClusterRecord:
+        """The row with this id; KeyError if there is none."""
+        rows = self._read("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
+        if not rows:
+            raise KeyError(cluster_id)
+        return _cluster(rows[0])
+
+    def find_open(self, name: str) -> ClusterRecord | None:
+        """The open cluster with this name, if any."""
+        rows = self._read(
+            "SELECT * FROM clusters WHERE name = ? AND state IN ('starting', 'running', 'closing')", (name,)
+        )
+        return _cluster(rows[0]) if rows else None
+
+    def latest(self, name: str) -> ClusterRecord | None:
+        """The most recent cluster with this name, open or closed."""
+        rows = self._read("SELECT * FROM clusters WHERE name = ? ORDER BY created DESC LIMIT 1", (name,))
+        return _cluster(rows[0]) if rows else None
+
+    def list(self, *, include_closed: bool = True, since: float | None = None) -> list[ClusterRecord]:
+        """Clusters, newest first; closed ones only if they were created after ``since`` (when given)."""
+        sql = "SELECT * FROM clusters"
+        args: tuple[Any, ...] = ()
+        if not include_closed:
+            sql += " WHERE state IN ('starting', 'running', 'closing')"
+        elif since is not None:
+            sql += " WHERE state IN ('starting', 'running', 'closing') OR created >= ?"
+            args = (since,)
+        sql += " ORDER BY created DESC"
+        return [_cluster(r) for r in self._read(sql, args)]
+
+    def update(self, cluster_id: str, **values: Any) -> None:
+        """Set fields of a cluster row (``spec`` may be given as a dict)."""
+        unknown = set(values) - _UPDATABLE
+        if unknown:
+            raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
+        if "spec" in values and not isinstance(values["spec"], str):
+            values["spec"] = json.dumps(values["spec"], sort_keys=True)
+        values["updated"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._write() as db:
+            db.execute(f"UPDATE clusters SET {sets} WHERE id = ?", (*values.values(), cluster_id))
+
+    def heartbeat(self, cluster_id: str) -> None:
+        """Record that the owning kernel is alive (the kernel lease)."""
+        now = time.time()
+        with self._write() as db:
+            db.execute("UPDATE clusters SET heartbeat = ?, updated = ? WHERE id = ?", (now, now, cluster_id))
+
+    def close(self, cluster_id: str, *, state: str = "closed", note: str | None = None) -> None:
+        """Mark a cluster final. Call only once its resources are confirmed gone."""
+        if state not in CLOSED_STATES:
+            raise ValueError(f"state must be one of {CLOSED_STATES}")
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "UPDATE clusters SET state = ?, closed = COALESCE(closed, ?), updated = ?, "
+                "note = COALESCE(?, note) WHERE id = ?",
+                (state, now, now, note, cluster_id),
+            )
+            db.execute(
+                "INSERT INTO events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                (cluster_id, now, state, note or state),
+            )
+
+    # -- events -----------------------------------------------------------------------------
+
+    def event(self, cluster_id: str, kind: str, message: str) -> None:
+        """Append to a cluster's event log."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                (cluster_id, time.time(), kind, message),
+            )
+
+    def events(self, cluster_id: str) -> list[tuple[float, str, str]]:
+        """A cluster's events, oldest first, as (timestamp, kind, message)."""
+        rows = self._read("SELECT ts, kind, message FROM events WHERE cluster_id = ? ORDER BY id", (cluster_id,))
+        return [(r["ts"], r["kind"], r["message"]) for r in rows]
+
+    # -- resources --------------------------------------------------------------------------
+
+    def add_resource(
+        self,
+        cluster_id: str,
+        provider: str,
+        kind: str,
+        resource_id: str,
+        *,
+        state: str = "requested",
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a billable resource before (or as soon as) it exists, so nothing is orphaned."""
+        now = time.time()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO resources (provider, resource_id, cluster_id, kind, state, created, updated, meta) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(provider, resource_id) DO UPDATE SET "
+                "state = excluded.state, updated = excluded.updated, meta = excluded.meta",
+                (provider, resource_id, cluster_id, kind, state, now, now, json.dumps(meta or {})),
+            )
+
+    def update_resource(self, provider: str, resource_id: str, *, state: str) -> None:
+        """Change the recorded state of a resource (e.g. 'active', 'terminated')."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE resources SET state = ?, updated = ? WHERE provider = ? AND resource_id = ?",
+                (state, time.time(), provider, resource_id),
+            )
+
+    def resources(
+        self, *, cluster_id: str | None = None, provider: str | None = None
+    ) -> list[ResourceRecord]:
+        """Resources, filtered by cluster and/or provider."""
+        sql = "SELECT * FROM resources WHERE 1=1"
+        args: list[Any] = []
+        if cluster_id is not None:
+            sql += " AND cluster_id = ?"
+            args.append(cluster_id)
+        if provider is not None:
+            sql += " AND provider = ?"
+            args.append(provider)
+        rows = self._read(sql + " ORDER BY created", tuple(args))
+        return [
+            ResourceRecord(
+                provider=r["provider"],
+                resource_id=r["resource_id"],
+                cluster_id=r["cluster_id"],
+                kind=r["kind"],
+                state=r["state"],
+                created=r["created"],
+                updated=r["updated"],
+                meta=json.loads(r["meta"]),
+            )
+            for r in rows
+        ]
+
+
+def _cluster(row: sqlite3.Row) -> ClusterRecord:
+    data = dict(row)
+    data["spec"] = json.loads(data["spec"] or "{}")
+    return ClusterRecord(**data)
