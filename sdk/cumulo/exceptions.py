@@ -22,7 +22,11 @@ with ``raise ... from exc`` so that the cause stays inspectable.
     │   ├── RateLimited           the provider asked us to slow down
     │   ├── LaunchTimeout         an instance or worker did not come up in time
     │   └── TerminateError        termination could not be confirmed (resources may still bill)
-    └── BudgetExceeded            a cluster reached its budget and the configured action ran
+    ├── BudgetExceeded            a cluster reached its budget and the configured action ran
+    ├── MissingDependency         an optional package (an extra such as `train`) is not installed
+    ├── NoGPUWorkers              GPU work was asked for but no worker sees a GPU
+    └── RemoteError               code cumulo ran on a worker raised; carries the remote traceback
+        └── TrainingError         a training rank raised; names the rank and its worker
 """
 
 from __future__ import annotations
@@ -39,13 +43,17 @@ __all__ = [
     "CumuloError",
     "InsecureAddress",
     "LaunchTimeout",
+    "MissingDependency",
+    "NoGPUWorkers",
     "NotOwner",
     "ProviderError",
     "QuotaError",
     "RateLimited",
     "RegistryError",
+    "RemoteError",
     "SpecError",
     "TerminateError",
+    "TrainingError",
     "VersionMismatch",
 ]
 
@@ -132,3 +140,44 @@ class TerminateError(ProviderError):
 
 class BudgetExceeded(CumuloError):
     """A cluster reached its budget; the configured action (close, scale to zero, warn) ran."""
+
+
+class MissingDependency(CumuloError, ImportError):
+    """An optional package is missing; the message names the cumulo extra that installs it."""
+
+
+class NoGPUWorkers(CumuloError):
+    """GPU work was requested but no worker of the cluster sees a GPU."""
+
+
+class RemoteError(CumuloError):
+    """Code that cumulo ran on a worker raised.
+
+    ``remote_traceback`` is the worker-side traceback as text (the exception object
+    itself may not unpickle on the client); IPython shows it instead of the local
+    frames of cumulo's machinery.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_traceback: str = "",
+        remote_type: str = "",
+        worker: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+        self.remote_type = remote_type
+        self.worker = worker
+
+    def _render_traceback_(self) -> list[str]:
+        return [*self.remote_traceback.rstrip("\n").splitlines(), "", f"{type(self).__name__}: {self}"]
+
+
+class TrainingError(RemoteError):
+    """A rank of a distributed training job raised; ``rank`` says which one."""
+
+    def __init__(self, message: str, *, rank: int, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.rank = rank
