@@ -1,0 +1,63 @@
+"""What a Dask process reports about itself: package versions and GPUs.
+
+This module is sent to schedulers and workers by value (cloudpickle), so it
+must import nothing from cumulo and only optional third-party modules: remote
+clusters need not have cumulo installed.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+PACKAGES = ("dask", "distributed", "pandas", "cudf", "dask_cuda", "cumulo")
+
+
+def _version(module: str) -> str | None:
+    from importlib import metadata
+
+    dist = {"dask_cuda": "dask-cuda"}.get(module, module)
+    for name in (dist, f"{dist}-cu12", f"{dist}-cu13"):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _gpus() -> list[dict[str, Any]]:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return []
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        indices = list(range(count))
+        if visible is not None:
+            first = visible.split(",")[0].strip()
+            # A dask-cuda worker sees every device but uses the first visible one.
+            indices = [int(first)] if first.isdigit() and int(first) < count else []
+        out = []
+        for i in indices:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+            out.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name, "memory": int(mem)})
+        return out
+    except Exception:
+        return []
+
+
+def probe() -> dict[str, Any]:
+    """Versions of the packages that must agree, and the GPUs this process uses."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for package in PACKAGES:
+        versions[package] = _version(package)
+    return {"versions": versions, "gpus": _gpus()}

@@ -1,0 +1,532 @@
+"""The object a user holds: one Dask cluster, its client, and its registry row.
+
+``connect()`` turns user arguments into a ClusterSpec, asks the provider for a
+scheduler (or finds a running one by name in the registry), attaches a
+distributed.Client, probes the environment (versions, GPUs) and switches dask's
+dataframe backend to match the workers. Providers stay thin; everything shared
+lives here.
+
+Sync and async from one implementation, as distributed does: public methods
+call ``self.sync(self._method)``; with ``asynchronous=True`` they return
+awaitables, and ``await``, ``with`` and ``async with`` all work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import weakref
+from typing import Any
+
+import dask.config
+from dask.utils import format_bytes, parse_timedelta
+from distributed import Client
+from distributed.security import Security
+from distributed.utils import LoopRunner, SyncMethodMixin
+
+from . import config, envcheck
+from .exceptions import (
+    ClusterLost,
+    ClusterNotFound,
+    ConnectError,
+    ConnectTimeout,
+    CumuloError,
+    NotOwner,
+    SpecError,
+)
+from .names import new_name
+from .providers import Deployment, Provider, get_provider, known_providers
+from .providers.address import AddressProvider, security_from
+from .registry import ClusterRecord, Registry
+from .spec import MAX_WORKERS, ClusterSpec
+
+__all__ = ["Cluster", "connect", "current"]
+
+logger = logging.getLogger("cumulo")
+
+_current: weakref.ref[Cluster] | None = None
+_live: weakref.WeakSet[Cluster] = weakref.WeakSet()
+
+
+def current() -> Cluster:
+    """The cluster most recently connected in this process (ClusterNotFound if none is open)."""
+    cluster = _current() if _current is not None else None
+    if cluster is None or cluster.status != "running":
+        raise ClusterNotFound("no cluster is connected in this process: call cumulo.connect() first")
+    return cluster
+
+
+def connect(
+    target: str | None = None,
+    *,
+    name: str | None = None,
+    security: Security | dict[str, str] | None = None,
+    allow_insecure: bool | None = None,
+    asynchronous: bool = False,
+    registry: Registry | None = None,
+    **spec_fields: Any,
+) -> Cluster:
+    """Attach this notebook to a Dask cluster and return it.
+
+    ``connect()`` starts the embedded default on this machine (CUDA workers when
+    NVML reports GPUs). ``connect("tcp://host:port")`` or ``connect("tls://...",
+    security=...)`` attaches to a running scheduler. ``connect("lambda", gpu=...)``
+    and other provider names launch through that provider. ``connect(name="etl")``
+    alone re-attaches to the open cluster called etl, from any process.
+
+    Spec fields (``workers``, ``threads_per_worker``, ``memory_limit``, ``gpu``,
+    ``budget``, ``idle_timeout``, ...) are validated by ClusterSpec before
+    anything starts.
+    """
+    registry = registry or Registry()
+    if name is not None:
+        from .spec import validate_name
+
+        validate_name(name)
+    if target is None and name is not None and not spec_fields:
+        record = registry.find_open(name)
+        if record is None:
+            raise ClusterNotFound(_not_found_message(name, registry))
+        return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
+
+    provider_name, address = _resolve_target(target)
+    spec = ClusterSpec(provider=provider_name, name=name, address=address, **spec_fields)
+    if name is not None:
+        existing = registry.find_open(name)
+        if existing is not None:
+            if existing.provider != provider_name or (address and existing.address != address):
+                raise SpecError(
+                    f"a {existing.provider} cluster named {name!r} is already open at {existing.address}; "
+                    f"attach with cumulo.connect(name={name!r}), stop it with `cumulo down {name}`, "
+                    "or choose another name"
+                )
+            return Cluster._from_record(existing, registry=registry, security=security, asynchronous=asynchronous)
+    provider: Provider
+    if provider_name == "address":
+        provider = AddressProvider(security=security_from(security), allow_insecure=allow_insecure)
+    else:
+        provider = get_provider(provider_name)
+    return Cluster(spec, provider=provider, registry=registry, asynchronous=asynchronous)
+
+
+def _resolve_target(target: str | None) -> tuple[str, str | None]:
+    if target is None:
+        return "local", None
+    if not isinstance(target, str):
+        raise SpecError(f"connect() target must be a string, not {type(target).__name__}")
+    if "://" in target:
+        return "address", target
+    if ":" in target and target.rsplit(":", 1)[-1].isdigit():
+        raise SpecError(f"{target!r} has no scheme: write 'tcp://{target}' (or 'tls://{target}' with certificates)")
+    if target in known_providers():
+        return target, None
+    raise SpecError(
+        f"unknown connect() target {target!r}: use a scheduler address ('tcp://host:port', 'tls://host:port') "
+        f"or a provider name ({', '.join(known_providers())})"
+    )
+
+
+def _not_found_message(name: str, registry: Registry) -> str:
+    open_names = [r.name for r in registry.list(include_closed=False)]
+    latest = registry.latest(name)
+    msg = f"no open cluster named {name!r}"
+    if latest is not None:
+        msg += f" (the last one was {latest.state}" + (f": {latest.note}" if latest.note else "") + ")"
+    msg += ". Open clusters: " + (", ".join(open_names) if open_names else "none")
+    msg += f". Start one with cumulo.connect('local', name={name!r})."
+    return msg
+
+
+class Cluster(SyncMethodMixin):
+    """A Dask cluster attached to this process. Create with :func:`connect`.
+
+    Attributes: ``client`` (distributed.Client), ``name``, ``id``, ``provider``,
+    ``backend`` ('cudf' or 'pandas'), ``spec``, ``registry``, ``status``
+    ('starting', 'running', 'closed', 'lost', 'failed').
+    """
+
+    def __init__(
+        self,
+        spec: ClusterSpec,
+        *,
+        provider: Provider,
+        registry: Registry,
+        asynchronous: bool = False,
+        _record: ClusterRecord | None = None,
+        _security: Security | None = None,
+    ) -> None:
+        self.spec = spec
+        self.registry = registry
+        self._provider = provider
+        self._record = _record
+        self._security = _security
+        self._deployment: Deployment | None = None
+        self._facts: envcheck.ClusterFacts | None = None
+        self._previous_backend: str | None = None
+        self.client: Client | None = None
+        self.backend: str = "pandas"
+        self.status = "created"
+        self.name = _record.name if _record else (spec.name or new_name())
+        self.id = _record.id if _record else ""
+        self._asynchronous = asynchronous
+        self._loop_runner = LoopRunner(asynchronous=asynchronous)
+        self._loop: Any = None
+        if not asynchronous:
+            self._loop_runner.start()
+            self.sync(self._start)
+
+    @property
+    def loop(self) -> Any:
+        """The event loop this cluster's client and manager run on (cached once it runs)."""
+        if self._loop is None:
+            self._loop = self._loop_runner.loop
+        return self._loop
+
+    @classmethod
+    def _from_record(
+        cls,
+        record: ClusterRecord,
+        *,
+        registry: Registry,
+        security: Security | dict[str, str] | None,
+        asynchronous: bool,
+    ) -> Cluster:
+        """Re-attach to an open cluster known to the registry."""
+        spec = ClusterSpec.from_dict(record.spec)
+        if record.provider == "address":
+            provider: Provider = AddressProvider(security=security_from(security))
+        else:
+            provider = get_provider(record.provider)
+        sec = security_from(security) if security is not None else provider.security(record)
+        return cls(spec, provider=provider, registry=registry, asynchronous=asynchronous, _record=record,
+                   _security=sec)
+
+    def __await__(self) -> Any:
+        async def started() -> Cluster:
+            if self.status == "created":
+                await self._start()
+            return self
+
+        return started().__await__()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def owner(self) -> bool:
+        """Whether this process started the cluster (and so can scale it)."""
+        return self._deployment is not None
+
+    async def _start(self) -> None:
+        self.status = "starting"
+        if self._record is not None:
+            await self._attach(self._record)
+            return
+        record = self.registry.create(
+            self.name,
+            self._provider.name,
+            self.spec.to_dict() | {"name": self.name},
+            budget=self.spec.budget,
+            idle_timeout=self.spec.idle_timeout,
+        )
+        self.id = record.id
+        self._record = record
+        try:
+            self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, registry=self.registry)
+            await self._connect_client(self._deployment.address, self._deployment.security)
+            await self._describe()
+        except BaseException as exc:
+            await self._abandon(exc)
+            raise
+        self._mark_running()
+
+    async def _attach(self, record: ClusterRecord) -> None:
+        self.id = record.id
+        if not record.address:
+            raise ConnectError(f"cluster {record.name!r} is still starting; try again in a moment")
+        try:
+            await self._connect_client(record.address, self._security)
+            await self._describe()
+        except ConnectError as exc:
+            if record.owner_host and self._provider.owns_scheduler:
+                self.registry.close(record.id, state="lost", note=f"scheduler unreachable on re-attach: {exc}")
+            self.status = "failed"
+            await self._close_client()
+            raise ClusterNotFound(
+                f"cluster {record.name!r} is registered as running at {record.address} but does not answer "
+                "(its kernel or scheduler may have stopped); it is now marked lost. "
+                f"Start a new one with cumulo.connect('local', name={record.name!r})."
+            ) from exc
+        except BaseException:
+            await self._close_client()
+            self.status = "failed"
+            raise
+        self._mark_running()
+
+    def _mark_running(self) -> None:
+        global _current
+        facts = self._facts
+        assert self.client is not None
+        info = self.client.scheduler_info()
+        workers = info.get("workers", {})
+        values: dict[str, Any] = {
+            "state": "running",
+            "address": self.client.scheduler.address,
+            "dashboard": self.dashboard_link,
+            "workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+            "memory": sum(w.get("memory_limit") or 0 for w in workers.values()),
+            "gpus": facts.gpus if facts else 0,
+            "gpu_model": facts.gpu_model if facts else None,
+            "backend": self.backend,
+        }
+        if self._deployment is not None and self._deployment.rate_per_hour is not None:
+            values["rate_per_hour"] = self._deployment.rate_per_hour
+        self.registry.update(self.id, **values)
+        self.status = "running"
+        _current = weakref.ref(self)
+        _live.add(self)
+
+    async def _connect_client(self, address: str, security: Security | None) -> None:
+        timeout = parse_timedelta(config.get("connect.timeout"))
+        try:
+            self.client = await asyncio.wait_for(
+                Client(address, security=security, asynchronous=True, timeout=timeout,
+                       set_as_default=not self._asynchronous),
+                timeout + 5,
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectTimeout(
+                f"no Dask scheduler answered at {address} within {timeout:g}s: check that it is running and "
+                "reachable from here, or raise cumulo.connect.timeout"
+            ) from exc
+
+    async def _describe(self) -> None:
+        """Probe versions and GPUs, pick the dataframe backend, run the version check."""
+        assert self.client is not None
+        self._facts = await envcheck.gather(self.client)
+        envcheck.check(self._facts)
+        self.backend = self._facts.backend
+        if not self._asynchronous or self._previous_backend is None:
+            self._previous_backend = dask.config.get("dataframe.backend", "pandas")
+            dask.config.set({"dataframe.backend": self.backend})
+
+    async def _abandon(self, exc: BaseException) -> None:
+        """A start failed: stop whatever started, close the row as failed, keep the original error."""
+        self.status = "failed"
+        await self._close_client()
+        try:
+            if self._deployment is not None:
+                await self._deployment.close()
+        except Exception:
+            logger.exception("cleanup after a failed start of %r also failed", self.name)
+        note = str(exc) if isinstance(exc, CumuloError) else f"{type(exc).__name__}: {exc}"
+        self.registry.close(self.id, state="failed", note=note[:500])
+        self._restore_backend()
+
+    async def _close_client(self) -> None:
+        if self.client is not None:
+            try:
+                await asyncio.wait_for(self.client.close(), 10)
+            except Exception:
+                pass
+
+    def _restore_backend(self) -> None:
+        if self._previous_backend is not None and dask.config.get("dataframe.backend", None) == self.backend:
+            dask.config.set({"dataframe.backend": self._previous_backend})
+        self._previous_backend = None
+
+    def close(self) -> Any:
+        """Stop the cluster (workers and scheduler) and close its registry row.
+
+        For a cluster cumulo only attached to by address, this disconnects and
+        leaves the scheduler running for whoever started it.
+        """
+        return self.sync(self._close)
+
+    async def _close(self) -> None:
+        if self.status in ("closed", "closing"):
+            return
+        was = self.status
+        self.status = "closing"
+        if was == "running":
+            self.registry.update(self.id, state="closing")
+        try:
+            await self._close_client()
+            if self._deployment is not None:
+                await self._deployment.close()
+            elif self._record is not None and self._provider.owns_scheduler and was == "running":
+                await self._provider.stop(self.registry.get(self.id), self.registry)
+        except BaseException as exc:
+            self.registry.event(self.id, "close-failed", f"{type(exc).__name__}: {exc}")
+            self.status = "running"
+            raise
+        if was in ("running", "lost"):
+            note = None if self._provider.owns_scheduler else "detached; the scheduler was started outside cumulo"
+            self.registry.close(self.id, state="lost" if was == "lost" else "closed", note=note)
+        self.status = "closed"
+        self._restore_backend()
+        _live.discard(self)
+        if not self._asynchronous:
+            self._loop_runner.stop()
+
+    def disconnect(self) -> Any:
+        """Close this process's client and leave the cluster running (re-attach with connect(name=...))."""
+        if self.owner and self._provider.name == "local":
+            raise NotOwner(
+                f"the local cluster {self.name!r} lives in this process and stops with it; "
+                "use close() to stop it, or keep this kernel running"
+            )
+        return self.sync(self._disconnect)
+
+    async def _disconnect(self) -> None:
+        await self._close_client()
+        self.status = "closed"
+        self._restore_backend()
+        _live.discard(self)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Cluster:
+        await self
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._close()
+
+    # -- state ---------------------------------------------------------------------------
+
+    async def _alive(self) -> None:
+        """Raise ClusterLost (and record it) if the scheduler no longer answers."""
+        if self.status != "running" or self.client is None:
+            raise ClusterLost(f"cluster {self.name!r} is {self.status}; connect again with cumulo.connect()")
+        try:
+            await asyncio.wait_for(self.client.scheduler.identity(), 5)
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.status = "lost"
+            self.registry.close(self.id, state="lost", note="scheduler stopped answering")
+            raise ClusterLost(
+                f"the scheduler of cluster {self.name!r} at {self.client.scheduler.address} stopped answering "
+                "(killed, crashed, or stopped elsewhere). Results not yet gathered are gone; "
+                f"start a new cluster with cumulo.connect(name={self.name!r}, ...) or cumulo.connect()."
+            ) from exc
+
+    def info(self) -> Any:
+        """Live facts from the scheduler: workers, threads, memory (raises ClusterLost if it is gone)."""
+        return self.sync(self._info)
+
+    async def _info(self) -> dict[str, Any]:
+        await self._alive()
+        assert self.client is not None
+        ident = await self.client.scheduler.identity()
+        workers = ident.get("workers", {})
+        return {
+            "name": self.name,
+            "provider": self._provider.name,
+            "address": ident.get("address"),
+            "workers": len(workers),
+            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+            "memory": sum(w.get("memory_limit") or 0 for w in workers.values()),
+            "gpus": self._facts.gpus if self._facts else 0,
+            "gpu_model": self._facts.gpu_model if self._facts else None,
+            "backend": self.backend,
+        }
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The Dask dashboard of this cluster (None if the scheduler serves none)."""
+        if self._deployment is not None and self._deployment.dashboard_link:
+            return self._deployment.dashboard_link
+        if self.client is None:
+            return None
+        try:
+            return self.client.dashboard_link
+        except Exception:
+            return None
+
+    @property
+    def provider(self) -> str:
+        """The provider's name ('local', 'address', 'lambda', ...)."""
+        return self._provider.name
+
+    @property
+    def facts(self) -> envcheck.ClusterFacts | None:
+        """What the environment check learned on connect."""
+        return self._facts
+
+    # -- sizing --------------------------------------------------------------------------
+
+    def scale(self, n: int) -> Any:
+        """Ask for ``n`` workers (only the process that started the cluster can)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_WORKERS:
+            raise SpecError(f"scale(n={n!r}): n must be a whole number between 0 and {MAX_WORKERS}")
+        return self.sync(self._scale, n)
+
+    async def _scale(self, n: int) -> None:
+        await self._alive()
+        if self._deployment is None:
+            raise NotOwner(self._not_owner("scale"))
+        await self._deployment.scale(n)
+        self.registry.event(self.id, "scale", f"scaled to {n} workers")
+
+    def adapt(self, minimum: int = 0, maximum: int = 4) -> Any:
+        """Let dask add and remove workers between ``minimum`` and ``maximum`` as load changes."""
+        for label, v in (("minimum", minimum), ("maximum", maximum)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_WORKERS:
+                raise SpecError(f"adapt({label}={v!r}) must be a whole number between 0 and {MAX_WORKERS}")
+        if minimum > maximum:
+            raise SpecError(f"adapt(minimum={minimum}, maximum={maximum}): minimum must not exceed maximum")
+        if self._deployment is None:
+            raise NotOwner(self._not_owner("adapt"))
+        return self._deployment.adapt(minimum, maximum)
+
+    def wait_for_workers(self, n: int, timeout: float | str | None = None) -> Any:
+        """Block until ``n`` workers are connected (ClusterLost if the scheduler goes away)."""
+        return self.sync(self._wait_for_workers, n, timeout)
+
+    async def _wait_for_workers(self, n: int, timeout: float | str | None) -> None:
+        await self._alive()
+        assert self.client is not None
+        seconds = parse_timedelta(timeout or config.get("connect.timeout"))
+        try:
+            await asyncio.wait_for(self.client.wait_for_workers(n), seconds)
+        except asyncio.TimeoutError as exc:
+            raise ConnectTimeout(f"fewer than {n} workers joined {self.name!r} within {seconds:g}s") from exc
+
+    def _not_owner(self, what: str) -> str:
+        if self._provider.name == "address":
+            return f"cluster {self.name!r} was started outside cumulo; {what} it where it was started"
+        return (
+            f"cluster {self.name!r} was started by another process (pid {self._record.owner_pid if self._record else '?'}); "
+            f"{what} it from there"
+        )
+
+    # -- display -------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        from .display import cluster_text
+
+        return cluster_text(self)
+
+    def _repr_html_(self) -> str:
+        from .display import cluster_html
+
+        return cluster_html(self)
+
+
+def _close_all_at_exit() -> None:
+    """Stop this process's clusters when the interpreter exits, so nothing is left running."""
+    for cluster in list(_live):
+        if cluster.status == "running" and not cluster._asynchronous:
+            try:
+                cluster.close()
+            except Exception:
+                logger.exception("could not close cluster %r at exit", cluster.name)
+
+
+atexit.register(_close_all_at_exit)
+

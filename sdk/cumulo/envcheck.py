@@ -1,0 +1,122 @@
+"""The environment check run on connect: do client, scheduler and workers agree?
+
+Dask pickles functions and data between processes, so a client on one dask
+version talking to workers on another fails in confusing ways. cumulo probes
+every side once on connect (see _probe.py), derives the cluster's GPU shape
+and dataframe backend from it, and reports mismatches as a small table saying
+which side runs which version. ``cumulo.connect.version-check`` chooses warn,
+raise or ignore.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+from distributed import Client
+
+from . import _probe, config
+from .exceptions import VersionMismatch
+
+__all__ = ["ClusterFacts", "VersionMismatchWarning", "gather", "mismatches", "mismatch_table"]
+
+cloudpickle.register_pickle_by_value(_probe)
+
+#: Packages that must be the same on every side (python compared as major.minor).
+MUST_MATCH = ("python", "dask", "distributed", "cudf", "cumulo")
+
+
+class VersionMismatchWarning(UserWarning):
+    """Client, scheduler and workers run different versions (cumulo.connect.version-check=warn)."""
+
+
+@dataclass
+class ClusterFacts:
+    """What the probe learned: per-side versions and the workers' GPUs."""
+
+    client: dict[str, Any]
+    scheduler: dict[str, Any]
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs across all workers."""
+        return sum(len(w["gpus"]) for w in self.workers.values())
+
+    @property
+    def gpu_model(self) -> str | None:
+        """The GPU model(s) of the workers, e.g. 'NVIDIA H100 80GB HBM3' (None without GPUs)."""
+        names = sorted({g["name"] for w in self.workers.values() for g in w["gpus"]})
+        return ", ".join(names) or None
+
+    @property
+    def backend(self) -> str:
+        """'cudf' when every worker has a GPU and cudf, else 'pandas'."""
+        if self.workers and all(w["gpus"] and w["versions"].get("cudf") for w in self.workers.values()):
+            return "cudf"
+        return "pandas"
+
+
+async def gather(client: Client) -> ClusterFacts:
+    """Probe the client process, the scheduler and every worker (one round trip each)."""
+    scheduler = await client.run_on_scheduler(_probe.probe)
+    workers = await client.run(_probe.probe)
+    return ClusterFacts(client=_probe.probe(), scheduler=scheduler, workers=workers)
+
+
+def _comparable(package: str, version: str | None) -> str | None:
+    if package == "python" and version:
+        return ".".join(version.split(".")[:2])
+    return version
+
+
+def mismatches(facts: ClusterFacts) -> dict[str, dict[str, set[str]]]:
+    """Packages whose versions differ, as {package: {version: {sides}}}.
+
+    A package absent on a side (e.g. cumulo on a cluster started elsewhere) is
+    not a mismatch; cudf is compared only where it is installed.
+    """
+    sides = {"client": facts.client, "scheduler": facts.scheduler}
+    sides.update({f"worker {addr}": info for addr, info in facts.workers.items()})
+    out: dict[str, dict[str, set[str]]] = {}
+    for package in MUST_MATCH:
+        seen: dict[str, set[str]] = {}
+        for side, info in sides.items():
+            version = _comparable(package, info["versions"].get(package))
+            if version is not None:
+                seen.setdefault(version, set()).add(side)
+        if len(seen) > 1:
+            out[package] = seen
+    return out
+
+
+def mismatch_table(found: dict[str, dict[str, set[str]]]) -> str:
+    """A plain-text table: package, version, which sides run it (workers counted)."""
+    lines = [f"{'package':<12} {'version':<16} where"]
+    for package, versions in found.items():
+        for version, sides in sorted(versions.items()):
+            named = sorted(s for s in sides if not s.startswith("worker "))
+            n_workers = sum(s.startswith("worker ") for s in sides)
+            if n_workers:
+                named.append(f"{n_workers} worker{'s' if n_workers > 1 else ''}")
+            lines.append(f"{package:<12} {version:<16} {', '.join(named)}")
+    return "\n".join(lines)
+
+
+def check(facts: ClusterFacts, *, policy: str | None = None) -> None:
+    """Warn or raise per ``cumulo.connect.version-check`` when versions differ."""
+    policy = policy or config.get("connect.version-check", "warn")
+    found = mismatches(facts)
+    if not found or policy == "ignore":
+        return
+    message = (
+        "client, scheduler and workers run different versions:\n"
+        + mismatch_table(found)
+        + "\nInstall the same versions everywhere (e.g. the same cumulo extras and RAPIDS release), "
+        "or set cumulo.connect.version-check to 'ignore'."
+    )
+    if policy == "raise":
+        raise VersionMismatch(message)
+    warnings.warn(message, VersionMismatchWarning, stacklevel=3)
