@@ -1,0 +1,141 @@
+"""The first-boot script of a cloud instance: start a TLS Dask scheduler or GPU worker on it.
+
+``user_data(...)`` returns a bash script that cloud-init runs once when the
+instance boots. It
+
+1. writes this cluster's CA and the role's certificate and key under
+   ``$CUMULO_ROOT/tls`` (mode 600; the script itself runs with ``umask 077``);
+2. installs dask and distributed pinned to the *client's* versions (and
+   dask-cuda for GPU workers), unless installing was turned off in config;
+3. on workers, runs a GPU probe (``nvidia-smi -L`` must list a GPU) before the
+   worker may join; with the probe turned off it says so in its log, never
+   silently;
+4. starts ``dask scheduler --protocol tls`` (head) and/or the worker command
+   (``dask cuda worker`` by default) with the cluster's certificates, in the
+   background, logging to ``$CUMULO_ROOT/bootstrap.log``.
+
+Two environment variables let a test harness run the same script on one
+machine: ``CUMULO_ROOT`` (default /opt/cumulo) and ``CUMULO_BIND_HOST`` (the
+address to listen on; by default all interfaces for the scheduler and the
+interface facing the scheduler for workers). The dashboard listens on the
+instance's loopback only (reach it through ``ssh -L``); ``CUMULO_DASHBOARD_ADDRESS``
+overrides that.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import dask
+import distributed
+
+from .tlscerts import ClusterTLS
+
+__all__ = ["BootstrapOptions", "user_data"]
+
+_EOF = "CUMULO_PEM_EOF"
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """How instances are prepared; built from ``cumulo.lambda.*`` config (see cumulo.yaml)."""
+
+    scheduler_port: int = 8786
+    worker_command: str = "dask cuda worker"
+    worker_args: str = ""
+    gpu_probe: bool = True
+    install_packages: bool = True
+    python: str = "python3"
+    death_timeout: int = 300
+
+
+def _heredoc(path: str, text: str) -> str:
+    if _EOF in text:
+        raise ValueError("certificate text contains the heredoc marker")
+    return f'cat > "{path}" <<\'{_EOF}\'\n{text.rstrip()}\n{_EOF}\nchmod 600 "{path}"\n'
+
+
+def _install(opts: BootstrapOptions, *, gpu_worker: bool) -> str:
+    if not opts.install_packages:
+        return 'echo "cumulo: package install disabled by configuration (cumulo.lambda.install-packages=false)"\n'
+    pkgs = [f"dask=={dask.__version__}", f"distributed=={distributed.__version__}"]
+    if gpu_worker:
+        pkgs.append("dask-cuda[cu12]")
+    return (
+        f'echo "cumulo: installing {" ".join(pkgs)}"\n'
+        f"{shlex.quote(opts.python)} -m pip install --quiet {' '.join(shlex.quote(p) for p in pkgs)}\n"
+    )
+
+
+def _probe(opts: BootstrapOptions) -> str:
+    if not opts.gpu_probe:
+        return 'echo "cumulo: GPU probe disabled by configuration (cumulo.lambda.gpu-probe=false)"\n'
+    return (
+        "if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L | grep -q '^GPU '; then\n"
+        '  echo "cumulo: GPU probe passed: $(nvidia-smi -L | wc -l) GPU(s)"\n'
+        "else\n"
+        '  echo "cumulo: GPU probe FAILED: nvidia-smi lists no GPU; this worker will not join"\n'
+        "  exit 3\n"
+        "fi\n"
+    )
+
+
+def user_data(
+    role: str,
+    *,
+    cluster_id: str,
+    tls: ClusterTLS,
+    scheduler_host: str | None = None,
+    options: BootstrapOptions | None = None,
+) -> str:
+    """The cloud-init script for one instance.
+
+    role: "head" (scheduler, plus a worker on the same machine), "scheduler"
+    (scheduler only) or "worker". Workers need ``scheduler_host``, the head's
+    private address. The script contains the role's TLS key: treat it as a secret
+    (cumulo never logs or stores it).
+    """
+    if role not in ("head", "scheduler", "worker"):
+        raise ValueError(f"role must be 'head', 'scheduler' or 'worker', not {role!r}")
+    if role == "worker" and not scheduler_host:
+        raise ValueError("a worker bootstrap needs scheduler_host")
+    opts = options or BootstrapOptions()
+    cert_role = "worker" if role == "worker" else "scheduler"
+    ca, cert, key = tls.pem(cert_role)
+    runs_worker = role in ("head", "worker")
+    gpu_worker = runs_worker and "cuda" in opts.worker_command
+    lines = [
+        "#!/bin/bash",
+        f"# cumulo bootstrap for cluster {cluster_id}, role {role}. Generated; holds this cluster's TLS key.",
+        "set -euo pipefail",
+        "umask 077",
+        'CUMULO_ROOT="${CUMULO_ROOT:-/opt/cumulo}"',
+        'mkdir -p "$CUMULO_ROOT/tls"',
+        'exec >>"$CUMULO_ROOT/bootstrap.log" 2>&1',
+        f'echo "cumulo: bootstrap of {role} for cluster {cluster_id} starting at $(date -u +%FT%TZ)"',
+        _heredoc("$CUMULO_ROOT/tls/ca.pem", ca),
+        _heredoc(f"$CUMULO_ROOT/tls/{cert_role}.pem", cert),
+        _heredoc(f"$CUMULO_ROOT/tls/{cert_role}-key.pem", key),
+        f'TLS="--tls-ca-file $CUMULO_ROOT/tls/ca.pem --tls-cert $CUMULO_ROOT/tls/{cert_role}.pem '
+        f'--tls-key $CUMULO_ROOT/tls/{cert_role}-key.pem"',
+        'HOST_ARGS="${CUMULO_BIND_HOST:+--host $CUMULO_BIND_HOST}"',
+        _install(opts, gpu_worker=gpu_worker),
+    ]
+    port = int(opts.scheduler_port)
+    if role in ("head", "scheduler"):
+        lines.append(
+            f"nohup dask scheduler --protocol tls --port {port} $HOST_ARGS $TLS "
+            '--dashboard-address "${CUMULO_DASHBOARD_ADDRESS:-127.0.0.1:8787}" &\n'
+            'echo "cumulo: scheduler started (pid $!)"'
+        )
+    if runs_worker:
+        target = "${CUMULO_BIND_HOST:-127.0.0.1}" if role == "head" else scheduler_host
+        lines.append(_probe(opts))
+        lines.append(
+            f"nohup {opts.worker_command} tls://{target}:{port} $HOST_ARGS $TLS "
+            f"--death-timeout {int(opts.death_timeout)} {opts.worker_args} &\n"
+            'echo "cumulo: worker started (pid $!)"'
+        )
+    lines.append('echo "cumulo: bootstrap done"')
+    return "\n".join(lines) + "\n"
