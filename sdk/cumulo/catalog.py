@@ -1,0 +1,278 @@
+"""GPU offers and their prices: a bundled snapshot, refreshed from live sources where they exist.
+
+Money is data: every row names its ``source`` and ``as_of`` date. The snapshot
+(``data/prices.csv``) ships with cumulo; ``refresh()`` asks Lambda's
+``GET /instance-types`` (needs your Lambda API key) and Azure's retail prices
+API (no key) through httpx and caches what it got, with a timestamp, in the
+user data directory. A failed source keeps its last good data and the failure
+is reported, never hidden. Live rows replace snapshot rows of the same
+(provider, instance_type, region).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import config
+from .exceptions import CredentialsError, ProviderError
+
+__all__ = ["COLUMNS", "RefreshReport", "add_cli", "prices", "refresh", "snapshot", "format_table"]
+
+COLUMNS = [
+    "provider", "instance_type", "gpu_model", "gpu_count", "gpu_memory_gb", "vcpus", "ram_gb",
+    "on_demand_per_hour", "spot_per_hour", "region", "source", "as_of",
+]
+_SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
+# Azure SKUs we ask the retail API about, with their shape: the snapshot's Azure rows plus these.
+_AZURE_EXTRA_SHAPES = {
+    "Standard_ND96isr_H200_v5": ("H200", 8, 141, 96, 1850),
+}
+_GPU_RE = re.compile(r"\b(GH200|H200|H100|A100|A10G?|L40S|L4|T4|A6000|V100|B200)\b", re.I)
+
+
+def snapshot() -> pd.DataFrame:
+    """The bundled price snapshot, as shipped."""
+    frame = pd.read_csv(_SNAPSHOT, comment="#", dtype={"as_of": str})
+    return frame[COLUMNS]
+
+
+def _cache_path() -> Path:
+    configured = config.get("catalog.cache-path")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("cumulo", appauthor=False)) / "prices-cache.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    path = _cache_path()
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"sources": {}, "rows": []}
+
+
+def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> pd.DataFrame:
+    """GPU offers as a DataFrame (columns in ``COLUMNS`` plus ``per_gpu_hour``), cheapest $/GPU-hour first.
+
+    gpu: model prefix, case-insensitive ("a100" matches A100-40GB and A100-80GB);
+    provider: "lambda", "aws", "azure", "gcp"; region: exact region (rows priced for
+    "all" regions always match). Live rows from the last ``refresh()`` replace snapshot rows.
+    """
+    frame = snapshot()
+    cached = _read_cache().get("rows") or []
+    if cached:
+        live = pd.DataFrame(cached, columns=COLUMNS)
+        replaced = set(zip(live["provider"], live["instance_type"], live["region"]))
+        keep = [k not in replaced for k in zip(frame["provider"], frame["instance_type"], frame["region"])]
+        frame = pd.concat([frame[keep], live], ignore_index=True)
+    if gpu:
+        frame = frame[frame["gpu_model"].str.lower().str.startswith(gpu.lower().replace(" ", ""))]
+    if provider:
+        frame = frame[frame["provider"] == provider.lower()]
+    if region:
+        frame = frame[(frame["region"] == region) | (frame["region"] == "all")]
+    frame = frame.copy()
+    frame["per_gpu_hour"] = frame["on_demand_per_hour"].astype(float) / frame["gpu_count"].astype(float)
+    return frame.sort_values(["per_gpu_hour", "provider", "instance_type"]).reset_index(drop=True)
+
+
+def price_of(provider: str, instance_type: str, region: str | None = None) -> float | None:
+    """On-demand $/h of one shape (None if the catalog has no price for it)."""
+    frame = prices(provider=provider, region=region)
+    hit = frame[frame["instance_type"] == instance_type]
+    return None if hit.empty else float(hit["on_demand_per_hour"].iloc[0])
+
+
+# -- refresh ------------------------------------------------------------------------------
+
+
+@dataclass
+class RefreshReport:
+    """What a refresh did: per source, rows fetched or the error, and whether old data was kept."""
+
+    ok: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    cache: str = ""
+
+    def text(self) -> str:
+        """One line per source."""
+        lines = [f"{src}: {n} offers refreshed" for src, n in sorted(self.ok.items())]
+        lines += [f"{src}: FAILED ({why}); keeping the last good data" for src, why in sorted(self.failed.items())]
+        lines.append(f"cache: {self.cache}")
+        return "\n".join(lines)
+
+
+def _model(description: str, memory_gb: float | None) -> str | None:
+    m = _GPU_RE.search(description)
+    if not m:
+        return None
+    name = m.group(1).upper()
+    if name == "A100" and memory_gb:
+        return f"A100-{int(memory_gb)}GB"
+    return name
+
+
+def _fetch_lambda(client: Any, today: str) -> list[dict[str, Any]]:
+    from .credentials import lambda_api_key
+
+    base = str(config.get("catalog.lambda-url")).rstrip("/")
+    key = lambda_api_key()
+    resp = client.get(f"{base}/instance-types", headers={"Authorization": f"Bearer {key.reveal()}"})
+    if resp.status_code != 200:
+        try:
+            err = resp.json()["error"]
+            why = f"{err.get('code')}: {err.get('message')}"
+        except Exception:
+            why = f"HTTP {resp.status_code}"
+        raise ProviderError(f"Lambda /instance-types answered {why}")
+    rows = []
+    for name, entry in resp.json()["data"].items():
+        it = entry["instance_type"]
+        specs = it.get("specs", {})
+        gpus = int(specs.get("gpus") or 0)
+        desc = it.get("description", "")
+        mem = re.search(r"(\d+)\s*GB", desc)
+        mem_gb = float(mem.group(1)) if mem else None
+        model = _model(desc, mem_gb)
+        if not gpus or model is None:
+            continue
+        rows.append({
+            "provider": "lambda", "instance_type": name, "gpu_model": model, "gpu_count": gpus,
+            "gpu_memory_gb": mem_gb, "vcpus": specs.get("vcpus"), "ram_gb": specs.get("memory_gib"),
+            "on_demand_per_hour": it["price_cents_per_hour"] / 100.0, "spot_per_hour": None,
+            "region": "all", "source": f"{base}/instance-types", "as_of": today,
+        })
+    return rows
+
+
+def _fetch_azure(client: Any, today: str) -> list[dict[str, Any]]:
+    base = str(config.get("catalog.azure-url")).rstrip("/")
+    regions = list(config.get("catalog.azure-regions") or ["eastus"])
+    snap = snapshot()
+    shapes = {
+        r.instance_type: (r.gpu_model, r.gpu_count, r.gpu_memory_gb, r.vcpus, r.ram_gb)
+        for r in snap[snap["provider"] == "azure"].itertuples()
+    }
+    shapes.update(_AZURE_EXTRA_SHAPES)
+    skus = " or ".join(f"armSkuName eq '{s}'" for s in sorted(shapes))
+    region_f = " or ".join(f"armRegionName eq '{r}'" for r in regions)
+    params: dict[str, str] | None = {
+        "$filter": f"serviceName eq 'Virtual Machines' and priceType eq 'Consumption' and ({region_f}) and ({skus})"
+    }
+    url: str | None = base
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for _ in range(20):  # the API pages by 100 items; a bounded walk
+        if url is None:
+            break
+        resp = client.get(url, params=params)
+        if resp.status_code != 200:
+            raise ProviderError(f"Azure retail prices API answered HTTP {resp.status_code}")
+        body = resp.json()
+        for item in body.get("Items", []):
+            if "Windows" in item.get("productName", "") or "Low Priority" in item.get("skuName", ""):
+                continue
+            sku, region = item.get("armSkuName"), item.get("armRegionName")
+            if sku not in shapes or item.get("unitOfMeasure") != "1 Hour":
+                continue
+            model, count, mem, vcpus, ram = shapes[sku]
+            row = found.setdefault((sku, region), {
+                "provider": "azure", "instance_type": sku, "gpu_model": model, "gpu_count": count,
+                "gpu_memory_gb": mem, "vcpus": vcpus, "ram_gb": ram, "on_demand_per_hour": None,
+                "spot_per_hour": None, "region": region, "source": base, "as_of": today,
+            })
+            price = float(item["retailPrice"])
+            if "Spot" in item.get("skuName", ""):
+                row["spot_per_hour"] = price
+            else:
+                row["on_demand_per_hour"] = price
+        url, params = body.get("NextPageLink"), None
+    return [r for r in found.values() if r["on_demand_per_hour"]]
+
+
+def refresh(*, sources: tuple[str, ...] = ("lambda", "azure")) -> RefreshReport:
+    """Fetch live prices, cache them with a timestamp, and report per source what happened.
+
+    A source that fails (no key, HTTP error, network down) keeps its previously
+    cached rows; the report says so. Never raises for a source failure.
+    """
+    import httpx
+
+    report = RefreshReport(cache=str(_cache_path()))
+    cache = _read_cache()
+    rows_by_source: dict[str, list[dict[str, Any]]] = {}
+    for row in cache.get("rows", []):
+        rows_by_source.setdefault(row["provider"], []).append(row)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    timeout = float(config.get("catalog.timeout", 10))
+    fetchers = {"lambda": _fetch_lambda, "azure": _fetch_azure}
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        for src in sources:
+            try:
+                rows = fetchers[src](client, today)
+            except (httpx.HTTPError, ProviderError, CredentialsError, ValueError, KeyError, TypeError) as exc:
+                report.failed[src] = f"{type(exc).__name__}: {exc}"
+                cache.setdefault("sources", {}).setdefault(src, {})["last_error"] = report.failed[src]
+                continue
+            rows_by_source[src] = rows
+            report.ok[src] = len(rows)
+            cache.setdefault("sources", {})[src] = {"fetched": time.time(), "rows": len(rows)}
+    cache["rows"] = [r for rows in rows_by_source.values() for r in rows]
+    cache["written"] = time.time()
+    path = _cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    tmp.replace(path)
+    return report
+
+
+# -- terminal -------------------------------------------------------------------------------
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """A plain-text table of offers, as `cumulo prices` prints it."""
+    if frame.empty:
+        return "no offers match"
+    show = pd.DataFrame({
+        "provider": frame["provider"],
+        "instance": frame["instance_type"],
+        "gpu": frame["gpu_count"].astype(int).astype(str) + "x " + frame["gpu_model"],
+        "$/GPU-h": frame["per_gpu_hour"].map(lambda v: f"{v:.3f}"),
+        "$/h": frame["on_demand_per_hour"].map(lambda v: f"{v:.3f}"),
+        "spot $/h": frame["spot_per_hour"].map(lambda v: "-" if pd.isna(v) else f"{float(v):.3f}"),
+        "region": frame["region"],
+        "as of": frame["as_of"],
+    })
+    return show.to_string(index=False)
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``cumulo prices [--gpu G] [--provider P] [--region R] [--refresh]`` to an argparse CLI."""
+    p = subparsers.add_parser("prices", help="GPU offers and prices, cheapest $/GPU-hour first")
+    p.add_argument("--gpu", help="GPU model, e.g. H100, A100, L4")
+    p.add_argument("--provider", help="lambda, aws, azure or gcp")
+    p.add_argument("--region", help="region, e.g. us-east-1 or eastus")
+    p.add_argument("--refresh", action="store_true", help="fetch live prices (Lambda needs LAMBDA_API_KEY) first")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Entry point of `cumulo prices`."""
+    if args.refresh:
+        report = refresh()
+        print(report.text())
+    frame = prices(gpu=args.gpu, provider=args.provider, region=args.region)
+    print(format_table(frame))
+    print("Prices are public on-demand list prices per instance-hour (USD); check `source` before relying on one.")
+    return 0
