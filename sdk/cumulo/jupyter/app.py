@@ -1,0 +1,96 @@
+"""The ExtensionApp that wires the manager, the routes and the reaper into a Jupyter server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from dask.utils import parse_timedelta
+from jupyter_server.extension.application import ExtensionApp
+
+from .. import config
+from ..exceptions import CumuloError
+from ..registry import Registry
+from .handlers import make_handlers
+from .manager import ClusterManager
+
+__all__ = ["CumuloExtension", "Reaper"]
+
+log = logging.getLogger("cumulo.jupyter")
+
+
+class Reaper:
+    """Runs ``manager.reap()`` every ``interval`` seconds on a thread while the server's loop runs.
+
+    A sweep that fails is logged and the loop goes on: one unreachable provider
+    must not stop the guards for every other cluster.
+    """
+
+    def __init__(self, manager: ClusterManager, interval: float) -> None:
+        self.manager = manager
+        self.interval = interval
+        self.sweeps = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.interval > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="cumulo-reaper")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                stopped = await loop.run_in_executor(None, self.manager.reap)
+            except ImportError as exc:
+                log.warning("cumulo reaper disabled: %s", exc)
+                return
+            except CumuloError as exc:
+                log.warning("cumulo reaper: sweep failed, will retry in %.0fs: %s", self.interval, exc)
+            else:
+                for item in stopped:
+                    log.info("cumulo reaper stopped %s", item)
+            self.sweeps += 1
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+
+class CumuloExtension(ExtensionApp):
+    """Serves ``<base_url>/cumulo/`` and keeps watch over the user's clusters."""
+
+    name = "cumulo"
+    load_other_extensions = True
+
+    manager: ClusterManager
+    reaper: Reaper
+
+    def initialize_settings(self) -> None:
+        self.manager = ClusterManager(Registry())
+        interval = parse_timedelta(config.get("jupyter.reap-interval")) or 0
+        self.reaper = Reaper(self.manager, float(interval))
+        self.settings["cumulo_manager"] = self.manager
+        self.log.info("cumulo: registry %s, reaper every %ss", self.manager.registry.path, interval or "(off)")
+
+    def initialize_handlers(self) -> None:
+        # Routes are absolute (base_url included), so they go to the web app directly,
+        # not through ExtensionApp.handlers (which would prefix them with the extension's name).
+        self.serverapp.web_app.add_handlers(".*$", make_handlers(self.serverapp.base_url))
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        self.reaper.start()
+
+    async def stop_extension(self) -> None:
+        await self.reaper.stop()
+        if config.get("jupyter.stop-owned-on-shutdown", True):
+            loop = asyncio.get_running_loop()
+            names = await loop.run_in_executor(None, self.manager.close_owned)
+            if names:
+                self.log.info("cumulo: stopped clusters launched from JupyterLab: %s", ", ".join(names))

@@ -1,0 +1,375 @@
+"""What the JupyterLab extension can do with the user's clusters, without any web framework.
+
+The REST handlers (handlers.py) are thin wrappers over :class:`ClusterManager`;
+everything that decides something lives here so that it is tested directly,
+without Tornado.
+
+Ownership. A cluster launched from the Compute sidebar is started by the
+Jupyter server process itself (the one process that outlives every kernel),
+and the :class:`~cumulo.cluster.Cluster` object stays in this manager until it
+is stopped or the server shuts down. Clusters started by kernels are only seen
+through the shared registry: they can be stopped from here (through their
+provider, as ``cumulo down`` does) but only scaled by their owner.
+
+Money. Every figure says what it is: ``cost_kind`` is the registry's word for
+it (e.g. "billed" from a provider's clock, "estimate" from a catalog or config
+rate), and a cluster without a rate has ``rate_per_hour`` None, shown as
+"no rate set", never as $0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import math
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
+from ..registry import ClusterRecord, Registry
+from ..spec import MAX_WORKERS, ClusterSpec, validate_name
+
+__all__ = ["ClusterManager", "Launch", "day_start"]
+
+log = logging.getLogger("cumulo.jupyter")
+
+#: Fields of ClusterRecord passed through to the front end unchanged.
+_PASSTHROUGH = (
+    "name", "provider", "state", "address", "dashboard", "workers", "threads", "memory",
+    "gpus", "gpu_model", "backend", "budget", "idle_timeout", "rate_per_hour", "cost_kind",
+    "created", "closed", "note",
+)
+
+
+def day_start(now: float | None = None) -> float:
+    """Local midnight before ``now``: "today" for the closed clusters and the spend meter."""
+    when = _dt.datetime.fromtimestamp(time.time() if now is None else now)
+    return when.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Launch:
+    """A cluster being launched by this server: shown as a card before its registry row is useful."""
+
+    name: str
+    spec: dict[str, Any]
+    started: float = field(default_factory=time.time)
+    state: str = "launching"
+    message: str = "starting scheduler and workers"
+    error: str | None = None
+    future: Future[Any] | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "provider": self.spec.get("provider", "local"),
+            "state": self.state,
+            "progress": self.message,
+            "error": self.error,
+            "created": self.started,
+            "workers": self.spec.get("workers"),
+            "budget": self.spec.get("budget"),
+            "rate_per_hour": None,
+            "spent": None,
+            "owned_by": "server",
+        }
+
+
+class ClusterManager:
+    """The user's clusters as the Jupyter server sees them.
+
+    ``connect`` is the function used to launch (``cumulo.connect`` by default,
+    replaceable in tests); ``reap`` the guard sweep (``cumulo.guards.reap``).
+    Launches run on a small thread pool owned by the manager, so that a slow
+    provider never blocks the server's event loop.
+    """
+
+    def __init__(
+        self,
+        registry: Registry | None = None,
+        *,
+        connect: Callable[..., Any] | None = None,
+        reap: Callable[..., Any] | None = None,
+        max_parallel_launches: int = 2,
+        failed_launch_ttl: float = 600.0,
+    ) -> None:
+        self.registry = registry if registry is not None else Registry()
+        self._connect = connect
+        self._reap = reap
+        self._owned: dict[str, Any] = {}
+        self._launches: dict[str, Launch] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel_launches, thread_name_prefix="cumulo-launch")
+        self._failed_ttl = failed_launch_ttl
+        self._host = socket.gethostname()
+
+    # -- listing -------------------------------------------------------------------------
+
+    def list(self, *, now: float | None = None) -> dict[str, Any]:
+        """Open clusters, today's closed ones, launches in flight, and the totals of the spend meter."""
+        now = time.time() if now is None else now
+        since = day_start(now)
+        rows = [self._row(r, now=now, since=since) for r in self.registry.list(since=since)]
+        names = {r["name"] for r in rows if r["state"] in ("starting", "running", "closing")}
+        with self._lock:
+            for name, launch in list(self._launches.items()):
+                if launch.state == "failed" and now - launch.started > self._failed_ttl:
+                    del self._launches[name]
+                elif name not in names or launch.state == "failed":
+                    rows.insert(0, launch.as_row())
+        open_rows = [r for r in rows if r["state"] in ("launching", "starting", "running", "closing")]
+        rates = [r["rate_per_hour"] for r in open_rows if r.get("rate_per_hour") is not None]
+        today = [r["spent_today"] for r in rows if r.get("spent_today") is not None]
+        return {
+            "clusters": rows,
+            "totals": {
+                "running": len(open_rows),
+                "rate_per_hour": sum(rates) if rates else None,
+                "unpriced": len(open_rows) - len(rates),
+                "spent_today": sum(today) if today else None,
+            },
+            "day_start": since,
+            "now": now,
+        }
+
+    def _row(self, rec: ClusterRecord, *, now: float, since: float) -> dict[str, Any]:
+        row: dict[str, Any] = {k: getattr(rec, k) for k in _PASSTHROUGH}
+        end = rec.closed or now
+        hours = max(end - rec.created, 0.0) / 3600.0
+        if rec.cost is not None:
+            spent: float | None = rec.cost
+        elif rec.rate_per_hour is not None:
+            spent = rec.rate_per_hour * hours
+            row["cost_kind"] = rec.cost_kind or "estimate"
+        else:
+            spent = None
+        row["spent"] = spent
+        if rec.rate_per_hour is not None:
+            overlap = max(end - max(rec.created, since), 0.0) / 3600.0
+            row["spent_today"] = rec.rate_per_hour * overlap
+        else:
+            row["spent_today"] = spent if (spent is not None and rec.created >= since) else None
+        row["age"] = end - rec.created
+        if rec.name in self._owned and rec.is_open:
+            row["owned_by"] = "server"
+        elif rec.owner_pid and rec.owner_host == self._host:
+            row["owned_by"] = "kernel" if _pid_alive(rec.owner_pid) else "gone"
+        else:
+            row["owned_by"] = "elsewhere"
+        row["budget_used"] = (spent / rec.budget) if (spent is not None and rec.budget) else None
+        return row
+
+    def _open(self, name: str) -> ClusterRecord:
+        validate_name(name)
+        rec = self.registry.find_open(name)
+        if rec is None:
+            raise ClusterNotFound(
+                f"no open cluster named {name!r}; the Compute sidebar lists the open ones (`cumulo ls` in a terminal)"
+            )
+        return rec
+
+    # -- launch --------------------------------------------------------------------------
+
+    def validate(self, body: Any) -> ClusterSpec:
+        """Check a launch request with the same code cumulo.connect uses (ClusterSpec)."""
+        spec = ClusterSpec.from_dict(body)
+        if spec.name is None:
+            spec.name = f"{spec.provider}-{secrets.token_hex(2)}"
+        if spec.provider == "address":
+            raise SpecError(
+                "provider 'address' attaches to a scheduler someone else runs: "
+                "connect to it from a notebook with cumulo.connect('tcp://host:port')"
+            )
+        return spec
+
+    def launch(self, body: Any) -> dict[str, Any]:
+        """Validate ``body`` and start the cluster in the background; return its card at once.
+
+        Raises SpecError (400) before anything starts when the request is invalid or
+        the name is taken. The launch itself reports through :meth:`list`.
+        """
+        spec = self.validate(body)
+        name = spec.name
+        assert name is not None
+        from ..providers import known_providers
+
+        if spec.provider not in known_providers():
+            raise SpecError(f"unknown provider {spec.provider!r}; known providers: {', '.join(known_providers())}")
+        with self._lock:
+            pending = self._launches.get(name)
+            if (pending is not None and pending.state == "launching") or self.registry.find_open(name):
+                raise SpecError(
+                    f"a cluster named {name!r} is already open; pick another name or stop that one first"
+                )
+            launch = Launch(name=name, spec=spec.to_dict())
+            self._launches[name] = launch
+        launch.future = self._pool.submit(self._run_launch, launch, spec)
+        return launch.as_row()
+
+    def _run_launch(self, launch: Launch, spec: ClusterSpec) -> Any:
+        fields = spec.to_dict()
+        fields.pop("name", None)
+        try:
+            connect = self._connect or _default_connect()
+            cluster = connect(name=launch.name, **fields)
+        except CumuloError as exc:
+            launch.state, launch.error, launch.message = "failed", str(exc), "launch failed"
+            log.warning("cumulo: launch of %r failed: %s", launch.name, exc)
+            return None
+        except Exception as exc:  # noqa: BLE001 - a launch thread must report, not vanish
+            launch.state, launch.message = "failed", "launch failed"
+            launch.error = f"{type(exc).__name__}: {exc}"
+            log.exception("cumulo: launch of %r failed unexpectedly", launch.name)
+            return None
+        with self._lock:
+            self._owned[launch.name] = cluster
+            self._launches.pop(launch.name, None)
+        log.info("cumulo: launched %r from JupyterLab (owned by the server, pid %s)", launch.name, os.getpid())
+        return cluster
+
+    def wait_launch(self, name: str, timeout: float | None = None) -> Any:
+        """Block until a launch started here finishes (for tests and the CLI); the Cluster or None."""
+        launch = self._launches.get(name)
+        if launch is None or launch.future is None:
+            return self._owned.get(name)
+        return launch.future.result(timeout=timeout)
+
+    # -- scale / stop --------------------------------------------------------------------
+
+    def scale(self, name: str, body: Any) -> dict[str, Any]:
+        """Ask a cluster this server owns for ``body['workers']`` workers."""
+        if not isinstance(body, dict) or "workers" not in body:
+            raise SpecError('scale needs a JSON body like {"workers": 4}')
+        n = body["workers"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_WORKERS:
+            raise SpecError(f"workers={n!r} must be a whole number between 0 and {MAX_WORKERS}")
+        rec = self._open(name)
+        cluster = self._owned.get(name)
+        if cluster is None:
+            raise NotOwner(
+                f"cluster {name!r} was started by another process ({rec.owner_host}, pid {rec.owner_pid}); "
+                f"scale it there with cluster.scale({n}), or stop it here"
+            )
+        cluster.scale(n)
+        self.registry.event(rec.id, "scaled", f"scaled to {n} workers from JupyterLab")
+        return {"name": name, "workers": n}
+
+    def stop(self, name: str) -> dict[str, Any]:
+        """Stop a cluster by name, whoever started it; returns its final row.
+
+        Blocking (a provider confirms termination before the row is closed): the
+        handler runs it on a thread.
+        """
+        with self._lock:
+            launch = self._launches.get(name)
+            if launch is not None and launch.state == "failed":
+                del self._launches[name]
+                return launch.as_row()
+            if launch is not None:
+                raise NotOwner(f"cluster {name!r} is still launching; stop it once its card shows it running")
+        rec = self._open(name)
+        cluster = self._owned.pop(name, None)
+        if cluster is not None:
+            cluster.close()
+        else:
+            _stop_elsewhere(rec, self.registry)
+        final = self.registry.get(rec.id)
+        return self._row(final, now=time.time(), since=day_start())
+
+    def close_owned(self) -> list[str]:
+        """Stop every cluster this server launched (on server shutdown). Returns their names."""
+        with self._lock:
+            owned, self._owned = dict(self._owned), {}
+        for name, cluster in owned.items():
+            try:
+                cluster.close()
+            except CumuloError as exc:
+                log.error("cumulo: could not stop %r on shutdown: %s; run `cumulo down %s`", name, exc, name)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return list(owned)
+
+    # -- prices / usage / reaper ---------------------------------------------------------
+
+    def prices(self, *, gpu: str | None = None, provider: str | None = None) -> dict[str, Any]:
+        """The GPU offers of the catalog as JSON rows (NaN as null), for the New cluster form."""
+        from .. import catalog  # imported here: pandas and the snapshot load only when asked
+
+        frame = catalog.prices(gpu=gpu, provider=provider)
+        rows = []
+        for rec in frame.to_dict(orient="records"):
+            rows.append({str(k): _jsonable(v) for k, v in rec.items()})
+        return {"offers": rows}
+
+    def usage(self, name: str) -> dict[str, Any]:
+        """What one cluster used and cost: its row, its event log, and the ledger where one is reachable."""
+        rec = self.registry.latest(validate_name(name))
+        if rec is None:
+            raise ClusterNotFound(f"no cluster named {name!r} in the registry")
+        row = self._row(rec, now=time.time(), since=day_start())
+        events = [{"ts": ts, "kind": kind, "message": msg} for ts, kind, msg in self.registry.events(rec.id)]
+        ledger: dict[str, Any] | None = None
+        cluster = self._owned.get(name)
+        if cluster is not None and hasattr(cluster, "usage"):
+            summary = getattr(cluster.usage, "summary", None)
+            if callable(summary):
+                ledger = _jsonable(summary())
+        return {"cluster": row, "events": events, "ledger": ledger}
+
+    def reap(self) -> list[Any]:
+        """One sweep of the guards (expired leases, budgets, idle timeouts), as `cumulo reap` does."""
+        reap = self._reap
+        if reap is None:
+            from ..guards import reap as reap  # noqa: PLW0127 - lazily bound default
+        result = reap(self.registry, dry_run=False)
+        return list(result or [])
+
+
+def _default_connect() -> Callable[..., Any]:
+    from .. import connect
+
+    return connect
+
+
+def _stop_elsewhere(rec: ClusterRecord, registry: Registry) -> None:
+    """Stop a cluster another process started, through its provider, then close its row."""
+    from ..providers import get_provider
+
+    provider = get_provider(rec.provider)
+    registry.update(rec.id, state="closing")
+    registry.event(rec.id, "stopping", "stop requested from JupyterLab")
+    asyncio.run(provider.stop(rec, registry))
+    if registry.get(rec.id).is_open:
+        registry.close(rec.id, note="stopped from JupyterLab")
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn pandas/numpy scalars, timestamps and NaN into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
