@@ -153,9 +153,9 @@ class NoGPUWorkers(CumuloError):
 class RemoteError(CumuloError):
     """Code that cumulo ran on a worker raised.
 
-    ``remote_traceback`` is the worker-side traceback as text (the exception object
-    itself may not unpickle on the client); IPython shows it instead of the local
-    frames of cumulo's machinery.
+    The message holds the worker-side traceback as text (the exception object itself
+    may not unpickle on the client), also kept in ``remote_traceback``; IPython shows
+    it instead of the local frames of cumulo's machinery.
     """
 
     def __init__(
@@ -172,7 +172,9 @@ class RemoteError(CumuloError):
         self.worker = worker
 
     def _render_traceback_(self) -> list[str]:
-        return [*self.remote_traceback.rstrip("\n").splitlines(), "", f"{type(self).__name__}: {self}"]
+        # IPython calls this instead of printing cumulo's own (uninteresting) frames;
+        # the message already holds the remote traceback.
+        return f"{type(self).__name__}: {self}".splitlines()
 
 
 class TrainingError(RemoteError):

@@ -1,0 +1,236 @@
+"""cumulo.train on a real 2-worker CPU cluster: Gloo DDP, failing ranks, data by rank, xgboost.dask.
+
+GPU variants (NCCL, device="cuda") carry the ``gpu`` marker and skip where NVML sees no GPU.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+import dask.dataframe as dd  # noqa: E402
+from distributed import Client, LocalCluster  # noqa: E402
+from distributed.diagnostics import nvml  # noqa: E402
+
+import cumulo.train  # noqa: E402
+from cumulo._workers import require  # noqa: E402
+from cumulo.exceptions import MissingDependency, SpecError, TrainingError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask.config.set({"cumulo.progress.enabled": False}):
+        with LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster, Client(cluster) as c:
+            yield c
+
+
+def _synthetic(rows: int = 2048, features: int = 8, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features)).astype("float32")
+    w = np.arange(1, features + 1, dtype="float32") / features
+    y = X @ w + 0.01 * rng.normal(size=rows).astype("float32")
+    df = pd.DataFrame(X, columns=[f"x{i}" for i in range(features)])
+    df["y"] = y
+    return df
+
+
+def ddp_regression(shard, epochs=30):
+    """Train a linear model with DDP on this rank's shard; report losses, grads and context."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ctx = cumulo.train.context()
+    torch.manual_seed(0)
+    X = torch.tensor(shard.drop(columns="y").to_numpy())
+    y = torch.tensor(shard["y"].to_numpy()).unsqueeze(1)
+    model = DDP(torch.nn.Linear(X.shape[1], 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        loss.backward()  # DDP all-reduces (averages) the gradients here
+        opt.step()
+        losses.append(loss.item())
+    opt.zero_grad()
+    torch.nn.functional.mse_loss(model(X), y).backward()
+    total = torch.tensor([float(len(shard))])
+    dist.all_reduce(total)
+    return {
+        "rank": ctx.rank,
+        "world": ctx.world_size,
+        "env": {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")},
+        "backend": dist.get_backend(),
+        "rows": len(shard),
+        "total_rows": int(total.item()),
+        "losses": losses,
+        "grads": [p.grad.clone().numpy() for p in model.parameters()],
+    }
+
+
+def test_ddp_gloo_loss_falls_and_grads_agree(client):
+    ddf = dd.from_pandas(_synthetic(), npartitions=4)
+    t0 = time.perf_counter()
+    out = cumulo.train.torch(ddp_regression, client, cumulo.train.by_rank(ddf), epochs=30)
+    first = time.perf_counter() - t0
+    assert [o["rank"] for o in out] == [0, 1]
+    assert all(o["world"] == 2 and o["backend"] == "gloo" for o in out)
+    assert [o["env"]["RANK"] for o in out] == ["0", "1"]
+    assert out[0]["env"]["MASTER_PORT"] == out[1]["env"]["MASTER_PORT"]
+    assert {o["env"]["MASTER_ADDR"] for o in out} == {"127.0.0.1"}
+    # each rank trained on its own half of the data
+    assert [o["rows"] for o in out] == [1024, 1024]
+    assert out[0]["total_rows"] == 2048
+    for o in out:
+        assert o["losses"][-1] < 0.1 * o["losses"][0], o["losses"]
+    for g0, g1 in zip(out[0]["grads"], out[1]["grads"]):
+        np.testing.assert_allclose(g0, g1, rtol=1e-5, atol=1e-7)
+    t0 = time.perf_counter()
+    only = cumulo.train.torch(ddp_regression, client, cumulo.train.by_rank(ddf), epochs=2, result="rank0")
+    second = time.perf_counter() - t0
+    assert only["rank"] == 0
+    print(f"DDP first run {first:.2f}s, second run {second:.2f}s")
+
+
+def fails_on_rank_one(steps=3):
+    import torch
+    import torch.distributed as dist
+
+    ctx = cumulo.train.context()
+    x = torch.ones(4)
+    for step in range(steps):
+        dist.all_reduce(x)
+        if ctx.rank == 1 and step == 1:
+            raise ValueError(f"boom on rank {ctx.rank} at step {step}")
+    return x.tolist()
+
+
+def test_failing_rank_is_named_with_traceback_and_workers_stay_usable(client):
+    t0 = time.perf_counter()
+    with pytest.raises(TrainingError) as info:
+        cumulo.train.torch(fails_on_rank_one, client, timeout="60s")
+    elapsed = time.perf_counter() - t0
+    err = info.value
+    assert err.rank == 1
+    assert err.remote_type == "ValueError"
+    assert "rank 1 of 2" in str(err)
+    assert "boom on rank 1 at step 1" in str(err)
+    assert "fails_on_rank_one" in err.remote_traceback
+    assert 'raise ValueError(f"boom on rank' in err.remote_traceback  # source line filled in
+    assert err.worker in client.scheduler_info()["workers"]
+    assert elapsed < 20, f"a failing rank took {elapsed:.1f}s to surface"
+    # IPython shows the remote traceback, not cumulo's frames
+    assert any("fails_on_rank_one" in line for line in err._render_traceback_())
+    # the same workers run the next job at once
+    t0 = time.perf_counter()
+    assert cumulo.train.torch(fails_on_rank_one, client, steps=1) == [[2.0] * 4, [2.0] * 4]
+    assert time.perf_counter() - t0 < 20
+
+
+def test_explicit_workers_and_bad_arguments(client):
+    workers = sorted(client.scheduler_info()["workers"])
+    out = cumulo.train.torch(lambda: cumulo.train.context().worker, client, workers=workers[::-1])
+    assert out == workers[::-1]
+    with pytest.raises(SpecError, match="unknown worker"):
+        cumulo.train.torch(lambda: None, client, workers=["tcp://127.0.0.1:1"])
+    with pytest.raises(SpecError, match="result must be"):
+        cumulo.train.torch(lambda: None, client, result="rank1")
+    with pytest.raises(SpecError, match="dask collection"):
+        cumulo.train.by_rank([1, 2, 3])
+    with pytest.raises(SpecError, match="only available inside"):
+        cumulo.train.context()
+
+
+def test_missing_extra_names_it():
+    with pytest.raises(MissingDependency, match=r"cumulo\[train\]"):
+        require("cumulo_no_such_module_for_tests")
+
+
+def _classification(rows: int = 20_000, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 6))
+    # a non-linear rule with balanced classes: a constant guess scores about 0.5
+    label = ((X[:, 0] * X[:, 1] > 0) ^ (X[:, 2] > 0.5)).astype("int32")
+    df = pd.DataFrame(X, columns=[f"f{i}" for i in range(6)])
+    df["label"] = label
+    return df
+
+
+def test_xgboost_dask_accuracy(client):
+    pytest.importorskip("xgboost")
+    import xgboost.dask as dxgb
+
+    df = _classification()
+    ddf = dd.from_pandas(df, npartitions=4)
+    train, test = ddf.random_split([0.8, 0.2], random_state=0)
+    X, y = train.drop(columns="label"), train["label"]
+    Xt, yt = test.drop(columns="label"), test["label"]
+    t0 = time.perf_counter()
+    out = cumulo.train.xgboost(
+        client, X, y,
+        params={"objective": "binary:logistic", "max_depth": 6, "eta": 0.3, "eval_metric": "error"},
+        num_boost_round=60, evals=[(Xt, yt, "test")], verbose_eval=False,
+    )
+    elapsed = time.perf_counter() - t0
+    config = out["booster"].save_config()
+    assert '"device":"cpu"' in config.replace(" ", "")
+    pred = dxgb.predict(client, out["booster"], Xt).compute()
+    accuracy = float(((pred > 0.5).astype("int32") == yt.compute().to_numpy()).mean())
+    baseline = max(df["label"].mean(), 1 - df["label"].mean())
+    assert baseline < 0.6
+    assert accuracy > 0.9, accuracy
+    assert out["history"]["test"]["error"][-1] < 0.1
+    print(f"xgboost.dask: accuracy {accuracy:.3f} (majority class {baseline:.3f}) in {elapsed:.2f}s")
+
+
+def _gpu_count() -> int:
+    try:
+        return nvml.device_get_count()
+    except Exception:
+        return 0
+
+
+gpu_only = pytest.mark.skipif(_gpu_count() == 0, reason="NVML reports no GPU on this machine")
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_ddp_nccl_on_gpu_workers():
+    pytest.importorskip("dask_cuda")
+    from dask_cuda import LocalCUDACluster
+
+    def on_gpu():
+        import torch
+        import torch.distributed as dist
+
+        x = torch.ones(2, device=cumulo.train.context().device)
+        dist.all_reduce(x)
+        return dist.get_backend(), x.cpu().tolist()
+
+    with LocalCUDACluster(host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as c:
+        n = len(c.scheduler_info()["workers"])
+        out = cumulo.train.torch(on_gpu, c)
+        assert out == [("nccl", [float(n)] * 2)] * n
+
+
+@pytest.mark.gpu
+@gpu_only
+def test_xgboost_uses_cuda_on_gpu_workers():
+    pytest.importorskip("dask_cuda")
+    from dask_cuda import LocalCUDACluster
+
+    with LocalCUDACluster(host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as c:
+        ddf = dd.from_pandas(_classification(5000), npartitions=2)
+        out = cumulo.train.xgboost(c, ddf.drop(columns="label"), ddf["label"], num_boost_round=5)
+        assert '"device":"cuda' in out["booster"].save_config().replace(" ", "")
