@@ -86,8 +86,11 @@ class UsageLedger(SchedulerPlugin):
     idempotent = True
     name = PLUGIN_NAME
 
-    def __init__(self, sample_interval: float = 2.0, max_samples: int = 900) -> None:
+    def __init__(self, sample_interval: float = 2.0, max_samples: int = 900,
+                 gpu_busy_threshold: float = 10.0) -> None:
         self.sample_interval = float(sample_interval)
+        #: A GPU above this utilisation (percent) counts as busy even with no task running.
+        self.gpu_busy_threshold = float(gpu_busy_threshold)
         self.max_samples = int(max_samples)
         self.scheduler: Any = None
 
@@ -213,7 +216,7 @@ class UsageLedger(SchedulerPlugin):
                 mem_total += int(w.gpu_memory_total or 0)
         self.last_sample = now
         processing = self._processing()
-        if processing:
+        if processing or (utils and max(utils) >= self.gpu_busy_threshold):
             self.last_busy = now
         self.samples.append((
             now, len(self.workers), sum(w.nthreads for w in self.workers.values()), processing,

@@ -36,11 +36,44 @@ if TYPE_CHECKING:
 
     from .registry import ClusterRecord
 
-__all__ = ["Spend", "Usage", "fetch_ledger", "fetch_ledger_async", "install", "rates", "spend_of"]
+__all__ = [
+    "Spend", "Usage", "fetch_ledger", "fetch_ledger_async", "idle_fraction", "install", "install_async",
+    "rates", "spend_of",
+]
 
 _CELL_COLUMNS = [
     "execution_count", "start", "wall", "tasks", "task_seconds", "gpu_seconds", "cost", "cost_kind",
 ]
+
+
+def _plugin() -> _ledger.UsageLedger:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_ledger)
+    return _ledger.UsageLedger(
+        sample_interval=parse_timedelta(config.get("cost.sample-interval", "2s")),
+        gpu_busy_threshold=float(config.get("guards.idle-gpu-threshold", 10)),
+    )
+
+
+async def install_async(client: Client) -> bool:
+    """:func:`install` for an asynchronous client (awaited on the client's loop)."""
+    try:
+        await client.register_plugin(_plugin(), name=_ledger.PLUGIN_NAME)
+    except Exception as exc:
+        _warn_not_installed(client, exc)
+        return False
+    return True
+
+
+def _warn_not_installed(client: Client, exc: BaseException) -> None:
+    warnings.warn(
+        f"cumulo could not install its usage ledger on {client.scheduler.address}: {exc}. "
+        "Cost and usage figures for this cluster are unavailable; budgets fall back to the "
+        "provider clock where there is a price.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def install(client: Client) -> bool:
@@ -50,20 +83,10 @@ def install(client: Client) -> bool:
     Returns False (with a warning saying what is lost) if the scheduler refused it,
     e.g. because it forbids pickled plugins; the cluster still works without it.
     """
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(_ledger)
-    interval = parse_timedelta(config.get("cost.sample-interval", "2s"))
     try:
-        client.register_plugin(_ledger.UsageLedger(sample_interval=interval), name=_ledger.PLUGIN_NAME)
+        client.register_plugin(_plugin(), name=_ledger.PLUGIN_NAME)
     except Exception as exc:  # the scheduler may refuse pickled code; metering is optional
-        warnings.warn(
-            f"cumulo could not install its usage ledger on {client.scheduler.address}: {exc}. "
-            "Cost and usage figures for this cluster are unavailable; budgets fall back to the "
-            "provider clock where there is a price.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        _warn_not_installed(client, exc)
         return False
     return True
 
@@ -172,12 +195,17 @@ class Usage:
         self._cells: deque[dict[str, Any]] = deque(maxlen=int(config.get("cost.max-cells", 10000)))
         self.installed = False
 
+    def record(self) -> ClusterRecord | None:
+        """The cluster's registry row, freshly read."""
+        return self._record()
+
     def _record(self) -> ClusterRecord | None:
-        rec = getattr(self._cluster, "record", None)
+        rec = getattr(self._cluster, "record", None) or getattr(self._cluster, "_record", None)
         reg = getattr(self._cluster, "registry", None)
-        if rec is not None and reg is not None:
+        cid = getattr(self._cluster, "id", None) or getattr(rec, "id", None)
+        if reg is not None and cid:
             try:
-                return reg.get(rec.id)
+                return reg.get(cid)
             except Exception:
                 return rec
         return rec
