@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
@@ -123,11 +124,21 @@ class ClusterManager:
 
     # -- listing -------------------------------------------------------------------------
 
-    def list(self, *, now: float | None = None) -> dict[str, Any]:
-        """Open clusters, today's closed ones, launches in flight, and the totals of the spend meter."""
+    def list(self, *, now: float | None = None, live: bool = True) -> dict[str, Any]:
+        """Open clusters, today's closed ones, launches in flight, and the totals of the spend meter.
+
+        With ``live`` the usage ledger of every open cluster is read from its
+        scheduler (one short RPC each, concurrently), so workers, GPUs and spend
+        are what the scheduler says now, not what the registry last heard.
+        """
         now = time.time() if now is None else now
         since = day_start(now)
-        rows = [self._row(r, now=now, since=since) for r in self.registry.list(since=since)]
+        from ..inventory import reconcile
+
+        reconcile(self.registry)  # local clusters whose kernel died are gone: say so
+        records = self.registry.list(since=since)
+        ledgers = _read_ledgers([r for r in records if r.is_open]) if live else {}
+        rows = [self._row(r, now=now, since=since, ledger=ledgers.get(r.id)) for r in records]
         names = {r["name"] for r in rows if r["state"] in ("starting", "running", "closing")}
         with self._lock:
             for name, launch in list(self._launches.items()):
@@ -150,23 +161,34 @@ class ClusterManager:
             "now": now,
         }
 
-    def _row(self, rec: ClusterRecord, *, now: float, since: float) -> dict[str, Any]:
+    def _row(
+        self, rec: ClusterRecord, *, now: float, since: float, ledger: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One card's data: the registry row, live figures from the ledger, and money with its basis."""
         row: dict[str, Any] = {k: getattr(rec, k) for k in _PASSTHROUGH}
         end = rec.closed or now
-        hours = max(end - rec.created, 0.0) / 3600.0
-        if rec.cost is not None:
-            spent: float | None = rec.cost
-        elif rec.rate_per_hour is not None:
-            spent = rec.rate_per_hour * hours
-            row["cost_kind"] = rec.cost_kind or "estimate"
+        spend = _spend(rec, ledger, now)
+        if rec.cost is not None and not rec.is_open:
+            # the final figure recorded when the cluster closed wins over a recomputation
+            row["spent"], row["cost_kind"] = rec.cost, rec.cost_kind or "estimate"
         else:
-            spent = None
-        row["spent"] = spent
-        if rec.rate_per_hour is not None:
-            overlap = max(end - max(rec.created, since), 0.0) / 3600.0
-            row["spent_today"] = rec.rate_per_hour * overlap
+            row["spent"], row["cost_kind"] = spend.amount, spend.kind
+        row["cost_basis"] = spend.basis
+        if spend.rate_per_hour is not None:
+            row["rate_per_hour"] = spend.rate_per_hour
+        spent = row["spent"]
+        if spent is not None and rec.created < since and rec.rate_per_hour is not None:
+            # only the part of a long-running cluster's spend that fell today
+            row["spent_today"] = rec.rate_per_hour * max(end - since, 0.0) / 3600.0
         else:
-            row["spent_today"] = spent if (spent is not None and rec.created >= since) else None
+            row["spent_today"] = spent if (rec.created >= since or rec.is_open) else None
+        if ledger is not None:
+            workers = ledger.get("workers") or []
+            row["workers"] = len(workers)
+            row["threads"] = sum(int(w.get("nthreads") or 0) for w in workers)
+            row["gpus"] = sum(int(w.get("gpus") or 0) for w in workers)
+            row["gpu_model"] = next((w.get("gpu_model") for w in workers if w.get("gpu_model")), rec.gpu_model)
+        row["live"] = ledger is not None
         row["age"] = end - rec.created
         if rec.name in self._owned and rec.is_open:
             row["owned_by"] = "server"
@@ -226,10 +248,11 @@ class ClusterManager:
 
     def _run_launch(self, launch: Launch, spec: ClusterSpec) -> Any:
         fields = spec.to_dict()
-        fields.pop("name", None)
+        for key in ("name", "provider", "address"):
+            fields.pop(key, None)
         try:
             connect = self._connect or _default_connect()
-            cluster = connect(name=launch.name, **fields)
+            cluster = connect(spec.provider, name=launch.name, registry=self.registry, **fields)
         except CumuloError as exc:
             launch.state, launch.error, launch.message = "failed", str(exc), "launch failed"
             log.warning("cumulo: launch of %r failed: %s", launch.name, exc)
@@ -269,7 +292,6 @@ class ClusterManager:
                 f"scale it there with cluster.scale({n}), or stop it here"
             )
         cluster.scale(n)
-        self.registry.event(rec.id, "scaled", f"scaled to {n} workers from JupyterLab")
         return {"name": name, "workers": n}
 
     def stop(self, name: str) -> dict[str, Any]:
@@ -319,19 +341,20 @@ class ClusterManager:
         return {"offers": rows}
 
     def usage(self, name: str) -> dict[str, Any]:
-        """What one cluster used and cost: its row, its event log, and the ledger where one is reachable."""
+        """What one cluster used and cost: its card, its event log, and the ledger summary when reachable."""
         rec = self.registry.latest(validate_name(name))
         if rec is None:
             raise ClusterNotFound(f"no cluster named {name!r} in the registry")
-        row = self._row(rec, now=time.time(), since=day_start())
+        ledger = _read_ledgers([rec]).get(rec.id) if rec.is_open else None
+        row = self._row(rec, now=time.time(), since=day_start(), ledger=ledger)
         events = [{"ts": ts, "kind": kind, "message": msg} for ts, kind, msg in self.registry.events(rec.id)]
-        ledger: dict[str, Any] | None = None
-        cluster = self._owned.get(name)
-        if cluster is not None and hasattr(cluster, "usage"):
-            summary = getattr(cluster.usage, "summary", None)
-            if callable(summary):
-                ledger = _jsonable(summary())
-        return {"cluster": row, "events": events, "ledger": ledger}
+        summary = None
+        if ledger is not None:
+            from ..metering import Usage
+
+            holder = SimpleNamespace(record=rec, registry=self.registry, client=None)
+            summary = _jsonable(Usage(holder).summary(ledger))
+        return {"cluster": row, "events": events, "usage": summary}
 
     def reap(self) -> list[Any]:
         """One sweep of the guards (expired leases, budgets, idle timeouts), as `cumulo reap` does."""
@@ -348,16 +371,40 @@ def _default_connect() -> Callable[..., Any]:
     return connect
 
 
-def _stop_elsewhere(rec: ClusterRecord, registry: Registry) -> None:
-    """Stop a cluster another process started, through its provider, then close its row."""
+def _spend(rec: ClusterRecord, ledger: dict[str, Any] | None, now: float) -> Any:
+    """The Spend (amount, rate, basis) of a row, by the same rules the kernels' widgets use."""
+    from ..metering import spend_of
+
+    return spend_of(rec, ledger, now=now)
+
+
+def _read_ledgers(records: list[ClusterRecord], *, timeout: float = 2.0) -> dict[str, dict[str, Any] | None]:
+    """The ledgers of these clusters' schedulers, read concurrently; None for one that does not answer."""
+    targets = [r for r in records if r.address]
+    if not targets:
+        return {}
+    from ..metering import fetch_ledger_async
     from ..providers import get_provider
 
-    provider = get_provider(rec.provider)
-    registry.update(rec.id, state="closing")
-    registry.event(rec.id, "stopping", "stop requested from JupyterLab")
-    asyncio.run(provider.stop(rec, registry))
-    if registry.get(rec.id).is_open:
-        registry.close(rec.id, note="stopped from JupyterLab")
+    async def one(rec: ClusterRecord) -> dict[str, Any] | None:
+        try:
+            security = get_provider(rec.provider).security(rec) if rec.provider != "address" else None
+        except CumuloError:
+            return None
+        return await fetch_ledger_async(rec.address or "", security, timeout=timeout)
+
+    async def all_() -> list[dict[str, Any] | None]:
+        return list(await asyncio.gather(*(one(r) for r in targets)))
+
+    return {r.id: ledger for r, ledger in zip(targets, asyncio.run(all_()))}
+
+
+def _stop_elsewhere(rec: ClusterRecord, registry: Registry) -> None:
+    """Stop a cluster another process started, through its provider, as `cumulo down` does."""
+    from ..inventory import stop_record
+
+    registry.event(rec.id, "stop-requested", "stop requested from JupyterLab")
+    asyncio.run(stop_record(rec, registry))
 
 
 def _jsonable(value: Any) -> Any:
