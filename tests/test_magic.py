@@ -1,0 +1,200 @@
+"""``%%cumulo`` and its mechanism (cumulo.remote_cell) on a real 2-worker CPU cluster.
+
+The magic itself is checked in a real IPython kernel: a small notebook built here
+is executed by nbclient, and its outputs (streamed stdout/stderr, the remote
+traceback) are read back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+from distributed.diagnostics import nvml
+
+from cumulo.exceptions import NoGPUWorkers, RemoteError, SpecError
+from cumulo.remote_cell import run_cell
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster) as c:
+        yield c
+
+
+class _Recorder:
+    """A text stream that remembers when each piece of text arrived."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[float, str]] = []
+
+    def write(self, s: str) -> int:
+        self.chunks.append((time.monotonic(), s))
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(s for _, s in self.chunks)
+
+
+def test_inputs_outputs_and_streamed_output(client):
+    out, err = _Recorder(), _Recorder()
+    code = (
+        "import sys, time, os\n"
+        "print('started with', a)\n"
+        "print('a warning', file=sys.stderr)\n"
+        "time.sleep(1.5)\n"
+        "total = a + b\n"
+        "where = os.getpid()\n"
+        "print('finished')\n"
+    )
+    t0 = time.monotonic()
+    values = run_cell(code, client, inputs={"a": 20, "b": 22}, outputs=["total", "where"], stdout=out, stderr=err)
+    done = time.monotonic()
+    assert values["total"] == 42
+    assert values["where"] != os.getpid()  # it ran in a worker process
+    assert out.text == "started with 20\nfinished\n"
+    assert err.text == "a warning\n"
+    first = out.chunks[0][0]
+    assert first - t0 < done - t0 - 1.0, "the first line should arrive while the cell still runs"
+
+
+def test_output_of_concurrent_work_is_not_mixed_in(client):
+    """Prints from other tasks on the same worker stay in the worker's log."""
+    out = _Recorder()
+    noisy = client.submit(_print_until, 1.0, pure=False)
+    values = run_cell("x = 1\nprint('mine')", client, outputs=["x"], stdout=out)
+    noisy.result()
+    assert values == {"x": 1}
+    assert out.text == "mine\n"
+
+
+def _print_until(seconds: float) -> int:
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        print("noise from another task")
+        n += 1
+        time.sleep(0.05)
+    return n
+
+
+def test_exception_comes_back_with_the_cell_traceback(client):
+    out = _Recorder()
+    code = "print('before')\ndef inner(v):\n    raise ValueError(f'bad value {v}')\ninner(3)\n"
+    with pytest.raises(RemoteError) as info:
+        run_cell(code, client, stdout=out)
+    err = info.value
+    assert err.remote_type == "ValueError"
+    assert "bad value 3" in str(err)
+    assert "raise ValueError(f'bad value {v}')" in err.remote_traceback
+    assert "in inner" in err.remote_traceback
+    assert "_execute" not in err.remote_traceback  # cumulo's own frames are dropped
+    assert err.worker in client.scheduler_info()["workers"]
+    assert out.text == "before\n"
+    # the workers still run cells after a failure
+    assert run_cell("y = 2", client, outputs=["y"]) == {"y": 2}
+
+
+def test_missing_or_unpicklable_outputs(client):
+    with pytest.raises(RemoteError, match=r"did not define \['nope'\]"):
+        run_cell("x = 1", client, outputs=["nope"])
+    with pytest.raises(RemoteError, match="cannot be sent back"):
+        run_cell("import threading\nlock = threading.Lock()", client, outputs=["lock"])
+    with pytest.raises(SpecError):
+        run_cell("x = 1", client, outputs=["not a name"])
+
+
+@pytest.mark.skipif(nvml.device_get_count() > 0, reason="this machine has a GPU")
+def test_gpu_requested_without_gpu_workers(client):
+    with pytest.raises(NoGPUWorkers, match="drop --gpu"):
+        run_cell("x = 1", client, outputs=["x"], gpu=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(nvml.device_get_count() == 0, reason="NVML reports no GPU on this machine")
+def test_gpu_cell_runs_on_a_gpu_worker():
+    pytest.importorskip("dask_cuda")
+    from dask_cuda import LocalCUDACluster
+
+    with LocalCUDACluster(host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as c:
+        code = "import os\ndevices = os.environ.get('CUDA_VISIBLE_DEVICES')"
+        assert run_cell(code, c, outputs=["devices"], gpu=True)["devices"]
+
+
+# ------------------------------------------------------------------ a real kernel
+
+NOTEBOOK_CELLS = [
+    "from distributed import LocalCluster, Client\n"
+    "lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,\n"
+    "                  host='127.0.0.1', dashboard_address=':0')\n"
+    "client = Client(lc)",
+    # `%load_ext cumulo` once cumulo/__init__ re-exports load_ipython_extension
+    "%load_ext cumulo.magics",
+    "a, b = 20, 22",
+    "%%cumulo --in a,b --out total\n"
+    "import sys\n"
+    "print('partial', a)\n"
+    "print('to stderr', file=sys.stderr)\n"
+    "total = a + b",
+    "assert total == 42, total\nprint('total', total)",
+    "%%cumulo\nraise ValueError('remote boom')",
+    "%%cumulo --in nothing_here\nx = 1",
+    "client.close(); lc.close()",
+]
+
+
+def test_magic_in_a_real_kernel(tmp_path: Path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in NOTEBOOK_CELLS]
+    sdk = str(Path(__file__).resolve().parents[1] / "sdk")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([sdk, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    executor = nbclient.NotebookClient(
+        nb, timeout=120, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    with _environ(env):
+        executor.execute()
+
+    def streams(i: int, name: str) -> str:
+        return "".join(o.get("text", "") for o in nb.cells[i].outputs if o.get("name") == name)
+
+    def error(i: int) -> dict:
+        errs = [o for o in nb.cells[i].outputs if o.output_type == "error"]
+        return errs[0] if errs else {}
+
+    for i in (0, 1, 2, 3, 4, 7):
+        assert not error(i), (i, error(i))
+    assert streams(3, "stdout") == "partial 20\n"
+    assert streams(3, "stderr") == "to stderr\n"
+    assert streams(4, "stdout") == "total 42\n"
+    remote = error(5)
+    assert remote["ename"] == "RemoteError"
+    tb = "\n".join(remote["traceback"])
+    assert "remote boom" in tb and "<cumulo-cell-" in tb and "raise ValueError('remote boom')" in tb
+    assert "remote_cell.py" not in tb  # the notebook shows the cell's traceback, not cumulo's frames
+    # IPython prints a UsageError to stderr rather than as a traceback
+    assert "UsageError" in streams(6, "stderr") and "nothing_here" in streams(6, "stderr")
+
+
+class _environ:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+
+    def __enter__(self) -> None:
+        self.saved = dict(os.environ)
+        os.environ.update(self.env)
+
+    def __exit__(self, *exc: object) -> None:
+        os.environ.clear()
+        os.environ.update(self.saved)
+
