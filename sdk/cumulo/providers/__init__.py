@@ -12,6 +12,7 @@ __all__ = ["Deployment", "Provider", "get_provider", "known_providers", "registe
 _BUILTIN = {
     "local": "cumulo.providers.local:LocalProvider",
     "address": "cumulo.providers.address:AddressProvider",
+    "lambda": "cumulo.providers.lambda_cloud:LambdaProvider",
 }
 _registered: dict[str, type[Provider]] = {}
 

@@ -1,0 +1,413 @@
+"""An emulator of Lambda Cloud's REST API v1 for tests: a real HTTP server on 127.0.0.1.
+
+It follows the documented shapes (``{"data": ...}`` bodies, ``{"error": {"code",
+"message", "suggestion"}}`` errors), Bearer auth, rate limits (429 with
+Retry-After) and the instance lifecycle booting -> active -> terminating ->
+terminated. When an instance becomes active the emulator runs its ``user_data``
+as a real local process group, as cloud-init would: each instance gets its own
+loopback address 127.X.Y.N (Linux routes all of 127/8 to lo), exported to the
+script as CUMULO_BIND_HOST, so real dask schedulers and workers talk TLS to each
+other and to the test. Terminating kills the process group.
+
+Fault modes (attributes of ``Emulator.faults``, set by tests):
+  no_capacity        set of instance type names with no capacity anywhere
+  rate_limit_burst   the next N requests get 429
+  server_errors      the next N requests get 500
+  stuck_booting      instances never leave booting
+  terminate_failures the next N terminate requests get 500
+  fail_launch_at     the Nth launch request (1-based) answers insufficient-capacity
+  launch_500_after_create  launches create instances, then answer 500
+  launch_delay       seconds a launch waits after creating instances, before answering
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+PRICES = {  # cents per hour, public list prices (DESIGN.md anchors; others plausible)
+    "gpu_1x_a10": (75, "1x A10 (24 GB PCIe)", 30, 200, 1),
+    "gpu_1x_a100": (129, "1x A100 (40 GB PCIe)", 30, 200, 1),
+    "gpu_1x_a100_sxm4": (129, "1x A100 (40 GB SXM4)", 30, 200, 1),
+    "gpu_8x_a100_80gb_sxm4": (1432, "8x A100 (80 GB SXM4)", 240, 1800, 8),
+    "gpu_1x_h100_pcie": (249, "1x H100 (80 GB PCIe)", 26, 200, 1),
+    "gpu_1x_h100_sxm5": (329, "1x H100 (80 GB SXM5)", 26, 225, 1),
+    "gpu_8x_h100_sxm5": (2392, "8x H100 (80 GB SXM5)", 208, 1800, 8),
+}
+REGIONS = {"us-east-1": "Virginia, USA", "us-west-1": "California, USA", "europe-central-1": "Germany"}
+
+
+@dataclass
+class Faults:
+    """What the emulator does wrong on purpose (see the module docstring)."""
+
+    no_capacity: set[str] = field(default_factory=set)
+    rate_limit_burst: int = 0
+    server_errors: int = 0
+    stuck_booting: bool = False
+    terminate_failures: int = 0
+    fail_launch_at: int | None = None
+    launch_500_after_create: bool = False
+    launch_delay: float = 0.0
+
+
+@dataclass
+class Instance:
+    id: str
+    name: str
+    type_name: str
+    region: str
+    ip: str
+    user_data: str
+    status: str = "booting"
+    created: float = field(default_factory=time.monotonic)
+    changed: float = field(default_factory=time.monotonic)
+    pgid: int | None = None
+    workdir: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        cents, desc, vcpus, mem, gpus = PRICES[self.type_name]
+        up = self.status in ("active", "unhealthy", "terminating")
+        return {
+            "id": self.id, "name": self.name, "status": self.status,
+            "ip": self.ip if up else None, "private_ip": self.ip if up else None,
+            "hostname": f"{self.ip.replace('.', '-')}-emulated", "ssh_key_names": ["emulator-key"],
+            "file_system_names": [], "is_reserved": False,
+            "region": {"name": self.region, "description": REGIONS[self.region]},
+            "instance_type": {"name": self.type_name, "description": desc, "price_cents_per_hour": cents,
+                              "specs": {"vcpus": vcpus, "memory_gib": mem, "storage_gib": 512, "gpus": gpus}},
+        }
+
+
+class Emulator:
+    """The emulated API. ``start()`` serves on 127.0.0.1:<free port>; ``close()`` kills every instance."""
+
+    def __init__(self, *, api_key: str = "secret_emulator_key_0123456789abcdef", boot_seconds: float = 0.3,
+                 terminate_seconds: float = 0.2, request_interval: float = 0.0, launch_interval: float = 0.0,
+                 retry_after: float = 0.05, max_instances: int = 12) -> None:
+        self.api_key = api_key
+        self.boot_seconds, self.terminate_seconds = boot_seconds, terminate_seconds
+        self.request_interval, self.launch_interval = request_interval, launch_interval
+        self.retry_after, self.max_instances = retry_after, max_instances
+        self.faults = Faults()
+        self.instances: dict[str, Instance] = {}
+        self.firewall: list[dict[str, Any]] = [
+            {"protocol": "tcp", "port_range": [22, 22], "source_network": "0.0.0.0/0", "description": "SSH"}]
+        self.ssh_keys = [{"id": "k1", "name": "emulator-key", "public_key": "ssh-ed25519 AAAA emulator"}]
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        self.launches = 0
+        self._lock = threading.RLock()
+        self._last_request = 0.0
+        self._last_launch = 0.0
+        self._net = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}"
+        self._next_host = 2
+        self._root = Path(tempfile.mkdtemp(prefix="lambda-emulator-"))
+        self._stop = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/api/v1"
+
+    def start(self) -> Emulator:
+        emulator = self
+
+        class Handler(_Handler):
+            emu = emulator
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        for target in (self._server.serve_forever, self._tick_loop):
+            t = threading.Thread(target=target, daemon=True, name=f"lambda-emulator-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        """Stop serving and kill every instance's processes (whatever state they are in)."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        for t in self._threads:
+            t.join(10)
+        with self._lock:
+            for inst in self.instances.values():
+                self._kill(inst)
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def live(self) -> list[Instance]:
+        """Instances that are not terminated (what would still bill)."""
+        with self._lock:
+            return [i for i in self.instances.values() if i.status != "terminated"]
+
+    def running_process_groups(self) -> list[int]:
+        """Process groups of instances that still have a live process."""
+        out = []
+        with self._lock:
+            for inst in self.instances.values():
+                if inst.pgid is not None:
+                    try:
+                        os.killpg(inst.pgid, 0)
+                        out.append(inst.pgid)
+                    except ProcessLookupError:
+                        pass
+        return out
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait (bounded) until every instance is terminated and its processes are gone."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.live() and not self.running_process_groups():
+                return True
+            time.sleep(0.05)
+        return False
+
+    # -- the state machine -------------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            ending = []
+            with self._lock:
+                for inst in self.instances.values():
+                    if inst.status == "booting" and not self.faults.stuck_booting \
+                            and now - inst.changed >= self.boot_seconds:
+                        inst.status, inst.changed = "active", now
+                        self._run_user_data(inst)
+                    elif inst.status == "terminating" and now - inst.changed >= self.terminate_seconds:
+                        ending.append(inst)
+            for inst in ending:  # killing takes a moment: not under the lock
+                self._kill(inst)
+                with self._lock:
+                    inst.status, inst.changed = "terminated", time.monotonic()
+
+    def _run_user_data(self, inst: Instance) -> None:
+        inst.workdir = self._root / inst.id
+        inst.workdir.mkdir(mode=0o700)
+        script = inst.workdir / "user_data.sh"
+        script.write_text(inst.user_data)
+        env = dict(os.environ)
+        env.update({
+            "CUMULO_ROOT": str(inst.workdir), "CUMULO_BIND_HOST": inst.ip,
+            "CUMULO_DASHBOARD_ADDRESS": f"{inst.ip}:0",
+            "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+        })
+        env.pop("LAMBDA_API_KEY", None)  # an instance never sees the user's key
+        proc = subprocess.Popen(["bash", str(script)], cwd=inst.workdir, env=env, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        inst.pgid = proc.pid
+        threading.Thread(target=proc.wait, daemon=True).start()  # reap the bash parent
+
+    def _kill(self, inst: Instance) -> None:
+        if inst.pgid is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            try:
+                os.killpg(inst.pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(inst.pgid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.02)
+            else:
+                continue
+            break
+        inst.pgid = None
+
+    # -- request handling ----------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, auth: str | None, body: Any) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            status, payload, headers = self._handle(method, path, auth, body)
+            self.requests.append((method, path, status))
+        if status == 200 and path.endswith("/launch") and self.faults.launch_delay:
+            time.sleep(self.faults.launch_delay)  # outside the lock: the instances already exist
+        return status, payload, headers
+
+    def _error(self, status: int, code: str, message: str, suggestion: str = "") -> tuple[int, Any, dict[str, str]]:
+        err = {"code": code, "message": message}
+        if suggestion:
+            err["suggestion"] = suggestion
+        headers = {"Retry-After": f"{self.retry_after:g}"} if status == 429 else {}
+        return status, {"error": err}, headers
+
+    def _handle(self, method: str, path: str, auth: str | None, body: Any) -> tuple[int, Any, dict[str, str]]:
+        if not path.startswith("/api/v1/"):
+            return self._error(404, "global/object-does-not-exist", "Not found")
+        route = path[len("/api/v1"):]
+        if auth != f"Bearer {self.api_key}":
+            return self._error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
+                               "Check your API key or create a new one, then try again.")
+        now = time.monotonic()
+        if self.faults.rate_limit_burst > 0:
+            self.faults.rate_limit_burst -= 1
+            return self._error(429, "global/too-many-requests", "Too many requests.")
+        is_launch = route == "/instance-operations/launch"
+        if now - self._last_request < self.request_interval or \
+                (is_launch and now - self._last_launch < self.launch_interval):
+            return self._error(429, "global/too-many-requests", "Too many requests.")
+        self._last_request = now
+        if self.faults.server_errors > 0:
+            self.faults.server_errors -= 1
+            return self._error(500, "global/internal-error", "Something went wrong.")
+        if method == "GET" and route == "/instance-types":
+            return 200, {"data": self._types()}, {}
+        if method == "GET" and route == "/instances":
+            return 200, {"data": [i.to_json() for i in self.instances.values()]}, {}
+        if method == "GET" and route.startswith("/instances/"):
+            inst = self.instances.get(route.rsplit("/", 1)[1])
+            if inst is None:
+                return self._error(404, "global/object-does-not-exist", "Specified instance does not exist.")
+            return 200, {"data": inst.to_json()}, {}
+        if method == "GET" and route == "/ssh-keys":
+            return 200, {"data": self.ssh_keys}, {}
+        if method == "GET" and route == "/firewall-rules":
+            return 200, {"data": [dict(r) for r in self.firewall]}, {}
+        if method == "PUT" and route == "/firewall-rules":
+            rules = (body or {}).get("data")
+            if not isinstance(rules, list):
+                return self._error(400, "global/invalid-parameters", "data must be a list of rules")
+            self.firewall = [dict(r) for r in rules]
+            return 200, {"data": self.firewall}, {}
+        if method == "POST" and is_launch:
+            self._last_launch = now
+            return self._launch(body or {})
+        if method == "POST" and route == "/instance-operations/terminate":
+            if self.faults.terminate_failures > 0:
+                self.faults.terminate_failures -= 1
+                return self._error(500, "global/internal-error", "Something went wrong.")
+            return self._terminate(body or {})
+        return self._error(404, "global/object-does-not-exist", f"No route {method} {route}")
+
+    def _types(self) -> dict[str, Any]:
+        out = {}
+        for name, (cents, desc, vcpus, mem, gpus) in PRICES.items():
+            regions = [] if name in self.faults.no_capacity else [
+                {"name": r, "description": d} for r, d in REGIONS.items()]
+            out[name] = {"instance_type": {
+                "name": name, "description": desc, "price_cents_per_hour": cents,
+                "specs": {"vcpus": vcpus, "memory_gib": mem, "storage_gib": 512, "gpus": gpus}},
+                "regions_with_capacity_available": regions}
+        return out
+
+    def _launch(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        self.launches += 1
+        type_name, region = body.get("instance_type_name"), body.get("region_name")
+        quantity, keys = body.get("quantity", 1), body.get("ssh_key_names") or []
+        if type_name not in PRICES or region not in REGIONS:
+            return self._error(400, "global/invalid-parameters", "Unknown instance type or region.")
+        if len(keys) != 1 or keys[0] not in {k["name"] for k in self.ssh_keys}:
+            return self._error(400, "global/invalid-parameters", "Exactly one existing SSH key name is required.")
+        if not isinstance(quantity, int) or quantity < 1:
+            return self._error(400, "global/invalid-parameters", "quantity must be a positive integer.")
+        if type_name in self.faults.no_capacity or self.faults.fail_launch_at == self.launches:
+            return self._error(400, "instance-operations/launch/insufficient-capacity",
+                               "Not enough capacity to fulfill launch request.",
+                               "Choose an instance type with more availability, or try again later.")
+        if len(self.live()) + quantity > self.max_instances:
+            return self._error(400, "global/quota-exceeded", "Quota exceeded.",
+                               "Contact support to increase your quota.")
+        ids = []
+        for _ in range(quantity):
+            iid = uuid.uuid4().hex
+            ip = f"{self._net}.{self._next_host}"
+            self._next_host += 1
+            self.instances[iid] = Instance(iid, str(body.get("name") or ""), type_name, region, ip,
+                                           str(body.get("user_data") or ""))
+            ids.append(iid)
+        if self.faults.launch_500_after_create:
+            return self._error(500, "global/internal-error", "Something went wrong.")
+        return 200, {"data": {"instance_ids": ids}}, {}
+
+    def _terminate(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        ids = body.get("instance_ids") or []
+        missing = [i for i in ids if i not in self.instances]
+        if missing:
+            return self._error(400, "global/invalid-parameters", f"Unknown instance(s): {', '.join(missing)}")
+        out = []
+        for iid in ids:
+            inst = self.instances[iid]
+            if inst.status not in ("terminating", "terminated"):
+                inst.status, inst.changed = "terminating", time.monotonic()
+            out.append(inst.to_json())
+        return 200, {"data": {"terminated_instances": out}}, {}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emu: Emulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        status, payload, headers = self.emu.handle(method, self.path, self.headers.get("Authorization"), body)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+
+def main() -> None:
+    """Run the emulator in the foreground (for the example notebook or manual poking)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--boot-seconds", type=float, default=2.0)
+    args = parser.parse_args()
+    emu = Emulator(boot_seconds=args.boot_seconds).start()
+    print(f"LAMBDA_EMULATOR_URL={emu.base_url}", flush=True)
+    print(f"LAMBDA_API_KEY={emu.api_key}", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        emu.close()
+
+
+if __name__ == "__main__":
+    main()
