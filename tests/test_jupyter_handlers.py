@@ -1,0 +1,169 @@
+"""The REST API of the server extension, through a real Jupyter server (pytest-jupyter's jp_fetch)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from cumulo import exceptions as exc
+from cumulo.jupyter.handlers import HTTP_STATUS, http_status
+from cumulo.jupyter.manager import ClusterManager
+
+from .test_jupyter_manager import fake_connect
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+ROUTES = [
+    ("GET", "cumulo/clusters"),
+    ("POST", "cumulo/clusters"),
+    ("POST", "cumulo/clusters/etl/scale"),
+    ("DELETE", "cumulo/clusters/etl"),
+    ("GET", "cumulo/clusters/etl/usage"),
+    ("GET", "cumulo/prices"),
+]
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"cumulo.jupyter": True}}}
+
+
+@pytest.fixture
+def manager(jp_serverapp: Any) -> Any:
+    """The server's manager, with a fake connect() so that launches take milliseconds."""
+    m: ClusterManager = jp_serverapp.web_app.settings["cumulo_manager"]
+    m._connect = fake_connect([])
+    yield m
+    m.close_owned()
+
+
+async def call(jp_fetch: Any, method: str, path: str, body: Any = None, **params: str) -> tuple[int, Any]:
+    """(status, JSON body) of a request, errors included."""
+    kwargs: dict[str, Any] = {"method": method, "raise_error": False}
+    if params:
+        kwargs["params"] = params
+    if body is not None:
+        kwargs["body"] = body if isinstance(body, str) else json.dumps(body)
+    elif method == "POST":
+        kwargs["body"] = ""
+    if method == "DELETE":
+        kwargs["allow_nonstandard_methods"] = True
+    response = await jp_fetch(*path.split("/"), **kwargs)
+    return response.code, json.loads(response.body or b"null")
+
+
+def test_every_cumulo_error_has_a_status() -> None:
+    for name in exc.__all__:
+        cls = getattr(exc, name)
+        assert issubclass(cls, exc.CumuloError)
+        assert 400 <= http_status(cls.__new__(cls)) < 600, name  # no __init__: some take extra arguments
+    assert http_status(exc.SpecError("x")) == 400
+    assert http_status(exc.ClusterNotFound("x")) == 404
+    assert http_status(exc.NotOwner("x")) == 409
+    assert http_status(exc.CapacityError("x")) == 503  # the nearest class wins over ProviderError's 502
+    assert all(issubclass(k, exc.CumuloError) for k in HTTP_STATUS)
+
+
+async def test_extension_is_loaded_and_lists_nothing(jp_fetch: Any, manager: ClusterManager) -> None:
+    status, data = await call(jp_fetch, "GET", "cumulo/clusters")
+    assert status == 200
+    assert data["clusters"] == [] and data["totals"]["running"] == 0
+
+
+async def test_launch_list_scale_usage_stop(jp_fetch: Any, manager: ClusterManager) -> None:
+    status, card = await call(jp_fetch, "POST", "cumulo/clusters", {"provider": "local", "name": "etl", "workers": 1})
+    assert status == 202 and card["state"] == "launching"
+    await asyncio.get_running_loop().run_in_executor(None, manager.wait_launch, "etl", 10)
+    status, data = await call(jp_fetch, "GET", "cumulo/clusters")
+    assert [(c["name"], c["state"]) for c in data["clusters"]] == [("etl", "running")]
+    status, body = await call(jp_fetch, "POST", "cumulo/clusters/etl/scale", {"workers": 3})
+    assert (status, body) == (200, {"name": "etl", "workers": 3})
+    status, usage = await call(jp_fetch, "GET", "cumulo/clusters/etl/usage")
+    assert status == 200 and usage["cluster"]["name"] == "etl"
+    status, final = await call(jp_fetch, "DELETE", "cumulo/clusters/etl")
+    assert status == 200 and final["state"] == "closed"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    [
+        ("POST", "cumulo/clusters", "{not json", 400, "not JSON"),
+        ("POST", "cumulo/clusters", {"provider": "local", "workers": -3}, 400, "workers=-3"),
+        ("POST", "cumulo/clusters", {"provider": "local", "gpus": 2}, 400, "unknown cluster spec field"),
+        ("POST", "cumulo/clusters", {"provider": "nowhere"}, 400, "unknown provider"),
+        ("POST", "cumulo/clusters/ghost/scale", {"workers": 2}, 404, "no open cluster named 'ghost'"),
+        ("POST", "cumulo/clusters/ghost/scale", {"workers": "two"}, 400, "whole number"),
+        ("DELETE", "cumulo/clusters/ghost", None, 404, "no open cluster named 'ghost'"),
+        ("GET", "cumulo/clusters/ghost/usage", None, 404, "no cluster named 'ghost'"),
+    ],
+)
+async def test_bad_input_and_unknown_clusters(
+    jp_fetch: Any, manager: ClusterManager, method: str, path: str, body: Any, status: int, words: str
+) -> None:
+    got, reply = await call(jp_fetch, method, path, body)
+    assert got == status, reply
+    assert words in reply["message"]
+
+
+async def test_scaling_a_kernels_cluster_is_a_conflict(jp_fetch: Any, manager: ClusterManager) -> None:
+    manager.registry.create("kernels", "local", {}, state="running")
+    status, reply = await call(jp_fetch, "POST", "cumulo/clusters/kernels/scale", {"workers": 2})
+    assert status == 409 and reply["error"] == "NotOwner" and "scale it there" in reply["message"]
+
+
+async def test_prices(jp_fetch: Any, manager: ClusterManager) -> None:
+    status, data = await call(jp_fetch, "GET", "cumulo/prices", gpu="A100")
+    assert status == 200 and data["offers"]
+    assert all("A100" in o["gpu_model"] for o in data["offers"])
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+async def test_every_route_refuses_requests_without_credentials(
+    jp_serverapp: Any, http_server_client: Any, jp_base_url: str, method: str, path: str
+) -> None:
+    """No token, no cookie: every verb is refused before it reaches the manager."""
+    body = "{}" if method == "POST" else None
+    with pytest.raises(HTTPClientError) as info:
+        await http_server_client.fetch(jp_base_url + path, method=method, body=body, follow_redirects=False,
+                                       allow_nonstandard_methods=method == "DELETE")
+    assert info.value.code in (401, 403, 302)
+    assert jp_serverapp.web_app.settings["cumulo_manager"].list(live=False)["clusters"] == []
+
+
+async def test_reaper_runs_on_a_timer(jp_serverapp: Any) -> None:
+    from cumulo.jupyter.app import Reaper
+
+    sweeps: list[int] = []
+    manager = jp_serverapp.web_app.settings["cumulo_manager"]
+    reaper = Reaper(manager, 0.05)
+    manager._reap = lambda registry, dry_run: sweeps.append(1) or []
+    reaper.start()
+    try:
+        for _ in range(100):
+            if len(sweeps) >= 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await reaper.stop()
+    assert len(sweeps) >= 2 and reaper.sweeps >= 2
+
+
+def test_enabled_on_install_by_a_config_file() -> None:
+    """The shipped jupyter-config file enables the extension; `jupyter server extension list` reads it."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "jupyter-config" / "jupyter_server_config.d" / "cumulo.json"
+    assert json.loads(config.read_text()) == {"ServerApp": {"jpserver_extensions": {"cumulo.jupyter": True}}}
+    out = subprocess.run(
+        [sys.executable, "-m", "jupyter", "server", "extension", "list"],
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "JUPYTER_CONFIG_DIR": str(config.parent.parent)},  # read as the "user" dir
+    )
+    text = out.stdout + out.stderr
+    assert "cumulo.jupyter" in text and "enabled" in text, text
