@@ -234,3 +234,50 @@ def test_xgboost_uses_cuda_on_gpu_workers():
         ddf = dd.from_pandas(_classification(5000), npartitions=2)
         out = cumulo.train.xgboost(c, ddf.drop(columns="label"), ddf["label"], num_boost_round=5)
         assert '"device":"cuda' in out["booster"].save_config().replace(" ", "")
+
+
+def late_rank(sleep):
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    if cumulo.train.context().rank == 1:
+        time.sleep(sleep)
+    x = torch.ones(2)
+    dist.all_reduce(x)
+    return x.tolist()
+
+
+def test_a_missing_peer_times_out_instead_of_hanging(client):
+    t0 = time.perf_counter()
+    with pytest.raises(TrainingError, match="Timed out") as info:
+        cumulo.train.torch(late_rank, client, 4, timeout="1s")
+    assert info.value.rank == 0
+    assert time.perf_counter() - t0 < 15
+    assert cumulo.train.torch(late_rank, client, 0) == [[2.0, 2.0]] * 2
+
+
+def sleepy(seconds):
+    import time
+
+    time.sleep(seconds)
+    return cumulo.train.context().rank
+
+
+def test_progress_bar_in_a_terminal_and_off_by_config(client, monkeypatch, capsys):
+    from cumulo import progress
+
+    monkeypatch.setattr(progress, "surface", lambda: "terminal")
+    with dask.config.set({"cumulo.progress.enabled": True, "cumulo.progress.delay": "0.2s"}):
+        assert cumulo.train.torch(sleepy, client, 1.0) == [0, 1]
+        text = ""
+        deadline = time.monotonic() + 5
+        while "100% Completed" not in text and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text += capsys.readouterr().out
+        assert "100% Completed" in text
+    with dask.config.set({"cumulo.progress.enabled": False, "cumulo.progress.delay": "0.2s"}):
+        assert cumulo.train.torch(sleepy, client, 0.5) == [0, 1]
+        time.sleep(0.3)
+        assert "Completed" not in capsys.readouterr().out
