@@ -18,6 +18,7 @@ Fault modes (attributes of ``Emulator.faults``, set by tests):
   fail_launch_at     the Nth launch request (1-based) answers insufficient-capacity
   launch_500_after_create  launches create instances, then answer 500
   launch_delay       seconds a launch waits after creating instances, before answering
+  echo_credentials   401 answers quote the Authorization header back (a careless server)
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Faults:
     fail_launch_at: int | None = None
     launch_500_after_create: bool = False
     launch_delay: float = 0.0
+    echo_credentials: bool = False
 
 
 @dataclass
@@ -221,23 +223,21 @@ class Emulator:
         threading.Thread(target=proc.wait, daemon=True).start()  # reap the bash parent
 
     def _kill(self, inst: Instance) -> None:
+        # Termination is a power-off: SIGKILL the whole process group, then wait (bounded) until it is gone.
         if inst.pgid is None:
             return
-        for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        try:
+            os.killpg(inst.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            inst.pgid = None
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
             try:
-                os.killpg(inst.pgid, sig)
+                os.killpg(inst.pgid, 0)
             except ProcessLookupError:
                 break
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(inst.pgid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.02)
-            else:
-                continue
-            break
+            time.sleep(0.02)
         inst.pgid = None
 
     # -- request handling ----------------------------------------------------------------------
@@ -247,7 +247,7 @@ class Emulator:
             status, payload, headers = self._handle(method, path, auth, body)
             self.requests.append((method, path, status))
         if status == 200 and path.endswith("/launch") and self.faults.launch_delay:
-            time.sleep(self.faults.launch_delay)  # outside the lock: the instances already exist
+            self._stop.wait(self.faults.launch_delay)  # outside the lock: the instances already exist
         return status, payload, headers
 
     def _error(self, status: int, code: str, message: str, suggestion: str = "") -> tuple[int, Any, dict[str, str]]:
@@ -262,7 +262,8 @@ class Emulator:
             return self._error(404, "global/object-does-not-exist", "Not found")
         route = path[len("/api/v1"):]
         if auth != f"Bearer {self.api_key}":
-            return self._error(401, "global/invalid-api-key", "API key was invalid, expired, or deleted.",
+            echo = f" (received {auth})" if self.faults.echo_credentials else ""
+            return self._error(401, "global/invalid-api-key", f"API key was invalid, expired, or deleted{echo}.",
                                "Check your API key or create a new one, then try again.")
         now = time.monotonic()
         if self.faults.rate_limit_burst > 0:
