@@ -238,7 +238,7 @@ class Cluster(SyncMethodMixin):
         except BaseException as exc:
             await self._abandon(exc)
             raise
-        self._mark_running()
+        await self._mark_running()
 
     async def _attach(self, record: ClusterRecord) -> None:
         self.id = record.id
@@ -261,21 +261,18 @@ class Cluster(SyncMethodMixin):
             await self._close_client()
             self.status = "failed"
             raise
-        self._mark_running()
+        await self._mark_running()
 
-    def _mark_running(self) -> None:
+    async def _mark_running(self) -> None:
         global _current
         facts = self._facts
         assert self.client is not None
-        info = self.client.scheduler_info()
-        workers = info.get("workers", {})
+        ident = await self.client.scheduler.identity()
         values: dict[str, Any] = {
             "state": "running",
             "address": self.client.scheduler.address,
             "dashboard": self.dashboard_link,
-            "workers": len(workers),
-            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-            "memory": sum(w.get("memory_limit") or 0 for w in workers.values()),
+            **_sizes(ident),
             "gpus": facts.gpus if facts else 0,
             "gpu_model": facts.gpu_model if facts else None,
             "backend": self.backend,
@@ -286,6 +283,16 @@ class Cluster(SyncMethodMixin):
         self.status = "running"
         _current = weakref.ref(self)
         _live.add(self)
+        await self._watch_cost()
+
+    async def _watch_cost(self) -> None:
+        """Install the usage ledger, set the kernel lease, start budget/idle guards (cumulo.guards)."""
+        from . import guards
+
+        try:
+            await guards.attach(self)
+        except Exception as exc:  # metering must never make a working cluster unusable
+            logger.warning("cumulo: cost tracking for %r is off: %s", self.name, exc)
 
     async def _connect_client(self, address: str, security: Security | None) -> None:
         timeout = parse_timedelta(config.get("connect.timeout"))
@@ -347,6 +354,9 @@ class Cluster(SyncMethodMixin):
     async def _close(self) -> None:
         if self.status in ("closed", "closing"):
             return
+        from . import guards
+
+        guards.on_close(self)
         was = self.status
         self.status = "closing"
         if was == "running":
@@ -398,6 +408,24 @@ class Cluster(SyncMethodMixin):
     async def __aexit__(self, *exc: Any) -> None:
         await self._close()
 
+    # -- cost and guards (cumulo.metering, cumulo.guards) -------------------------------
+
+    @property
+    def usage(self) -> Any:
+        """What this cluster used and cost: ``.summary()``, ``.spend()``, ``.cells()``, ``.widget()``."""
+        from .metering import Usage
+
+        usage = getattr(self, "_cumulo_usage", None)
+        if usage is None:
+            usage = self._cumulo_usage = Usage(self)
+        return usage
+
+    def detach(self) -> None:
+        """Let this cluster outlive the kernel: no lease; stop it later with `cumulo down NAME`."""
+        from .guards import detach
+
+        detach(self)
+
     # -- state ---------------------------------------------------------------------------
 
     async def _alive(self) -> None:
@@ -423,14 +451,11 @@ class Cluster(SyncMethodMixin):
         await self._alive()
         assert self.client is not None
         ident = await self.client.scheduler.identity()
-        workers = ident.get("workers", {})
         return {
             "name": self.name,
             "provider": self._provider.name,
             "address": ident.get("address"),
-            "workers": len(workers),
-            "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-            "memory": sum(w.get("memory_limit") or 0 for w in workers.values()),
+            **_sizes(ident),
             "gpus": self._facts.gpus if self._facts else 0,
             "gpu_model": self._facts.gpu_model if self._facts else None,
             "backend": self.backend,
@@ -516,6 +541,16 @@ class Cluster(SyncMethodMixin):
         from .display import cluster_html
 
         return cluster_html(self)
+
+
+def _sizes(identity: dict[str, Any]) -> dict[str, int]:
+    """Workers, threads and memory from a scheduler identity."""
+    workers = identity.get("workers", {})
+    return {
+        "workers": len(workers),
+        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
+        "memory": sum(w.get("memory_limit") or 0 for w in workers.values()),
+    }
 
 
 def _close_all_at_exit() -> None:

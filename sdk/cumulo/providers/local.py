@@ -33,6 +33,34 @@ def gpu_count() -> int:
         return 0
 
 
+def _worker_pids(cluster: Any) -> list[int]:
+    """PIDs of the worker processes a (partly started) local cluster spawned."""
+    pids = []
+    for nanny in getattr(cluster, "workers", {}).values():
+        process = getattr(getattr(nanny, "process", None), "process", None)
+        pid = getattr(process, "pid", None)
+        if pid:
+            pids.append(pid)
+    return pids
+
+
+async def _discard(cluster: Any) -> None:
+    """Stop a cluster whose start failed or was cut short, killing workers that missed the close."""
+    import os
+    import signal
+
+    pids = _worker_pids(cluster)
+    try:
+        await asyncio.wait_for(cluster.close(), 10)
+    except BaseException:
+        pass
+    for pid in pids + _worker_pids(cluster):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue
+
+
 class LocalProvider(Provider):
     """Workers as processes on this machine, scheduler on 127.0.0.1."""
 
@@ -91,14 +119,22 @@ class LocalProvider(Provider):
         async def started() -> None:
             await cluster
 
+        # Never cancel a start half way: workers being spawned at that moment would be missed by
+        # close() and outlive us. On timeout, let the start settle (bounded), then stop everything.
+        task = asyncio.ensure_future(started())
         try:
-            await asyncio.wait_for(started(), timeout)
-        except BaseException as exc:
-            await cluster.close()
-            if isinstance(exc, asyncio.TimeoutError):
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                await asyncio.wait({task}, timeout=max(10.0, timeout))
+                task.cancel()
+                await _discard(cluster)
                 raise ConnectTimeout(
                     f"the local cluster did not start within {timeout:g}s; raise cumulo.connect.timeout "
                     "or ask for fewer workers"
-                ) from exc
+                )
+            task.result()
+        except BaseException:
+            task.cancel()
+            await _discard(cluster)
             raise
         return Deployment(cluster.scheduler_address, dashboard_link=cluster.dashboard_link, manager=cluster)

@@ -1,0 +1,139 @@
+"""The ``cumulo`` command: run the demo, list clusters, stop them.
+
+Subcommands register themselves with ``add_parser(subparsers)``-style
+functions so that other modules (prices, reap, ...) plug in without this file
+growing a branch per feature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+from dask.utils import format_bytes, format_time
+
+from .exceptions import CumuloError
+
+__all__ = ["main", "register_command"]
+
+_extra_commands: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def register_command(add: Callable[[argparse._SubParsersAction], None]) -> None:
+    """Add a subcommand: ``add(subparsers)`` must create a parser and ``set_defaults(func=...)``."""
+    _extra_commands.append(add)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import cumulo
+    from cumulo import config, datasets, pipeline
+
+    rows = args.rows or config.get("demo.rows")
+    partitions = args.partitions or config.get("demo.partitions")
+    started = time.perf_counter()
+    print("cumulo demo: starting the default cluster on this machine ...", flush=True)
+    with cumulo.connect(workers=args.workers, name=args.name) as cluster:
+        info = cluster.info()
+        print(f"  cluster {cluster.name}: {info['workers']} workers, {info['threads']} threads, "
+              f"{format_bytes(info['memory'])}, GPUs: {info['gpus'] or 'none'}, backend: {cluster.backend}")
+        print(f"  dashboard: {cluster.dashboard_link}")
+        with tempfile.TemporaryDirectory(prefix="cumulo-demo-") as tmp:
+            t0 = time.perf_counter()
+            datasets.taxi(tmp, rows=rows, partitions=partitions, client=cluster.client)
+            gen = time.perf_counter() - t0
+            print(f"  generated {rows:,} synthetic taxi trips in {partitions} Parquet files ({format_time(gen)})")
+            t0 = time.perf_counter()
+            result = pipeline.run(tmp)
+            wall = time.perf_counter() - t0
+        print(f"\npipeline: kept {result.rows_kept:,} of {result.rows_in:,} trips "
+              "(filter -> join zones -> groupby borough/hour -> 1h windows)")
+        print("\nby borough and hour (first rows):")
+        print(result.by_borough_hour.head(8).round(3).to_string())
+        print("\nbusiest one-hour windows:")
+        print(result.hourly_windows.sort_values("trips", ascending=False).head(3).to_string())
+        print(f"\nbackend: {cluster.backend}   workers: {info['workers']}   pipeline wall time: {format_time(wall)}")
+        print(_usage_line(cluster))
+    print(f"cluster {cluster.name} closed; total {format_time(time.perf_counter() - started)}")
+    return 0
+
+
+def _usage_line(cluster: object) -> str:
+    """Cost and usage of the cluster so far, from the usage ledger when it is installed."""
+    usage = getattr(cluster, "usage", None)
+    if usage is not None:
+        return str(usage)
+    return "cost: no rate set for local clusters (set cumulo.cost.* to price your own hardware)"
+
+
+def _ls(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import cumulo
+
+    table = cumulo.clusters(include_closed=not args.open, since=None if args.all else "24h")
+    if table.empty:
+        print("no clusters" + (" open" if args.open else " in the last 24h (use --all for history)"))
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.drop(columns=["created"]).to_string(index=False))
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from cumulo.inventory import stop
+
+    if not args.name and not args.all:
+        print("cumulo down: name a cluster (see `cumulo ls`) or pass --all", file=sys.stderr)
+        return 2
+    stopped = stop(args.name, all=args.all)
+    if not stopped:
+        print("no open clusters")
+    for record in stopped:
+        print(f"stopped {record.name} ({record.provider}, {record.address})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="cumulo", description="Dask clusters from notebooks, with their cost.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="start the default cluster, run the taxi pipeline, show cost, close")
+    demo.add_argument("--rows", type=int, help="rows of synthetic trips (default: cumulo.demo.rows)")
+    demo.add_argument("--partitions", type=int, help="Parquet partitions (default: cumulo.demo.partitions)")
+    demo.add_argument("--workers", type=int, help="worker processes (default: sized to the machine)")
+    demo.add_argument("--name", help="cluster name (default: generated)")
+    demo.set_defaults(func=_demo)
+
+    ls = sub.add_parser("ls", help="list your clusters (open, and closed in the last 24h)")
+    ls.add_argument("--open", action="store_true", help="only open clusters")
+    ls.add_argument("--all", action="store_true", help="all history, not just the last 24h")
+    ls.set_defaults(func=_ls)
+
+    down = sub.add_parser("down", help="stop a cluster by name, or all of them")
+    down.add_argument("name", nargs="?", help="cluster name (see `cumulo ls`)")
+    down.add_argument("--all", action="store_true", help="stop every open cluster")
+    down.set_defaults(func=_down)
+
+    for add in _extra_commands:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cumulo`` command; errors print their message, not a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CumuloError as exc:
+        print(f"cumulo {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

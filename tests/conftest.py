@@ -1,0 +1,140 @@
+"""Shared fixtures: an isolated registry per test, real Dask processes on 127.0.0.1, leak checks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def registry_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own registry file, so tests never touch the user's clusters."""
+    path = tmp_path / "registry.db"
+    monkeypatch.setenv("CUMULO_REGISTRY", str(path))
+    return path
+
+
+def _is_helper(p: psutil.Process) -> bool:
+    """multiprocessing's resource tracker and forkserver live as long as the interpreter: not a leak."""
+    cmd = " ".join(p.cmdline())
+    return "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd
+
+
+def live_children() -> list[psutil.Process]:
+    """Descendants of this interpreter that are still running (zombies waiting to be reaped excluded)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and not _is_helper(p):
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_processes() -> Iterator[None]:
+    """Fail a test that leaves child processes of this interpreter running."""
+    before = {p.pid for p in live_children()}
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [p for p in live_children() if p.pid not in before]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    described = []
+    for p in left:
+        try:
+            described.append((p.pid, " ".join(p.cmdline()[:4])))
+            p.kill()
+        except psutil.Error:
+            continue
+    assert not described, f"test left processes running: {described}"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class DaskProcesses:
+    """A `dask scheduler` and `dask worker` started as separate processes, as a user would."""
+
+    def __init__(self, tmp: Path, *, workers: int = 1, tls: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        scheme = "tls" if tls else "tcp"
+        self.address = f"{scheme}://127.0.0.1:{self.port}"
+        tls_args: list[str] = []
+        if tls:
+            tls_args = ["--tls-ca-file", tls["ca_file"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+        log = open(tmp / "dask-processes.log", "ab")
+        env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+        self.scheduler = subprocess.Popen(
+            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+             "--dashboard-address", "127.0.0.1:0", "--protocol", scheme, *tls_args],
+            stdout=log, stderr=log, env=env,
+        )
+        self.workers = [
+            subprocess.Popen(
+                [str(BIN / "dask"), "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+                 "--no-nanny", "--no-dashboard", *tls_args],
+                stdout=log, stderr=log, env=env,
+            )
+            for _ in range(workers)
+        ]
+        self.log = tmp / "dask-processes.log"
+
+    def stop(self) -> None:
+        for p in [*self.workers, self.scheduler]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.workers, self.scheduler]:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def wait_for_workers(address: str, n: int, security=None, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Block until the scheduler at ``address`` has ``n`` workers."""
+    from distributed import Client
+
+    with Client(address, security=security, timeout=timeout, set_as_default=False) as client:
+        client.wait_for_workers(n, timeout=timeout)
+
+
+@pytest.fixture
+def dask_processes(tmp_path: Path) -> Iterator[DaskProcesses]:
+    """A plain-tcp scheduler with one worker on 127.0.0.1, started by the CLI."""
+    procs = DaskProcesses(tmp_path, workers=1)
+    try:
+        wait_for_workers(procs.address, 1)
+        yield procs
+    finally:
+        procs.stop()
