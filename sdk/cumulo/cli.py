@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true", help="stop every open cluster")
     down.set_defaults(func=_down)
 
+    from . import catalog, guards, metering
+
+    catalog.add_cli(sub)  # cumulo prices [--gpu] [--refresh]
+    guards.add_cli(sub)  # cumulo reap [--dry-run]
+    metering.add_cli(sub)  # cumulo usage NAME
     for add in _extra_commands:
         add(sub)
     return parser

@@ -313,3 +313,45 @@ def summary_dict(spend: Spend) -> dict[str, Any]:
     d = asdict(spend)
     d["kind"] = spend.kind
     return d
+
+
+def add_cli(subparsers: Any) -> Any:
+    """Add ``cumulo usage NAME`` (what a cluster used and cost, from its ledger and registry row)."""
+    p = subparsers.add_parser("usage", help="what a cluster used and what it cost")
+    p.add_argument("name", help="cluster name (see `cumulo ls`)")
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: Any) -> int:
+    """Entry point of `cumulo usage NAME`."""
+    import asyncio
+
+    from .exceptions import ClusterNotFound
+    from .providers import get_provider
+    from .registry import Registry
+
+    registry = Registry()
+    rec = registry.latest(args.name)
+    if rec is None:
+        raise ClusterNotFound(f"no cluster named {args.name!r} in the registry; see `cumulo ls`")
+    ledger = None
+    if rec.is_open and rec.address:
+        ledger = asyncio.run(fetch_ledger_async(rec.address, get_provider(rec.provider).security(rec)))
+    spend = spend_of(rec, ledger)
+    if spend.amount is None and rec.cost is not None:
+        spend = Spend(rec.cost, rec.rate_per_hour, "last figure recorded by its kernel")
+    print(f"{rec.name} ({rec.provider}, {rec.state}): spend {spend.text()}")
+    if ledger is None:
+        print("  no ledger reachable" + ("" if rec.is_open else " (cluster closed)"))
+        return 0
+
+    class _Row:
+        def __init__(self) -> None:
+            self.record = rec
+            self.registry = registry
+            self.id = rec.id
+
+    usage = Usage(_Row())
+    print(_text(usage.summary(ledger)))
+    return 0
