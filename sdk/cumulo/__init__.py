@@ -8,10 +8,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import config as _config  # noqa: F401  (merges cumulo.* defaults into dask.config)
 from ._version import __version__
 from .cluster import Cluster, connect, current
 from .exceptions import CumuloError
 from .inventory import clusters
+from .magics import load_ipython_extension, unload_ipython_extension
 
-__all__ = ["Cluster", "CumuloError", "__version__", "clusters", "connect", "current"]
+__all__ = ["Cluster", "CumuloError", "__version__", "clusters", "connect", "current", "prices"]
+
+
+def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> Any:
+    """GPU offers and prices as a DataFrame, cheapest $/GPU-hour first (see cumulo.catalog.prices)."""
+    from .catalog import prices as _prices
+
+    return _prices(gpu=gpu, provider=provider, region=region)
