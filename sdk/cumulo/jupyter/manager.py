@@ -334,11 +334,15 @@ class ClusterManager:
         """The GPU offers of the catalog as JSON rows (NaN as null), for the New cluster form."""
         from .. import catalog  # imported here: pandas and the snapshot load only when asked
 
+        from ..providers import known_providers
+
         frame = catalog.prices(gpu=gpu, provider=provider)
         rows = []
         for rec in frame.to_dict(orient="records"):
             rows.append({str(k): _jsonable(v) for k, v in rec.items()})
-        return {"offers": rows}
+        # providers the server can launch with; "address" attaches to someone else's scheduler instead
+        launchable = [p for p in known_providers() if p != "address"]
+        return {"offers": rows, "providers": launchable}
 
     def usage(self, name: str) -> dict[str, Any]:
         """What one cluster used and cost: its card, its event log, and the ledger summary when reachable."""

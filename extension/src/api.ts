@@ -1,0 +1,162 @@
+/**
+ * The REST API of the cumulo server extension (`<base_url>/cumulo/`), typed.
+ *
+ * Only this file talks HTTP: the model and the views see `ComputeAPI`, so
+ * they are tested with a fake and never build a URL themselves.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** One card: a cluster from the registry, or a launch in flight. */
+export interface ClusterRow {
+  name: string;
+  provider: string;
+  /** launching | starting | running | closing | closed | failed | lost */
+  state: string;
+  address?: string | null;
+  dashboard?: string | null;
+  workers?: number | null;
+  threads?: number | null;
+  gpus?: number | null;
+  gpu_model?: string | null;
+  backend?: string | null;
+  budget?: number | null;
+  budget_used?: number | null;
+  idle_timeout?: number | null;
+  /** $/h; null means "no rate set" (never shown as $0). */
+  rate_per_hour?: number | null;
+  spent?: number | null;
+  spent_today?: number | null;
+  /** "estimate", "billed", or "none" (no rate). */
+  cost_kind?: string | null;
+  cost_basis?: string | null;
+  created: number;
+  closed?: number | null;
+  note?: string | null;
+  /** server | kernel | gone | elsewhere */
+  owned_by?: string;
+  progress?: string;
+  error?: string | null;
+  live?: boolean;
+}
+
+export interface Totals {
+  running: number;
+  rate_per_hour: number | null;
+  unpriced: number;
+  spent_today: number | null;
+}
+
+export interface Listing {
+  clusters: ClusterRow[];
+  totals: Totals;
+  day_start: number;
+  now: number;
+}
+
+/** A GPU offer of the price catalog: every price carries its source and date. */
+export interface Offer {
+  provider: string;
+  instance_type: string;
+  gpu_model: string | null;
+  gpu_count: number | null;
+  on_demand_per_hour: number | null;
+  spot_per_hour: number | null;
+  region: string | null;
+  source: string;
+  as_of: string;
+}
+
+export interface Prices {
+  offers: Offer[];
+  /** Providers this server can launch with (e.g. "local", "lambda"). */
+  providers: string[];
+}
+
+/** What a launch request may carry: the fields of cumulo's ClusterSpec. */
+export interface LaunchSpec {
+  provider: string;
+  name?: string;
+  workers?: number;
+  gpu?: string;
+  instance_type?: string;
+  region?: string;
+  spot?: boolean;
+  budget?: number;
+  idle_timeout?: string;
+}
+
+/** Everything the front end asks of the server. */
+export interface ComputeAPI {
+  list(): Promise<Listing>;
+  launch(spec: LaunchSpec): Promise<ClusterRow>;
+  scale(name: string, workers: number): Promise<void>;
+  stop(name: string): Promise<ClusterRow>;
+  prices(): Promise<Prices>;
+}
+
+/** A refusal from the server, with its message (which says what to do next). */
+export class APIError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly error?: string
+  ) {
+    super(message);
+  }
+}
+
+/** ComputeAPI over ServerConnection (token, XSRF and base URL handled by JupyterLab). */
+export class RestAPI implements ComputeAPI {
+  constructor(
+    private settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  list(): Promise<Listing> {
+    return this.request<Listing>('clusters');
+  }
+
+  launch(spec: LaunchSpec): Promise<ClusterRow> {
+    return this.request<ClusterRow>('clusters', {
+      method: 'POST',
+      body: JSON.stringify(spec)
+    });
+  }
+
+  async scale(name: string, workers: number): Promise<void> {
+    await this.request(`clusters/${encodeURIComponent(name)}/scale`, {
+      method: 'POST',
+      body: JSON.stringify({ workers })
+    });
+  }
+
+  stop(name: string): Promise<ClusterRow> {
+    return this.request<ClusterRow>(`clusters/${encodeURIComponent(name)}`, {
+      method: 'DELETE'
+    });
+  }
+
+  prices(): Promise<Prices> {
+    return this.request<Prices>('prices');
+  }
+
+  private async request<T>(path: string, init: RequestInit = {}): Promise<T> {
+    const url = URLExt.join(this.settings.baseUrl, 'cumulo', path);
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(url, init, this.settings);
+    } catch (error) {
+      throw new ServerConnection.NetworkError(error as TypeError);
+    }
+    const text = await response.text();
+    const data = text ? JSON.parse(text) : null;
+    if (!response.ok) {
+      throw new APIError(
+        response.status,
+        (data && data.message) || response.statusText,
+        data && data.error
+      );
+    }
+    return data as T;
+  }
+}
