@@ -67,6 +67,14 @@ def test_inputs_outputs_and_streamed_output(client):
     assert first - t0 < done - t0 - 1.0, "the first line should arrive while the cell still runs"
 
 
+def test_large_inputs_travel_as_data(client):
+    import numpy as np
+
+    big = np.arange(1_000_000, dtype="float64")  # 8 MB: scattered, not embedded in the task
+    values = run_cell("total = float(big.sum())", client, inputs={"big": big}, outputs=["total"])
+    assert values["total"] == float(big.sum())
+
+
 def test_output_of_concurrent_work_is_not_mixed_in(client):
     """Prints from other tasks on the same worker stay in the worker's log."""
     out = _Recorder()

@@ -38,6 +38,7 @@ __all__ = ["run_cell"]
 TOPIC = "cumulo-remote-cell"
 _FLUSH_BYTES = 4096
 _FLUSH_SECONDS = 0.2
+_SCATTER_BYTES = 1_000_000
 
 
 # ---------------------------------------------------------------- worker side
@@ -242,10 +243,11 @@ def run_cell(
     filename = f"<cumulo-cell-{cell}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     grace = float(parse_timedelta(config.get("remote-cell.output-timeout", "2s"), "s"))
+    sent = _ship_inputs(client, dict(inputs or {}), where)
     q = _RELAY.open(client, cell)
     try:
         future = client.submit(
-            _execute, code, filename, cell, dict(inputs or {}), list(outputs),
+            _execute, code, filename, cell, sent, list(outputs),
             key=f"cumulo-cell-{cell}", workers=where, allow_other_workers=False, pure=False,
         )
         try:
@@ -267,6 +269,16 @@ def run_cell(
             worker=outcome.get("worker"),
         )
     return dict(outcome["outputs"])
+
+
+def _ship_inputs(client: Client, inputs: dict[str, Any], where: list[str] | None) -> dict[str, Any]:
+    """Large inputs travel as scattered data (dask resolves the futures on the worker), not inside the task."""
+    from dask.sizeof import sizeof
+
+    return {
+        name: client.scatter(value, workers=where, hash=False) if sizeof(value) > _SCATTER_BYTES else value
+        for name, value in inputs.items()
+    }
 
 
 def _pump(
