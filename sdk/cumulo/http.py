@@ -203,7 +203,8 @@ class ApiClient:
         if idempotent is None:
             idempotent = method in _IDEMPOTENT
         what = f"{method} {path}"
-        attempt = 0
+        attempt = 0  # failures (5xx, timeouts, dropped connections)
+        throttled = 0  # 429 answers: bounded separately, so that a burst does not eat the 5xx budget
         while True:
             await self._pace(path)
             self.sent += 1
@@ -224,11 +225,11 @@ class ApiClient:
                 if response.status_code == 429:
                     self.throttled += 1
                     wait = parse_retry_after(response.headers.get("Retry-After"))
-                    if attempt >= self.max_retries:
+                    if throttled >= self.max_retries:
                         raise self._raise(RateLimited, error, what, retry_after=wait)
-                    wait = self._delay(attempt) if wait is None else min(wait, self.max_backoff)
+                    wait = self._delay(throttled) if wait is None else min(wait, self.max_backoff)
                     logger.info("%s rate-limited by %s; retrying in %.1f s", what, self.errors.provider, wait)
-                    attempt += 1
+                    throttled += 1
                     await asyncio.sleep(wait)
                     continue
                 if response.status_code >= 500:
@@ -277,6 +278,8 @@ class ApiClient:
             text += f": {error.message.rstrip('.')}."
         if error.suggestion:
             text += f" {error.suggestion.rstrip('.')}."
+        if issubclass(cls, CredentialsError):
+            text += f" The key used was {self._secret.hint} from {self._secret.source}."
         hint = self.errors.hints.get(cls)
         if hint:
             text += f" {hint}"
