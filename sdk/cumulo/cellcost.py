@@ -24,7 +24,7 @@ from typing import Any
 from . import config
 from .metering import fetch_ledger, rates
 
-__all__ = ["cell_cost", "register", "track", "tracked", "unregister"]
+__all__ = ["cell_cost", "loaded", "register", "track", "tracked", "unregister"]
 
 _tracked: weakref.WeakSet[Any] = weakref.WeakSet()
 _pending: list[tuple[Any, str, int]] = []
@@ -48,6 +48,11 @@ def track(cluster: Any) -> None:
 def tracked() -> list[Any]:
     """Clusters followed by the per-cell hooks in this process."""
     return list(_tracked)
+
+
+def loaded() -> bool:
+    """Whether the hooks are registered in an IPython shell of this process (%load_ext cumulo)."""
+    return len(_registered) > 0
 
 
 def register(ip: Any) -> None:

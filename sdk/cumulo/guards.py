@@ -204,9 +204,9 @@ async def attach(cluster: Any) -> None:
         cluster.registry.update(cluster.id, **values)
     if not getattr(cluster, "_asynchronous", False):
         start_guard(cluster, usage)
-    if config.get("widgets.cell-line-on-connect"):
-        from . import cellcost
+    from . import cellcost
 
+    if config.get("widgets.cell-line-on-connect") or cellcost.loaded():
         cellcost.track(cluster)
 
 
