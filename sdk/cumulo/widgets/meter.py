@@ -63,12 +63,14 @@ def render_html(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | No
     esc = html.escape
     rate = s.get("rate_per_hour")
     spend = s.get("spend")
-    rows = [
-        f"<b>{esc(name)}</b> <span style='color:#888'>[{esc(status)}]</span>",
-        f"{esc(_money(rate))}{'/h' if rate is not None else ''} now · spent <b>{esc(_money(spend))}</b>"
-        + ("" if spend is None else f" <span style='color:#888' title='{esc(str(s.get('cost_basis')))}'>"
-           "(estimate)</span>"),
-    ]
+    if rate is None and spend is None:
+        money = ("no rate set <span style='color:#888'>(set cumulo.cost.rate-per-worker-hour or "
+                 "rate-per-gpu-hour to see a cost)</span>")
+    else:
+        money = (f"{esc(_money(rate))}{'/h' if rate is not None else ''} now · spent <b>{esc(_money(spend))}</b>"
+                 + ("" if spend is None else f" <span style='color:#888' title='{esc(str(s.get('cost_basis')))}'>"
+                    "(estimate)</span>"))
+    rows = [f"<b>{esc(name)}</b> <span style='color:#888'>[{esc(status)}]</span>", money]
     if budget:
         frac = 0.0 if spend is None else min(spend / budget, 1.0)
         colour = "#16a34a" if frac < 0.5 else ("#d97706" if frac < 0.8 else "#dc2626")
@@ -180,6 +182,10 @@ class CostMeter:
                 self.refresh()
             except Exception:
                 time.sleep(self.interval)
+        for _ in range(600):  # let a close in progress finish (bounded), so the last frame says so
+            if self.cluster.status not in ("closing", "running") or self._stop.is_set():
+                break
+            time.sleep(0.05)
         if self._widget is not None:  # a last frame that says it stopped
             s = {}
             rec = None
