@@ -152,13 +152,16 @@ def test_stop_a_cluster_started_by_another_process(
 ) -> None:
     """A kernel's cluster (here: a scheduler started by the CLI) is stopped through its provider."""
     rec = registry.create("kernels", "local", {}, state="running", address=dask_processes.address)
-    registry.update(rec.id, owner_pid=dask_processes.scheduler.pid)
+    registry.update(rec.id, owner_pid=dask_processes.scheduler.pid, rate_per_hour=1.2)
     manager = ClusterManager(registry)
     assert manager.list(live=False)["clusters"][0]["owned_by"] == "kernel"
     row = manager.stop("kernels")
     assert row["state"] == "closed"
     wait_for(lambda: dask_processes.scheduler.poll() is not None, timeout=20, what="scheduler to exit")
     assert any(kind == "stop-requested" for _, kind, _ in registry.events(rec.id))
+    final = registry.get(rec.id)  # the last spend reading is kept as the final cost
+    assert final.cost is not None and final.cost > 0 and final.cost_kind == "estimate"
+    assert row["spent"] == final.cost
 
 
 def test_money_totals_and_spend_today(registry: Registry) -> None:

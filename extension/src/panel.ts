@@ -86,7 +86,8 @@ export class ComputePanel extends Widget {
     );
     const closed = model.closedToday;
     const wasOpen = (this._closed.querySelector('details') as HTMLDetailsElement | null)?.open ?? false;
-    const spent = closed.reduce((sum, r) => sum + (r.spent ?? 0), 0);
+    const priced = closed.filter(r => r.spent !== null && r.spent !== undefined);
+    const spent = priced.length ? priced.reduce((sum, r) => sum + (r.spent as number), 0) : null;
     this._closed.replaceChildren();
     if (closed.length) {
       const details = h(

@@ -308,12 +308,17 @@ class ClusterManager:
             if launch is not None:
                 raise NotOwner(f"cluster {name!r} is still launching; stop it once its card shows it running")
         rec = self._open(name)
+        # the last reading of the ledger, while the scheduler still answers: it becomes the final cost
+        last = _spend(rec, _read_ledgers([rec]).get(rec.id), time.time())
         cluster = self._owned.pop(name, None)
         if cluster is not None:
             cluster.close()
         else:
             _stop_elsewhere(rec, self.registry)
         final = self.registry.get(rec.id)
+        if final.cost is None and last.amount is not None:
+            self.registry.update(rec.id, cost=last.amount, cost_kind=last.kind)
+            final = self.registry.get(rec.id)
         return self._row(final, now=time.time(), since=day_start())
 
     def close_owned(self) -> list[str]:
