@@ -284,3 +284,35 @@ def test_invalid_key(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LAMBDA_API_KEY", "wrong_key_0000000000000000000000")
     with pytest.raises(CredentialsError, match=r"invalid-api-key.*\*\*\*\*0000"):
         run(_launch(ClusterSpec(provider="lambda", gpu="A10", workers=1)))
+
+
+def test_cancelled_launch_terminates_what_launched(emulator: Emulator) -> None:
+    """A launch cancelled (e.g. the notebook interrupted) while instances boot cleans up before it ends."""
+    emulator.faults.stuck_booting = True
+    spec = ClusterSpec(provider="lambda", gpu="A10", workers=2)
+
+    async def go() -> None:
+        registry, cid = _start(spec)
+        task = asyncio.create_task(LambdaProvider().launch(spec, cluster_id=cid, registry=registry))
+        deadline = time.monotonic() + 10
+        while not emulator.instances and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(go())
+    assert len(emulator.instances) == 1 and not emulator.live()
+
+
+def test_progress_callback_from_the_constructor(emulator: Emulator) -> None:
+    lines: list[str] = []
+    spec = ClusterSpec(provider="lambda", gpu="A10", workers=1)
+
+    async def go() -> None:
+        registry, cid = _start(spec)
+        dep = await LambdaProvider(progress=lines.append).launch(spec, cluster_id=cid, registry=registry)
+        await dep.close()
+
+    run(go())
+    assert lines[0].startswith("offer: 1 x gpu_1x_a10") and lines[-1].startswith("firewall: removed")
