@@ -93,7 +93,9 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
       gpu.append(h('option', { value: '' }, provider.value === 'local' ? "this machine's CPUs/GPUs (no catalog price)" : 'no offers in the catalog'));
     }
     offers.forEach((o, i) => {
-      const label = `${o.gpu_count ?? '?'}× ${o.gpu_model ?? 'CPU'} · ${o.instance_type} · ${rate(o.on_demand_per_hour)}` + (o.spot_per_hour ? ` (spot ${rate(o.spot_per_hour)})` : '');
+      // the price first: the sidebar is narrow and a select cuts long labels on the right
+      const spotText = o.spot_per_hour ? ` (spot ${rate(o.spot_per_hour)})` : '';
+      const label = `${rate(o.on_demand_per_hour)}${spotText} · ${o.gpu_count ?? '?'}× ${o.gpu_model ?? 'CPU'} · ${o.instance_type}`;
       gpu.append(h('option', { value: String(i) }, label));
     });
   };
