@@ -281,3 +281,40 @@ def test_progress_bar_in_a_terminal_and_off_by_config(client, monkeypatch, capsy
         assert cumulo.train.torch(sleepy, client, 0.5) == [0, 1]
         time.sleep(0.3)
         assert "Completed" not in capsys.readouterr().out
+
+
+def _bad_partition(df):
+    raise KeyError("no column 'z' in this partition")
+
+
+def test_a_failing_data_load_starts_no_rank(client):
+    ddf = dd.from_pandas(_synthetic(64), npartitions=2).map_partitions(_bad_partition, meta=_synthetic(1))
+    with pytest.raises(TrainingError, match="loading the data of rank 0") as info:
+        cumulo.train.torch(lambda shard: len(shard), client, cumulo.train.by_rank(ddf))
+    assert "_bad_partition" in info.value.remote_traceback
+
+
+def dies_on_rank_one():
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if cumulo.train.context().rank == 1:
+        os._exit(3)  # the worker process dies; its nanny starts a new one
+    x = torch.ones(2)
+    dist.all_reduce(x)
+    return x.tolist()
+
+
+def test_a_dead_worker_is_reported_and_the_cluster_recovers():
+    # its own cluster: the nanny replaces the dead worker with a new process
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster) as c:
+        t0 = time.perf_counter()
+        with pytest.raises(TrainingError, match=r"ranks \[1\] .* left the cluster"):
+            cumulo.train.torch(dies_on_rank_one, c, timeout="30s")
+        assert time.perf_counter() - t0 < 25
+        c.wait_for_workers(2, timeout=30)
+        assert cumulo.train.torch(late_rank, c, 0) == [[2.0, 2.0]] * 2

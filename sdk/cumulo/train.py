@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -217,25 +218,56 @@ def _outcome(future: Future) -> dict[str, Any]:
     return {"ok": False, "error": {"type": "Cancelled", "message": f"task {future.status}", "frames": []}}
 
 
+def _raise_for_loading(shards: dict[Any, list[Any]], infos: Sequence[WorkerInfo]) -> None:
+    for parts in shards.values():
+        for rank, part in enumerate(parts):
+            if isinstance(part, Future) and part.status != "finished":
+                error = _outcome(part)["error"]
+                text = _remote.render(error)
+                raise TrainingError(
+                    f"loading the data of rank {rank} (worker {infos[rank].address}) failed with "
+                    f"{error.get('type')}: {error.get('message')}\n\nRemote traceback:\n{text}\n"
+                    "No rank was started. Check the dataframe (compute a partition of it) and try again.",
+                    rank=rank, remote_traceback=text, remote_type=str(error.get("type")),
+                    worker=infos[rank].address,
+                )
+
+
 def _is_secondary(error: dict[str, Any]) -> bool:
     return error.get("type") in _SECONDARY_TYPES or any(t in error.get("message", "") for t in _SECONDARY_TEXT)
 
 
 def _raise_for_failures(
-    outcomes: dict[int, dict[str, Any]], infos: Sequence[WorkerInfo], pending: list[int], timeout: float
+    outcomes: dict[int, dict[str, Any]],
+    infos: Sequence[WorkerInfo],
+    pending: list[int],
+    gone: list[int],
+    timeout: float,
 ) -> None:
     failed = {r: o["error"] for r, o in outcomes.items() if not o["ok"]}
     if not failed:
         return
-    primary = [r for r, e in failed.items() if not _is_secondary(e)] or list(failed)
-    rank = min(primary)
+    primary = [r for r, e in failed.items() if not _is_secondary(e)]
+    rank = min(primary or failed)
     error = failed[rank]
     text = _remote.render(error)
     others = sorted(r for r in failed if r != rank)
     notes = []
+    if gone:
+        notes.append(
+            f"the worker(s) of ranks {gone} ({', '.join(infos[r].address for r in gone)}) left the cluster "
+            "during the job (died or were killed: see their logs)."
+            + ("" if primary else f" The error above is how rank {rank} saw it.")
+        )
+    stuck = [r for r in pending if r not in gone]
+    if stuck:
+        notes.append(
+            f"ranks {stuck} were still running; they stop when their collectives time out "
+            f"(cumulo.train.timeout = {timeout:.0f}s)."
+        )
     if others:
         notes.append(f"ranks {others} failed too (usually as a consequence).")
-    if pending:
+    if pending and primary:
         notes.append(
             f"ranks {pending} were still running; they stop when their collectives time out "
             f"(cumulo.train.timeout = {timeout:.0f}s)."
@@ -302,9 +334,7 @@ def torch(
         shards[where] = _shard_futures(client, kwargs[where], infos)
     loading = [f for parts in shards.values() for f in parts if isinstance(f, Future)]
     progress.wait(loading)
-    for f in loading:
-        if f.status != "finished":
-            f.result()  # raises the loading error as dask reports it
+    _raise_for_loading(shards, infos)
 
     master = infos[0]
     port = client.submit(free_port, workers=[master.address], allow_other_workers=False, pure=False).result()
@@ -333,15 +363,24 @@ def torch(
         )
     del shards, loading
 
-    outcomes = _collect(futures)
+    outcomes = _collect(client, futures, [i.address for i in infos])
     pending = [r for r in range(world) if r not in outcomes]
-    _raise_for_failures(outcomes, infos, pending, timeout_s)
+    alive = _alive(client) if pending else set()
+    gone = [r for r in pending if infos[r].address not in alive]
+    _raise_for_failures(outcomes, infos, pending, gone, timeout_s)
     values = [outcomes[r]["value"] for r in range(world)]
     return values[0] if result == "rank0" else values
 
 
-def _collect(futures: list[Future]) -> dict[int, dict[str, Any]]:
-    """Wait for the ranks; after the first failure give the others a short grace, not forever."""
+def _alive(client: Client) -> set[str]:
+    return set(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def _collect(client: Client, futures: list[Future], addresses: list[str]) -> dict[int, dict[str, Any]]:
+    """Wait for the ranks; after the first failure give the others a short grace, not forever.
+
+    The grace ends early once every rank still out is either done or lost its worker.
+    """
     rank_of = {f.key: r for r, f in enumerate(futures)}
     outcomes: dict[int, dict[str, Any]] = {}
     delay = parse_timedelta(config.get("progress.delay", "1s"), "s") or 0.0
@@ -358,15 +397,20 @@ def _collect(futures: list[Future]) -> dict[int, dict[str, Any]]:
                 break
         if failed:
             rest = [f for f in futures if rank_of[f.key] not in outcomes]
-            try:
-                distributed.wait(rest, timeout=_FAILURE_GRACE_S)
-            except TimeoutError:
-                pass
+            deadline = time.monotonic() + _FAILURE_GRACE_S
+            while rest and time.monotonic() < deadline:
+                alive = _alive(client)
+                if all(f.done() or addresses[rank_of[f.key]] not in alive for f in rest):
+                    break
+                try:
+                    distributed.wait(rest, timeout=0.25)
+                except TimeoutError:
+                    pass
             for f in rest:
                 if f.done():
                     outcomes[rank_of[f.key]] = _outcome(f)
     except KeyboardInterrupt:
-        futures[0].client.cancel(futures)
+        client.cancel(futures)
         raise
     return outcomes
 
