@@ -156,7 +156,9 @@ NOTEBOOK_CELLS = [
     "assert total == 42, total\nprint('total', total)",
     "%%cumulo\nraise ValueError('remote boom')",
     "%%cumulo --in nothing_here\nx = 1",
-    "client.close(); lc.close()",
+    "other = Client(lc, set_as_default=False)",
+    "%%cumulo --cluster other --out pid\nimport os\npid = os.getpid()",
+    "assert pid != __import__('os').getpid(); other.close(); client.close(); lc.close()",
 ]
 
 
@@ -180,7 +182,7 @@ def test_magic_in_a_real_kernel(tmp_path: Path):
         errs = [o for o in nb.cells[i].outputs if o.output_type == "error"]
         return errs[0] if errs else {}
 
-    for i in (0, 1, 2, 3, 4, 7):
+    for i in (0, 1, 2, 3, 4, 7, 8, 9):
         assert not error(i), (i, error(i))
     assert streams(3, "stdout") == "partial 20\n"
     assert streams(3, "stderr") == "to stderr\n"

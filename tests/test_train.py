@@ -318,3 +318,27 @@ def test_a_dead_worker_is_reported_and_the_cluster_recovers():
         assert time.perf_counter() - t0 < 25
         c.wait_for_workers(2, timeout=30)
         assert cumulo.train.torch(late_rank, c, 0) == [[2.0, 2.0]] * 2
+
+
+def test_rank_placement_follows_the_gpus(monkeypatch):
+    """Which workers get ranks, decided from what each worker reports (no GPU needed to check)."""
+    from cumulo._workers import WorkerInfo
+
+    fleet = [
+        WorkerInfo("tcp://10.0.0.1:1", "10.0.0.1", "a", gpus=1, nthreads=1),
+        WorkerInfo("tcp://10.0.0.1:2", "10.0.0.1", "a", gpus=1, nthreads=1),
+        WorkerInfo("tcp://10.0.0.2:1", "10.0.0.2", "b", gpus=0, nthreads=1),
+    ]
+    monkeypatch.setattr(
+        cumulo.train, "probe_workers", lambda client, workers=None: [w for w in fleet if not workers or w.address in workers]
+    )
+    infos, on_gpu = cumulo.train._choose_workers(None, None)
+    assert on_gpu and [i.address for i in infos] == ["tcp://10.0.0.1:1", "tcp://10.0.0.1:2"]
+    assert cumulo.train._local_ranks(infos) == [(0, 2), (1, 2)]
+    with pytest.raises(SpecError, match="have no GPU but the others do"):
+        cumulo.train._choose_workers(None, [w.address for w in fleet])
+    infos, on_gpu = cumulo.train._choose_workers(None, ["tcp://10.0.0.2:1"])
+    assert not on_gpu
+    fleet[0] = WorkerInfo("tcp://10.0.0.1:1", "10.0.0.1", "a", gpus=4, nthreads=1)
+    with pytest.warns(UserWarning, match="dask-cuda"):
+        cumulo.train._choose_workers(None, None)

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -190,6 +191,14 @@ def _choose_workers(client: Client, workers: Sequence[str] | None) -> tuple[list
         raise SpecError(
             f"workers {[i.address for i in infos if i.gpus == 0]} have no GPU but the others do; "
             "train on GPU workers only, or on CPU workers only."
+        )
+    crowded = [i.address for i in infos if i.gpus > 1]
+    if crowded:
+        warnings.warn(
+            f"workers {crowded} each see more than one GPU; cumulo runs one rank per worker, on its "
+            "first GPU. Start GPU workers with dask-cuda (LocalCUDACluster, `dask cuda worker`), "
+            "one per GPU, to train on all of them.",
+            stacklevel=3,
         )
     return infos, bool(with_gpu)
 
