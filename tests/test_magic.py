@@ -156,6 +156,9 @@ NOTEBOOK_CELLS = [
     "assert total == 42, total\nprint('total', total)",
     "%%cumulo\nraise ValueError('remote boom')",
     "%%cumulo --in nothing_here\nx = 1",
+    "import dask, time, cumulo.progress\n"
+    "with dask.config.set({'cumulo.progress.delay': '0.1s'}):\n"
+    "    cumulo.progress.wait(client.map(time.sleep, [1.0, 1.0], pure=False))",
     "other = Client(lc, set_as_default=False)",
     "%%cumulo --cluster other --out pid\nimport os\npid = os.getpid()",
     "assert pid != __import__('os').getpid(); other.close(); client.close(); lc.close()",
@@ -182,7 +185,7 @@ def test_magic_in_a_real_kernel(tmp_path: Path):
         errs = [o for o in nb.cells[i].outputs if o.output_type == "error"]
         return errs[0] if errs else {}
 
-    for i in (0, 1, 2, 3, 4, 7, 8, 9):
+    for i in (0, 1, 2, 3, 4, 7, 8, 9, 10):
         assert not error(i), (i, error(i))
     assert streams(3, "stdout") == "partial 20\n"
     assert streams(3, "stderr") == "to stderr\n"
@@ -192,6 +195,8 @@ def test_magic_in_a_real_kernel(tmp_path: Path):
     tb = "\n".join(remote["traceback"])
     assert "remote boom" in tb and "<cumulo-cell-" in tb and "raise ValueError('remote boom')" in tb
     assert "remote_cell.py" not in tb  # the notebook shows the cell's traceback, not cumulo's frames
+    # slow work shows dask's progress widget in a notebook
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in nb.cells[7].outputs)
     # IPython prints a UsageError to stderr rather than as a traceback
     assert "UsageError" in streams(6, "stderr") and "nothing_here" in streams(6, "stderr")
 
