@@ -248,3 +248,24 @@ def test_real_local_cluster_from_the_server(registry: Registry) -> None:
     finally:
         manager.close_owned()
     assert time.time() - registry.latest("real").created < 300
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="cluster.py's _close_all_at_exit stops clusters a process only re-attached to by name; "
+                          "a kernel that ran the sidebar's connect cell stops the server's cluster when it exits",
+                   strict=False)
+def test_a_kernel_that_reattached_and_exited_leaves_the_servers_cluster_running(registry: Registry) -> None:
+    import subprocess
+    import sys
+
+    manager = ClusterManager(registry)
+    try:
+        manager.launch({"provider": "local", "name": "shared", "workers": 1, "threads_per_worker": 1})
+        assert manager.wait_launch("shared", timeout=120) is not None
+        code = "import cumulo; print(cumulo.connect(name='shared').status)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                             env={**os.environ})
+        assert out.stdout.strip() == "running", out.stderr[-2000:]
+        assert registry.latest("shared").state == "running"
+    finally:
+        manager.close_owned()
