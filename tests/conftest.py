@@ -138,3 +138,22 @@ def dask_processes(tmp_path: Path) -> Iterator[DaskProcesses]:
         yield procs
     finally:
         procs.stop()
+
+
+def _gpu_count() -> int:
+    try:
+        from distributed.diagnostics import nvml
+
+        return int(nvml.device_get_count())
+    except Exception:
+        return 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu` tests, with the reason, where NVML reports no GPU (decided once, at collection)."""
+    if _gpu_count() > 0:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: NVML reports none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -293,14 +293,22 @@ class Registry:
         return [_cluster(r) for r in self._read(sql, args)]
 
     def update(self, cluster_id: str, **values: Any) -> None:
-        """Set fields of a cluster row (``spec`` may be given as a dict)."""
+        """Set fields of a cluster row (``spec`` may be given as a dict).
+
+        A final state (closed, failed, lost) is never turned back into an open
+        one: another process may have stopped the cluster in the meantime.
+        """
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
         if "spec" in values and not isinstance(values["spec"], str):
             values["spec"] = json.dumps(values["spec"], sort_keys=True)
         values["updated"] = time.time()
-        sets = ", ".join(f"{k} = ?" for k in values)
+        sets = ", ".join(
+            "state = CASE WHEN state IN ('closed', 'failed', 'lost') THEN state ELSE ? END" if k == "state"
+            else f"{k} = ?"
+            for k in values
+        )
         with self._write() as db:
             db.execute(f"UPDATE clusters SET {sets} WHERE id = ?", (*values.values(), cluster_id))
 

@@ -1,0 +1,143 @@
+"""The registry shared by every process: concurrent writers, history, re-attach from another process."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+import cumulo
+from cumulo.exceptions import ClusterNotFound, RegistryError, SpecError
+from cumulo.inventory import reconcile
+from cumulo.registry import Registry
+
+from .conftest import wait_for
+
+
+def _writer(path: str, prefix: str, n: int) -> None:
+    registry = Registry(path)
+    for i in range(n):
+        record = registry.create(f"{prefix}-{i}", "local", {"workers": i % 4})
+        registry.update(record.id, state="running", workers=i % 4, address=f"tcp://127.0.0.1:{10000 + i}")
+        registry.heartbeat(record.id)
+        if i % 2:
+            registry.close(record.id)
+
+
+def test_two_processes_write_at_once(registry_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    n = 150
+    procs = [ctx.Process(target=_writer, args=(str(registry_path), p, n)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    rows = Registry(registry_path).list()
+    assert len(rows) == 2 * n
+    assert sum(r.state == "closed" for r in rows) == n
+    assert {r.name for r in rows} == {f"{p}-{i}" for p in ("a", "b") for i in range(n)}
+    with open(registry_path, "rb") as f:
+        assert f.read(16) == b"SQLite format 3\x00"
+
+
+def _claim(path: str, barrier: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue) -> None:  # type: ignore[name-defined]
+    registry = Registry(path)
+    barrier.wait()
+    try:
+        registry.create("contested", "local")
+        results.put("won")
+    except SpecError:
+        results.put("refused")
+
+
+def test_an_open_name_is_claimed_once_across_processes(registry_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_claim, args=(str(registry_path), barrier, results)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    outcomes = sorted(results.get(timeout=5) for _ in procs)
+    assert outcomes == ["refused", "refused", "refused", "won"]
+
+
+def test_closed_rows_are_history_and_names_reusable(registry_path: Path) -> None:
+    registry = Registry(registry_path)
+    first = registry.create("etl", "local")
+    with pytest.raises(SpecError, match="already open"):
+        registry.create("etl", "local")
+    registry.close(first.id, note="done")
+    second = registry.create("etl", "local")
+    assert second.id != first.id
+    names = [(r.name, r.state) for r in registry.list()]
+    assert ("etl", "closed") in names and ("etl", "starting") in names
+    kinds = [kind for _, kind, _ in registry.events(first.id)]
+    assert kinds == ["created", "closed"]
+    registry.update(first.id, state="closing", workers=3)  # a late writer cannot reopen a closed row
+    assert registry.get(first.id).state == "closed" and registry.get(first.id).workers == 3
+
+
+def test_unwritable_registry_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RegistryError, match="CUMULO_REGISTRY"):
+        Registry(blocker / "sub" / "registry.db")
+
+
+OWNER = textwrap.dedent(
+    """
+    import sys, cumulo
+    cluster = cumulo.connect(workers=1, threads_per_worker=1, name="etl")
+    print(cluster.client.scheduler.address, flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_reattach_by_name_from_another_process(registry_path: Path) -> None:
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, env={**os.environ})
+    try:
+        address = owner.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:"), address
+        cluster = cumulo.connect(name="etl")
+        assert cluster.client.scheduler.address == address
+        assert not cluster.owner
+        assert cluster.client.submit(lambda: 6 * 7).result() == 42
+        with pytest.raises(cumulo.exceptions.NotOwner, match="another process"):
+            cluster.scale(2)
+        cluster.disconnect()
+        # the cluster keeps running for its owner; attaching again works
+        again = cumulo.connect(name="etl")
+        again.close()  # close() from another process stops the cluster
+        assert Registry().latest("etl").state == "closed"
+    finally:
+        owner.stdin.write("\n")
+        owner.stdin.flush()
+        owner.wait(60)
+    assert owner.returncode == 0
+
+
+def test_kernel_restart_marks_its_local_cluster_lost(registry_path: Path) -> None:
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    address = owner.stdout.readline().strip()
+    assert address
+    workers = psutil.Process(owner.pid).children(recursive=True)
+    assert workers
+    owner.kill()  # a kernel restart: no atexit, no close
+    owner.wait(30)
+    wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), timeout=30,
+             what="the killed kernel's worker processes to exit")
+    wait_for(lambda: reconcile(Registry()) or Registry().latest("etl").state == "lost", timeout=30,
+             what="the dead owner's cluster to be marked lost")
+    with pytest.raises(ClusterNotFound, match="last one was lost.*owner process"):
+        cumulo.connect(name="etl")
