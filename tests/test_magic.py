@@ -145,8 +145,7 @@ NOTEBOOK_CELLS = [
     "lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,\n"
     "                  host='127.0.0.1', dashboard_address=':0')\n"
     "client = Client(lc)",
-    # `%load_ext cumulo` once cumulo/__init__ re-exports load_ipython_extension
-    "%load_ext cumulo.magics",
+    "%load_ext cumulo",
     "a, b = 20, 22",
     "%%cumulo --in a,b --out total\n"
     "import sys\n"

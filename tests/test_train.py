@@ -5,6 +5,9 @@ GPU variants (NCCL, device="cuda") carry the ``gpu`` marker and skip where NVML 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import dask
@@ -152,9 +155,20 @@ def test_explicit_workers_and_bad_arguments(client):
         cumulo.train.context()
 
 
-def test_missing_extra_names_it():
+def test_missing_extra_names_it(client, monkeypatch):
     with pytest.raises(MissingDependency, match=r"cumulo\[train\]"):
         require("cumulo_no_such_module_for_tests")
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "xgboost", None)
+    with pytest.raises(MissingDependency, match=r"pip install 'cumulo\[train\]'"):
+        cumulo.train.torch(lambda: 0, client)
+    with pytest.raises(MissingDependency, match=r"pip install 'cumulo\[train\]'"):
+        cumulo.train.xgboost(client, None, None)
+
+
+def test_importing_cumulo_train_imports_neither_torch_nor_xgboost():
+    code = "import sys, cumulo.train, cumulo.remote_cell; assert not {'torch', 'xgboost'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy(), timeout=60)
 
 
 def _classification(rows: int = 20_000, seed: int = 1) -> pd.DataFrame:
