@@ -1,0 +1,180 @@
+"""Core benchmark: cumulo vs raw dask vs pandas, side by side in one run.
+
+(a) connect to first result: ``cumulo.connect()`` + one small computation vs
+    ``LocalCluster()`` + ``Client`` + the same, each in a fresh interpreter so
+    import and start-up costs are counted the way a user meets them.
+(b) the demo pipeline (filter, join, groupby, hourly windows) through cumulo,
+    through raw dask on the same cluster (a plain Client to the same scheduler),
+    through raw dask on a separate plain LocalCluster of the same shape, and in
+    plain pandas on one core.
+
+Runs alternate between variants so that drift on the machine hits all alike;
+the report gives medians and ratios. Usage:
+
+    python benchmarks/bench_core.py [--rows 4000000] [--repeats 5] [--out benchmarks/results/core.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+
+CONNECT_CUMULO = textwrap.dedent(
+    """
+    import time; t0 = time.perf_counter()
+    import cumulo
+    cluster = cumulo.connect(workers=2, threads_per_worker=1)
+    assert cluster.client.submit(sum, range(10)).result() == 45
+    print(time.perf_counter() - t0)
+    cluster.close()
+    """
+)
+CONNECT_RAW = textwrap.dedent(
+    """
+    import time; t0 = time.perf_counter()
+    from distributed import Client, LocalCluster
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    client = Client(cluster)
+    assert client.submit(sum, range(10)).result() == 45
+    print(time.perf_counter() - t0)
+    client.close(); cluster.close()
+    """
+)
+
+
+def _fresh(code: str, env: dict[str, str]) -> float:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return float(done.stdout.strip().splitlines()[0])
+
+
+def pandas_pipeline(path: Path) -> pd.DataFrame:
+    """The demo pipeline written in plain pandas, on one core."""
+    from cumulo.datasets import zones
+
+    trips = pd.concat(pd.read_parquet(p) for p in sorted(path.glob("*.parquet")))
+    kept = trips[(trips.trip_distance > 0) & (trips.fare_amount > 0)]
+    kept = kept.assign(
+        hour=kept.pickup_datetime.dt.hour,
+        tip_fraction=kept.tip_amount / kept.fare_amount,
+        minutes=(kept.dropoff_datetime - kept.pickup_datetime).dt.total_seconds() / 60.0,
+        window=kept.pickup_datetime.dt.floor("1h"),
+    )
+    joined = kept.merge(zones(), left_on="pickup_zone", right_on="zone_id", how="inner")
+    by = joined.groupby(["borough", "hour"]).agg(
+        trips=("fare_amount", "count"),
+        mean_fare=("fare_amount", "mean"),
+        mean_tip_fraction=("tip_fraction", "mean"),
+        total_distance=("trip_distance", "sum"),
+        mean_minutes=("minutes", "mean"),
+    )
+    kept.groupby("window").agg(trips=("fare_amount", "count"), revenue=("total_amount", "sum"))
+    return by
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.md"))
+    args = parser.parse_args()
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    import cumulo
+    from cumulo import datasets, pipeline
+
+    work = Path(tempfile.mkdtemp(prefix="cumulo-bench-"))
+    env = {**os.environ, "CUMULO_REGISTRY": str(work / "registry.db")}
+    os.environ["CUMULO_REGISTRY"] = env["CUMULO_REGISTRY"]
+
+    # (a) connect to first result, fresh interpreters, alternating
+    connect: dict[str, list[float]] = {"cumulo.connect()": [], "LocalCluster + Client": []}
+    for _ in range(args.repeats):
+        connect["cumulo.connect()"].append(_fresh(CONNECT_CUMULO, env))
+        connect["LocalCluster + Client"].append(_fresh(CONNECT_RAW, env))
+        print("connect", {k: round(v[-1], 3) for k, v in connect.items()}, flush=True)
+
+    # (b) pipeline
+    data = work / "trips"
+    times: dict[str, list[float]] = {"cumulo": [], "raw dask, same cluster": [], "raw dask, own LocalCluster": [],
+                                     "pandas, one core": []}
+    with cumulo.connect(workers=2, threads_per_worker=1) as cluster:
+        datasets.taxi(data, rows=args.rows, partitions=args.partitions, client=cluster.client)
+        raw_client = Client(cluster.client.scheduler.address, set_as_default=False)
+        plain = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+        plain_client = Client(plain, set_as_default=False)
+        try:
+            # warm every variant once (imports on workers, file cache)
+            pipeline.run(data)
+            with dask.config.set(scheduler=raw_client):
+                pipeline.run(data)
+            with dask.config.set(scheduler=plain_client):
+                pipeline.run(data)
+            pandas_pipeline(data)
+            for _ in range(args.repeats):
+                times["cumulo"].append(_timed(lambda: pipeline.run(data)))
+                with dask.config.set(scheduler=raw_client):
+                    times["raw dask, same cluster"].append(_timed(lambda: pipeline.run(data)))
+                with dask.config.set(scheduler=plain_client):
+                    times["raw dask, own LocalCluster"].append(_timed(lambda: pipeline.run(data)))
+                times["pandas, one core"].append(_timed(lambda: pandas_pipeline(data)))
+                print("pipeline", {k: round(v[-1], 3) for k, v in times.items()}, flush=True)
+        finally:
+            raw_client.close()
+            plain_client.close()
+            plain.close()
+
+    med_c = {k: statistics.median(v) for k, v in connect.items()}
+    med_p = {k: statistics.median(v) for k, v in times.items()}
+    lines = [
+        "# cumulo core benchmark",
+        "",
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, dask {dask.__version__}; "
+        f"{args.repeats} alternating repeats, medians. Command: `python benchmarks/bench_core.py --rows {args.rows} "
+        f"--repeats {args.repeats}`.",
+        "",
+        "## (a) connect to first result (fresh interpreter, 2 workers x 1 thread)",
+        "",
+        "| variant | median s | ratio vs raw |",
+        "|---|---:|---:|",
+    ]
+    raw_c = med_c["LocalCluster + Client"]
+    lines += [f"| {k} | {v:.3f} | {v / raw_c:.3f} |" for k, v in med_c.items()]
+    lines += [
+        "",
+        f"## (b) demo pipeline, {args.rows:,} rows in {args.partitions} Parquet files (2 workers x 1 thread)",
+        "",
+        "| variant | median s | ratio vs raw dask (same cluster) |",
+        "|---|---:|---:|",
+    ]
+    raw_p = med_p["raw dask, same cluster"]
+    lines += [f"| {k} | {v:.3f} | {v / raw_p:.3f} |" for k, v in med_p.items()]
+    lines += ["", "Aims: pipeline overhead ratio <= 1.05 against raw dask; connect <= 1.2x raw.", ""]
+    report = "\n".join(lines)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
