@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,7 @@ class Emulator:
         with self._lock:
             for inst in self.instances.values():
                 self._kill(inst)
+        shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
         return self.start()

@@ -91,6 +91,10 @@ def _client_cidr(base_url: str) -> str:
             address = s.getsockname()[0]
         except OSError:
             address = "127.0.0.1"
+    if address.startswith("127.") and not host.startswith("127.") and host != "localhost":
+        raise SpecError(
+            "cumulo cannot tell which address this machine reaches Lambda from, so it cannot open the "
+            "scheduler's port to you alone: set cumulo.lambda.client-cidr to '<your public IP>/32'")
     if address.startswith(("10.", "192.168.")) or address.startswith(tuple(f"172.{i}." for i in range(16, 32))):
         logger.warning(
             "this machine's address %s is private (behind NAT): the firewall rule will not admit your public "
@@ -281,12 +285,13 @@ class _Launcher:
         while True:
             seen = {i["id"]: i for i in await self.api.instances() if i["id"] in last}
             for iid in ids:
-                status = seen.get(iid, {}).get("status", "missing")
+                # An instance not listed yet is still booting (the list can lag the launch answer).
+                status = seen.get(iid, {}).get("status", last[iid])
                 if status != last[iid]:
                     self.registry.update_resource(PROVIDER, iid, state=status)
                     self.say(f"instance {iid} {last[iid]} -> {status} after {time.monotonic() - started:.0f} s")
                     last[iid] = status
-                if status in ("unhealthy", "terminating", "terminated", "missing"):
+                if status in ("unhealthy", "terminating", "terminated"):
                     raise ProviderError(f"instance {iid} became {status} while booting; cumulo is terminating "
                                         "the cluster. Try again, or another region.")
             if all(s == "active" for s in last.values()):
