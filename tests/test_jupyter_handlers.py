@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -17,7 +20,10 @@ from cumulo.jupyter.manager import ClusterManager
 
 from .test_jupyter_manager import fake_connect
 
-pytest_plugins = ["pytest_jupyter.jupyter_server"]
+# pytest-jupyter's fixtures, scoped to this module (its autouse fixtures would otherwise wrap every
+# test of the suite in a Jupyter ServerApp and an event loop). Tests here are plain functions
+# that drive the server's loop with run(); pytest-jupyter's async-test hooks are not needed.
+from pytest_jupyter.jupyter_server import *  # noqa: E402,F403
 
 ROUTES = [
     ("GET", "cumulo/clusters"),
@@ -41,6 +47,23 @@ def manager(jp_serverapp: Any) -> Any:
     m._connect = fake_connect([])
     yield m
     m.close_owned()
+
+
+def on_server_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on pytest-jupyter's event loop (the one the test server listens on)."""
+    sig = inspect.signature(test)
+    params = list(sig.parameters.values())
+    asks = "jp_asyncio_loop" in sig.parameters
+    if not asks:
+        params.append(inspect.Parameter("jp_asyncio_loop", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+
+    @functools.wraps(test)
+    def run(**fixtures: Any) -> None:
+        loop = fixtures["jp_asyncio_loop"] if asks else fixtures.pop("jp_asyncio_loop")
+        loop.run_until_complete(test(**fixtures))
+
+    run.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return run
 
 
 async def call(jp_fetch: Any, method: str, path: str, body: Any = None, **params: str) -> tuple[int, Any]:
@@ -70,12 +93,14 @@ def test_every_cumulo_error_has_a_status() -> None:
     assert all(issubclass(k, exc.CumuloError) for k in HTTP_STATUS)
 
 
+@on_server_loop
 async def test_extension_is_loaded_and_lists_nothing(jp_fetch: Any, manager: ClusterManager) -> None:
     status, data = await call(jp_fetch, "GET", "cumulo/clusters")
     assert status == 200
     assert data["clusters"] == [] and data["totals"]["running"] == 0
 
 
+@on_server_loop
 async def test_launch_list_scale_usage_stop(jp_fetch: Any, manager: ClusterManager) -> None:
     status, card = await call(jp_fetch, "POST", "cumulo/clusters", {"provider": "local", "name": "etl", "workers": 1})
     assert status == 202 and card["state"] == "launching"
@@ -103,6 +128,7 @@ async def test_launch_list_scale_usage_stop(jp_fetch: Any, manager: ClusterManag
         ("GET", "cumulo/clusters/ghost/usage", None, 404, "no cluster named 'ghost'"),
     ],
 )
+@on_server_loop
 async def test_bad_input_and_unknown_clusters(
     jp_fetch: Any, manager: ClusterManager, method: str, path: str, body: Any, status: int, words: str
 ) -> None:
@@ -111,12 +137,14 @@ async def test_bad_input_and_unknown_clusters(
     assert words in reply["message"]
 
 
+@on_server_loop
 async def test_scaling_a_kernels_cluster_is_a_conflict(jp_fetch: Any, manager: ClusterManager) -> None:
     manager.registry.create("kernels", "local", {}, state="running")
     status, reply = await call(jp_fetch, "POST", "cumulo/clusters/kernels/scale", {"workers": 2})
     assert status == 409 and reply["error"] == "NotOwner" and "scale it there" in reply["message"]
 
 
+@on_server_loop
 async def test_prices(jp_fetch: Any, manager: ClusterManager) -> None:
     status, data = await call(jp_fetch, "GET", "cumulo/prices", gpu="A100")
     assert status == 200 and data["offers"]
@@ -124,6 +152,7 @@ async def test_prices(jp_fetch: Any, manager: ClusterManager) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
+@on_server_loop
 async def test_every_route_refuses_requests_without_credentials(
     jp_serverapp: Any, http_server_client: Any, jp_base_url: str, method: str, path: str
 ) -> None:
@@ -136,6 +165,7 @@ async def test_every_route_refuses_requests_without_credentials(
     assert jp_serverapp.web_app.settings["cumulo_manager"].list(live=False)["clusters"] == []
 
 
+@on_server_loop
 async def test_reaper_runs_on_a_timer(jp_serverapp: Any) -> None:
     from cumulo.jupyter.app import Reaper
 
@@ -154,21 +184,26 @@ async def test_reaper_runs_on_a_timer(jp_serverapp: Any) -> None:
     assert len(sweeps) >= 2 and reaper.sweeps >= 2
 
 
-def test_enabled_on_install_by_a_config_file() -> None:
+def test_enabled_on_install_by_a_config_file(tmp_path: Any) -> None:
     """The shipped jupyter-config file enables the extension; `jupyter server extension list` reads it."""
+    import os
+    import shutil
     from pathlib import Path
 
     config = Path(__file__).resolve().parent.parent / "jupyter-config" / "jupyter_server_config.d" / "cumulo.json"
     assert json.loads(config.read_text()) == {"ServerApp": {"jpserver_extensions": {"cumulo.jupyter": True}}}
+    # a copy as the "user" config dir: jupyter writes a 'migrated' marker into the dir it is given
+    (tmp_path / "jupyter_server_config.d").mkdir()
+    shutil.copy(config, tmp_path / "jupyter_server_config.d" / "cumulo.json")
     out = subprocess.run(
         [sys.executable, "-m", "jupyter", "server", "extension", "list"],
-        capture_output=True, text=True, timeout=120,
-        env={**__import__("os").environ, "JUPYTER_CONFIG_DIR": str(config.parent.parent)},  # read as the "user" dir
+        capture_output=True, text=True, timeout=120, env={**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path)},
     )
     text = out.stdout + out.stderr
-    assert "cumulo.jupyter" in text and "enabled" in text, text
+    assert "cumulo.jupyter" in text and "enabled" in text and "OK" in text.split("cumulo.jupyter", 1)[1], text
 
 
+@on_server_loop
 async def test_cookie_authenticated_post_without_xsrf_is_refused(
     jp_serverapp: Any, http_server_client: Any, jp_base_url: str, jp_auth_header: dict[str, str]
 ) -> None:
