@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import dask.config
-import jsonschema
 import yaml
 
 from .exceptions import ConfigError
@@ -46,6 +45,8 @@ def get(key: str, default: Any = None) -> Any:
 
 def validate() -> None:
     """Check the effective ``cumulo.*`` settings against the schema; raise ConfigError if they fail."""
+    import jsonschema  # imported here: it takes seconds to import, and import cumulo must stay fast
+
     try:
         jsonschema.validate(dask.config.get("cumulo"), schema())
     except jsonschema.ValidationError as exc:
