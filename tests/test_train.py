@@ -356,3 +356,27 @@ def test_rank_placement_follows_the_gpus(monkeypatch):
     fleet[0] = WorkerInfo("tcp://10.0.0.1:1", "10.0.0.1", "a", gpus=4, nthreads=1)
     with pytest.warns(UserWarning, match="dask-cuda"):
         cumulo.train._choose_workers(None, None)
+
+
+def _tag_worker(df):
+    from distributed import get_worker
+
+    return df.assign(computed_on=get_worker().address)
+
+
+def _where_my_rows_were_computed(shard):
+    return cumulo.train.context().worker, sorted(set(shard["computed_on"])), len(shard)
+
+
+def test_each_rank_gets_its_partitions_computed_on_its_own_worker(client):
+    meta = _synthetic(1).iloc[:0].assign(computed_on="")
+    ddf = dd.from_pandas(_synthetic(300), npartitions=3).map_partitions(_tag_worker, meta=meta)
+    out = cumulo.train.torch(_where_my_rows_were_computed, client, cumulo.train.by_rank(ddf))
+    for worker, computed_on, _ in out:
+        assert computed_on == [worker]
+    assert [rows for *_, rows in out] == [100, 200]  # partitions [0] and [1, 2]
+    # more ranks than partitions: the rank without data gets an empty frame with the right columns
+    small = dd.from_pandas(_synthetic(10), npartitions=1)
+    sizes = cumulo.train.torch(lambda shard: (len(shard), list(shard.columns)), client, cumulo.train.by_rank(small))
+    assert sorted(n for n, _ in sizes) == [0, 10]
+    assert sizes[0][1] == sizes[1][1]
