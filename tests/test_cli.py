@@ -63,6 +63,24 @@ def test_ls_and_down_from_another_process(registry_path: Path) -> None:
         owner.wait(30)
 
 
+def test_down_all_stops_every_open_cluster(registry_path: Path) -> None:
+    owners = [subprocess.Popen([sys.executable, "-c", OWNER.replace('"victim"', f'"v{i}"')], stdout=subprocess.PIPE,
+                               text=True) for i in range(2)]
+    try:
+        for owner in owners:
+            assert owner.stdout.readline().strip() == "up"
+        stopped = _run("down", "--all")
+        assert stopped.returncode == 0, stopped.stderr
+        assert "stopped v0" in stopped.stdout and "stopped v1" in stopped.stdout
+        assert Registry().list(include_closed=False) == []
+        for owner in owners:
+            owner.wait(60)  # each owner notices its scheduler is gone and exits by itself
+    finally:
+        for owner in owners:
+            owner.kill()
+            owner.wait(30)
+
+
 def test_down_errors_are_messages_not_tracebacks() -> None:
     unknown = _run("down", "nosuch")
     assert unknown.returncode == 1

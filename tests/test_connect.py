@@ -60,6 +60,9 @@ def test_context_manager_and_scale() -> None:
             cluster.scale(-1)
         with pytest.raises(SpecError, match="minimum must not exceed maximum"):
             cluster.adapt(3, 1)
+        adaptive = cluster.adapt(1, 2)
+        assert (adaptive.minimum, adaptive.maximum) == (1, 2)
+        adaptive.stop()
     assert cluster.status == "closed"
 
 
@@ -160,6 +163,18 @@ def test_plain_tcp_off_loopback_is_refused_without_traffic() -> None:
         cumulo.connect("tcp://10.1.2.3:8786")
     assert time.monotonic() - t0 < 2, "the refusal must come before any connection attempt"
     assert Registry().latest("x") is None
+
+
+def test_insecure_remote_allowed_only_when_asked() -> None:
+    from cumulo.providers.address import AddressProvider
+
+    AddressProvider(allow_insecure=True).check("tcp://10.1.2.3:8786", None)  # explicit opt-in: no refusal
+    with dask.config.set({"cumulo.connect.allow-insecure-remote": True}):
+        AddressProvider().check("tcp://10.1.2.3:8786", None)
+    with pytest.raises(InsecureAddress):
+        AddressProvider().check("tcp://10.1.2.3:8786", None)
+    AddressProvider().check("tcp://localhost:8786", None)
+    AddressProvider().check("tcp://[::1]:8786", None)
 
 
 def test_unreachable_scheduler_times_out_cleanly() -> None:
