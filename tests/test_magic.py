@@ -67,6 +67,15 @@ def test_inputs_outputs_and_streamed_output(client):
     assert first - t0 < done - t0 - 1.0, "the first line should arrive while the cell still runs"
 
 
+def test_a_partial_line_arrives_before_the_cell_ends(client):
+    out = _Recorder()
+    code = "import sys, time\nsys.stdout.write('working...')\ntime.sleep(1.5)\nprint(' done')\n"
+    run_cell(code, client, stdout=out)
+    assert out.text == "working... done\n"
+    assert out.chunks[0][1] == "working..."
+    assert out.chunks[-1][0] - out.chunks[0][0] > 1.0, "the partial line should come while the cell sleeps"
+
+
 def test_large_inputs_travel_as_data(client):
     import numpy as np
 

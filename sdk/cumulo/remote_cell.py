@@ -79,9 +79,9 @@ def _router(name: str) -> _ThreadRouter:
 class _EventStream(io.TextIOBase):
     """A text stream that forwards what is written as worker events.
 
-    Complete lines go out at most every ``_FLUSH_SECONDS`` (a timer on the worker's
-    event loop sends what a quiet cell printed last), so a chatty loop costs a few
-    events per second, not one per print.
+    Text goes out at most every ``_FLUSH_SECONDS`` (a timer on the worker's event
+    loop sends what a quiet cell printed last, partial lines included), so a chatty
+    loop costs a few events per second, not one per print.
     """
 
     def __init__(self, worker: Any, cell: str, stream: str) -> None:
@@ -96,14 +96,11 @@ class _EventStream(io.TextIOBase):
         with self.lock:
             self.buffer.append(s)
             self.size += len(s)
-        if self.size >= _FLUSH_BYTES:
+        if self.size >= _FLUSH_BYTES or ("\n" in s and time.monotonic() - self.last >= _FLUSH_SECONDS):
             self.flush()
-        elif "\n" in s:
-            if time.monotonic() - self.last >= _FLUSH_SECONDS:
-                self.flush()
-            elif not self.timer_set:
-                self.timer_set = True
-                self.worker.loop.add_callback(self._arm)
+        elif s and not self.timer_set:  # a partial line (a \r progress bar) or lines printed fast
+            self.timer_set = True
+            self.worker.loop.add_callback(self._arm)
         return len(s)
 
     def _arm(self) -> None:  # on the worker's event loop
