@@ -121,6 +121,13 @@ def test_exception_comes_back_with_the_cell_traceback(client):
     assert run_cell("y = 2", client, outputs=["y"]) == {"y": 2}
 
 
+def test_syntax_error_points_at_the_cell_line(client):
+    with pytest.raises(RemoteError) as info:
+        run_cell("x = 1\ny = (x +\n", client)
+    assert info.value.remote_type == "SyntaxError"
+    assert "<cumulo-cell-" in info.value.remote_traceback
+
+
 def test_missing_or_unpicklable_outputs(client):
     with pytest.raises(RemoteError, match=r"did not define \['nope'\]"):
         run_cell("x = 1", client, outputs=["nope"])

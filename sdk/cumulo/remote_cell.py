@@ -265,6 +265,7 @@ def run_cell(
             remote_type=str(outcome["error"].get("type")),
             worker=outcome.get("worker"),
         )
+    linecache.cache.pop(filename, None)
     return dict(outcome["outputs"])
 
 
