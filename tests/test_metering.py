@@ -203,3 +203,22 @@ def test_idle_fraction_prefers_gpus() -> None:
     cpu = {"worker_seconds": 100.0, "busy_worker_seconds": 40.0, "gpu_seconds": 0.0}
     assert metering.idle_fraction(cpu) == pytest.approx(0.6)
     assert metering.idle_fraction({"worker_seconds": 0.0, "gpu_seconds": 0.0}) is None
+
+
+def test_usage_through_connect_and_after_close() -> None:
+    import cumulo
+
+    with dask.config.set({"cumulo.cost.rate-per-worker-hour": 36.0, "cumulo.widgets.cell-line-on-connect": False}):
+        cluster = cumulo.connect(workers=1, threads_per_worker=1)
+        try:
+            assert cluster.usage.installed
+            cluster.client.gather(cluster.client.map(nap, range(2), pure=False))
+            live = cluster.usage.summary()
+            assert live["tasks"] == 2 and live["cost_kind"] == "estimate" and live["spend"] > 0
+            assert "worker-time x configured rate" in repr(cluster.usage)
+        finally:
+            cluster.close()
+        after = cluster.usage.summary()  # the ledger as read while closing
+    assert after["tasks"] == 2
+    rec = cluster.registry.get(cluster.id)
+    assert rec.state == "closed" and rec.cost == pytest.approx(after["spend"], rel=0.2) and rec.cost_kind == "estimate"

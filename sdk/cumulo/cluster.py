@@ -356,7 +356,7 @@ class Cluster(SyncMethodMixin):
             return
         from . import guards
 
-        guards.on_close(self)
+        await guards.on_close(self)
         was = self.status
         self.status = "closing"
         if was == "running":

@@ -89,11 +89,11 @@ class Guard:
         self._thread = threading.Thread(target=self._run, name=f"cumulo-guard-{self.cluster.name}", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread (does not touch the cluster)."""
+    def stop(self, *, join: bool = True) -> None:
+        """Stop the thread (does not touch the cluster); ``join=False`` from the event loop."""
         self._stop.set()
         t = self._thread
-        if t is not None and t is not threading.current_thread():
+        if join and t is not None and t is not threading.current_thread():
             t.join(timeout=5)
 
     def _run(self) -> None:
@@ -210,11 +210,28 @@ async def attach(cluster: Any) -> None:
         cellcost.track(cluster)
 
 
-def on_close(cluster: Any) -> None:
-    """Called by Cluster as it closes: stop its guard thread (widgets stop on their own)."""
+async def on_close(cluster: Any) -> None:
+    """Called by Cluster (on its loop) as it closes: stop the guard, record the final ledger and spend.
+
+    Priced clusters get no cost written here: their spend runs until the provider
+    confirms termination, which the row's ``closed`` time records.
+    """
     guard = getattr(cluster, "_cumulo_guard", None)
     if guard is not None:
-        guard.stop()
+        guard.stop(join=False)
+    usage = getattr(cluster, "_cumulo_usage", None)
+    if usage is None or not usage.installed or cluster.client is None or cluster.status != "running":
+        return
+    try:
+        ledger = await asyncio.wait_for(cluster.client.scheduler.cumulo_ledger(), 3)
+    except Exception:
+        return
+    usage.final = ledger
+    rec = cluster.registry.get(cluster.id)
+    if rec.rate_per_hour is None:
+        spend = spend_of(rec, ledger)
+        if spend.amount is not None:
+            cluster.registry.update(cluster.id, cost=spend.amount, cost_kind=spend.kind)
 
 
 def start_guard(cluster: Any, usage: Usage) -> Guard:

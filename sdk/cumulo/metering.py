@@ -194,6 +194,8 @@ class Usage:
         self._cluster = cluster
         self._cells: deque[dict[str, Any]] = deque(maxlen=int(config.get("cost.max-cells", 10000)))
         self.installed = False
+        #: The ledger as last read while the cluster closed (what ``usage`` shows afterwards).
+        self.final: dict[str, Any] | None = None
 
     def record(self) -> ClusterRecord | None:
         """The cluster's registry row, freshly read."""
@@ -212,6 +214,8 @@ class Usage:
 
     def ledger(self, *, samples: int = 0, mark: str | None = None) -> dict[str, Any] | None:
         """The raw ledger (None if the plugin is not installed on this scheduler)."""
+        if self.final is not None and getattr(self._cluster, "status", "running") != "running":
+            return self.final
         try:
             return fetch_ledger(self._cluster.client, samples=samples, mark=mark)
         except ClusterLost:
