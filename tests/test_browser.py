@@ -172,6 +172,8 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
 
     card = panel.locator(f'.cumulo-card[data-name="{NAME}"]')
     card.wait_for(timeout=30_000)
+    assert card.get_attribute("data-state") in ("launching", "starting", "running")
+    panel.screenshot(path=str(ARTIFACTS / "sidebar-launching.png"))  # progress in the card, if still starting
     panel.locator(f'.cumulo-card[data-name="{NAME}"][data-state="running"]').wait_for(timeout=120_000)
     text = card.inner_text()
     assert "local" in text and "1 worker" in text and "spent" in text, text

@@ -22,7 +22,7 @@ class FakeCluster:
     def __init__(self, registry: Registry, provider: str, name: str, **fields: Any) -> None:
         self.registry = registry
         self.record = registry.create(name, provider, {"provider": provider, **fields}, budget=fields.get("budget"))
-        registry.update(self.record.id, state="running", address="tcp://127.0.0.1:1", workers=fields.get("workers"),
+        registry.update(self.record.id, state="running", workers=fields.get("workers"),
                         rate_per_hour=2.0 if provider == "priced" else None)
         self.scaled: list[int] = []
         self.closed = False
@@ -269,3 +269,13 @@ def test_a_kernel_that_reattached_and_exited_leaves_the_servers_cluster_running(
         assert registry.latest("shared").state == "running"
     finally:
         manager.close_owned()
+
+
+def test_reap_with_the_real_guards_marks_a_dead_kernels_cluster(registry: Registry) -> None:
+    """The server's timer calls cumulo.guards.reap: a row whose kernel is gone and lease expired is acted on."""
+    rec = registry.create("abandoned", "local", {}, state="running", address="tcp://127.0.0.1:9",
+                          lease_seconds=1.0)
+    registry.update(rec.id, owner_pid=2**22 + 4321, heartbeat=time.time() - 600)
+    reaped = ClusterManager(registry).reap()
+    assert [r.name for r in reaped] == ["abandoned"]
+    assert not registry.get(rec.id).is_open
