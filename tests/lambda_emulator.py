@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 PRICES = {  # cents per hour, public list prices (DESIGN.md anchors; others plausible)
     "gpu_1x_a10": (75, "1x A10 (24 GB PCIe)", 30, 200, 1),
@@ -151,8 +154,8 @@ class Emulator:
         for t in self._threads:
             t.join(10)
         with self._lock:
-            for inst in self.instances.values():
-                self._kill(inst)
+            insts = list(self.instances.values())
+        self._kill(*insts)
         shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
@@ -168,16 +171,9 @@ class Emulator:
 
     def running_process_groups(self) -> list[int]:
         """Process groups of instances that still have a live process."""
-        out = []
         with self._lock:
-            for inst in self.instances.values():
-                if inst.pgid is not None:
-                    try:
-                        os.killpg(inst.pgid, 0)
-                        out.append(inst.pgid)
-                    except ProcessLookupError:
-                        pass
-        return out
+            groups = {i.pgid for i in self.instances.values() if i.pgid is not None}
+        return sorted(groups & _live_groups()) if groups else []
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Wait (bounded) until every instance is terminated and its processes are gone."""
@@ -202,10 +198,11 @@ class Emulator:
                         self._run_user_data(inst)
                     elif inst.status == "terminating" and now - inst.changed >= self.terminate_seconds:
                         ending.append(inst)
-            for inst in ending:  # killing takes a moment: not under the lock
-                self._kill(inst)
+            if ending:  # killing takes a moment: not under the lock
+                self._kill(*ending)
                 with self._lock:
-                    inst.status, inst.changed = "terminated", time.monotonic()
+                    for inst in ending:
+                        inst.status, inst.changed = "terminated", time.monotonic()
 
     def _run_user_data(self, inst: Instance) -> None:
         inst.workdir = self._root / inst.id
@@ -224,23 +221,17 @@ class Emulator:
         inst.pgid = proc.pid
         threading.Thread(target=proc.wait, daemon=True).start()  # reap the bash parent
 
-    def _kill(self, inst: Instance) -> None:
-        # Termination is a power-off: SIGKILL the whole process group, then wait (bounded) until it is gone.
-        if inst.pgid is None:
-            return
-        try:
-            os.killpg(inst.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            inst.pgid = None
-            return
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
+    def _kill(self, *insts: Instance) -> None:
+        # Termination is a power-off: SIGKILL each process group, then wait (bounded) until none is left.
+        groups = {i.pgid for i in insts if i.pgid is not None}
+        for pgid in groups:
             try:
-                os.killpg(inst.pgid, 0)
+                os.killpg(pgid, signal.SIGKILL)
             except ProcessLookupError:
-                break
+                pass
+        deadline = time.monotonic() + 5.0
+        while groups and groups & _live_groups() and time.monotonic() < deadline:
             time.sleep(0.02)
-        inst.pgid = None
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -362,12 +353,29 @@ class Emulator:
         return 200, {"data": {"terminated_instances": out}}, {}
 
 
+def _live_groups() -> set[int]:
+    """Process groups that have a member which is running (zombies awaiting their reaper do not count)."""
+    out = set()
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.add(os.getpgid(p.pid))
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return out
+
+
 class _Handler(BaseHTTPRequestHandler):
     emu: Emulator
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out as separate writes: without this, Nagle + delayed ACK add ~40 ms per request.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -163,6 +163,11 @@ class ApiClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def closed(self) -> bool:
+        """Whether aclose() ran (a closed client cannot send; make a new one)."""
+        return self._client.is_closed
+
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._client.aclose()

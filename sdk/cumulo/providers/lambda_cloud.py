@@ -123,7 +123,12 @@ class LambdaDeployment(Deployment):
         raise ProviderError("adaptive scaling of Lambda clusters is not supported yet: choose workers= at connect")
 
     async def close(self) -> None:
-        """Terminate every instance, confirm it with Lambda, remove the firewall rule and certificates."""
+        """Terminate every instance, confirm it with Lambda, remove the firewall rule and certificates.
+
+        Safe to call again after a failure (e.g. a TerminateError): each call uses a live API client.
+        """
+        if self.api.client.closed:
+            self.api = LambdaApi(self.api.secret)
         try:
             await teardown(self.api, self.registry, self.cluster_id, progress=self._progress)
         finally:
