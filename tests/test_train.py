@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -380,3 +381,34 @@ def test_each_rank_gets_its_partitions_computed_on_its_own_worker(client):
     sizes = cumulo.train.torch(lambda shard: (len(shard), list(shard.columns)), client, cumulo.train.by_rank(small))
     assert sorted(n for n, _ in sizes) == [0, 10]
     assert sizes[0][1] == sizes[1][1]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_training_notebook_executes(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "training.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "\n".join(
+        str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
+        for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+    )
+    assert "rank 1 failed: ValueError: rank 1 ran out of luck" in text
+    assert "test accuracy: 0.9" in text
+    assert "running in process" in text
+
+
+@pytest.mark.slow
+def test_training_example_script_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "training.py")],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path, env=os.environ.copy(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch DDP on 2 ranks" in proc.stdout
+    assert "test accuracy 0.9" in proc.stdout
