@@ -84,3 +84,21 @@ def test_widget_renders_in_an_executed_notebook(tmp_path: Path) -> None:
     assert "estimate" in usage_out["text/plain"] and "<pre" in usage_out["text/html"]
     printed = nb.cells[4].outputs[0]["text"]
     assert "spent $" in printed and "of $5.00 budget" in printed and "1 workers" in printed
+
+
+def test_displaying_a_cluster_shows_card_and_live_meter(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in [
+        "import cumulo\ncluster = cumulo.connect(workers=1, threads_per_worker=1, name='card')",
+        "cluster",
+        "cluster.close()",
+    ]]
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for i, cell in enumerate(nb.cells):
+        assert not [o for o in cell.outputs if o.output_type == "error"], i
+    live = nb.cells[1].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in live
+    assert "cumulo-meter" in live["text/html"] and "card" in live["text/html"]

@@ -542,6 +542,12 @@ class Cluster(SyncMethodMixin):
 
         return cluster_html(self)
 
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """The card, with a live cost/usage meter under it in Jupyter (cumulo.widgets.live_bundle)."""
+        from .widgets import live_bundle
+
+        return live_bundle(self, self._repr_html_(), repr(self))
+
 
 def _sizes(identity: dict[str, Any]) -> dict[str, int]:
     """Workers, threads and memory from a scheduler identity."""

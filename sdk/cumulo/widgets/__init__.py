@@ -8,6 +8,6 @@ cluster closes; outside Jupyter it is plain text. ``render_html`` and
 
 from __future__ import annotations
 
-from .meter import CostMeter, render_html, render_text, sparkline_svg
+from .meter import CostMeter, in_kernel, live_bundle, render_html, render_text, sparkline_svg
 
-__all__ = ["CostMeter", "render_html", "render_text", "sparkline_svg"]
+__all__ = ["CostMeter", "in_kernel", "live_bundle", "render_html", "render_text", "sparkline_svg"]

@@ -11,7 +11,7 @@ from dask.utils import parse_timedelta
 
 from .. import config
 
-__all__ = ["CostMeter", "render_html", "render_text", "sparkline_svg"]
+__all__ = ["CostMeter", "in_kernel", "live_bundle", "render_html", "render_text", "sparkline_svg"]
 
 
 def _money(v: float | None) -> str:
@@ -199,3 +199,34 @@ class CostMeter:
                 pass
             self._widget.value = render_html(self.cluster.name, s, budget=self._budget(),
                                              status=getattr(rec, "state", self.cluster.status))
+
+
+def in_kernel() -> bool:
+    """Whether we run in a Jupyter kernel that can show live widgets (not a terminal IPython)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+def live_bundle(cluster: Any, card_html: str, text: str) -> dict[str, Any]:
+    """A display bundle for a cluster: its card with a live meter under it where widgets work.
+
+    Frontends with a widget manager show the live view (card + refreshing meter);
+    others (nbconvert, GitHub) the static ``text/html``; terminals the ``text/plain``.
+    """
+    bundle: dict[str, Any] = {"text/plain": text, "text/html": card_html}
+    if getattr(cluster, "status", None) != "running" or not in_kernel():
+        return bundle
+    try:
+        import ipywidgets
+
+        meter = CostMeter(cluster)
+        box = ipywidgets.VBox([ipywidgets.HTML(value=card_html), meter.widget()])
+        bundle["text/html"] = card_html + meter.html()
+        bundle.update({k: v for k, v in box._repr_mimebundle_().items() if k != "text/plain"})
+    except Exception:  # a display must never fail because of the meter
+        pass
+    return bundle
