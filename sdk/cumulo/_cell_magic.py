@@ -38,7 +38,7 @@ class CellMagics(Magics):
         "--cluster", default=None, metavar="VAR",
         help="notebook variable holding the cluster (default: the last one connected)",
     )
-    @cell_magic("cumulo")
+    @cell_magic("cumulo")  # type: ignore[arg-type]
     def cumulo(self, line: str, cell: str) -> None:
         """Run this cell on one worker of the cluster; see ``%%cumulo?``."""
         args = parse_argstring(self.cumulo, line)

@@ -181,7 +181,7 @@ class _Relay:
 
     def handler(self, event: tuple[float, Any]) -> None:
         msg = event[1]
-        q = self.cells.get(msg.get("cell")) if isinstance(msg, dict) else None
+        q = self.cells.get(str(msg.get("cell"))) if isinstance(msg, dict) else None
         if q is not None:
             q.put(msg)
 

@@ -112,7 +112,9 @@ def _shard_futures(client: Client, shards: RankShards, infos: Sequence[WorkerInf
     return out
 
 
-def _run_rank(fn: Callable[..., Any], spec: dict[str, Any], args: tuple, kwargs: dict) -> dict[str, Any]:
+def _run_rank(
+    fn: Callable[..., Any], spec: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     """Body of one rank, run on its worker: set up torch.distributed, call fn, always tear down."""
     timeout = float(spec["timeout"])
     if not _PG_LOCK.acquire(timeout=timeout):
@@ -227,7 +229,7 @@ def _outcome(future: Future) -> dict[str, Any]:
     return {"ok": False, "error": {"type": "Cancelled", "message": f"task {future.status}", "frames": []}}
 
 
-def _raise_for_loading(shards: dict[Any, list[Any]], infos: Sequence[WorkerInfo]) -> None:
+def _raise_for_loading(shards: dict[int | str, list[Any]], infos: Sequence[WorkerInfo]) -> None:
     for parts in shards.values():
         for rank, part in enumerate(parts):
             if isinstance(part, Future) and part.status != "finished":
@@ -334,13 +336,13 @@ def torch(
     name = getattr(fn, "__name__", "fn")
 
     # Data first, so that a failing load never leaves other ranks waiting at the rendezvous.
-    shard_args = [i for i, a in enumerate(args) if isinstance(a, RankShards)]
-    shard_kwargs = [k for k, v in kwargs.items() if isinstance(v, RankShards)]
-    shards: dict[Any, list[Any]] = {}
-    for where in shard_args:
-        shards[where] = _shard_futures(client, args[where], infos)
-    for where in shard_kwargs:
-        shards[where] = _shard_futures(client, kwargs[where], infos)
+    shards: dict[int | str, list[Any]] = {}
+    for i, a in enumerate(args):
+        if isinstance(a, RankShards):
+            shards[i] = _shard_futures(client, a, infos)
+    for k, v in kwargs.items():
+        if isinstance(v, RankShards):
+            shards[k] = _shard_futures(client, v, infos)
     loading = [f for parts in shards.values() for f in parts if isinstance(f, Future)]
     progress.wait(loading)
     _raise_for_loading(shards, infos)
