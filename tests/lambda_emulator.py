@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -216,7 +217,11 @@ class Emulator:
             "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
         })
         env.pop("LAMBDA_API_KEY", None)  # an instance never sees the user's key
-        proc = subprocess.Popen(["bash", str(script)], cwd=inst.workdir, env=env, start_new_session=True,
+        # A watchdog in the instance's process group powers it off if the emulator's process dies
+        # (even by SIGKILL), so a crashed test run leaves no dask processes behind.
+        launcher = (f"( while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.5; done; kill -KILL 0 ) & "
+                    f"exec bash {shlex.quote(str(script))}")
+        proc = subprocess.Popen(["bash", "-c", launcher], cwd=inst.workdir, env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         inst.pgid = proc.pid
         threading.Thread(target=proc.wait, daemon=True).start()  # reap the bash parent
