@@ -43,12 +43,13 @@ NAME = "browser-etl"
 
 
 def _labextension_dir(tmp: Path) -> Path:
-    """A labextensions folder holding cumulo-jupyterlab: the installed one, or a link to the repo build."""
-    installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "cumulo-jupyterlab"
-    if (installed / "package.json").exists():
-        return installed.parent
+    """A labextensions folder holding cumulo-jupyterlab: the repository's build (what was just built,
+    listed ahead of any installed copy, which an editable install leaves as a snapshot), else the installed one."""
     built = ROOT / "sdk" / "cumulo" / "labextension"
+    installed = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "cumulo-jupyterlab"
     if not (built / "package.json").exists():
+        if (installed / "package.json").exists():
+            return installed.parent
         pytest.fail("the JupyterLab extension is not built: run `cd extension && jlpm install && jlpm build` "
                     "(or `pip install .`) before the browser tests")
     folder = tmp / "labextensions"
@@ -146,23 +147,23 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     page.click('li[data-id="cumulo-compute"]')
     panel = page.locator("#cumulo-compute")
     panel.get_by_text("No clusters running").wait_for(timeout=30_000)
-    meter = page.locator(".cumulo-meter")
+    meter = page.locator(".cumulo-lab-meter")
     assert meter.get_attribute("data-running") == "0"
 
     # launch a local cluster from the form; the estimate is shown before launch
     panel.get_by_role("button", name="New cluster").click()
-    form = panel.locator("form.cumulo-form")
+    form = panel.locator("form.cumulo-lab-form")
     form.wait_for(timeout=30_000)
     form.locator('input[name="name"]').fill(NAME)
     form.locator('select[name="provider"]').select_option("local")
-    assert "no rate set" in form.locator(".cumulo-estimate").inner_text()
+    assert "no rate set" in form.locator(".cumulo-lab-estimate").inner_text()
     form.locator('select[name="provider"]').select_option("lambda")  # the price list, with $/h beside each GPU
     options = form.locator('select[name="gpu"] option').all_inner_texts()
     assert any("H100" in o and "/h" in o for o in options), options
     form.locator('select[name="gpu"]').select_option(index=len(options) - 1)
     form.locator('input[name="count"]').fill("2")
     form.locator('input[name="budget"]').fill("20")
-    estimate = form.locator(".cumulo-estimate").inner_text()
+    estimate = form.locator(".cumulo-lab-estimate").inner_text()
     assert "$" in estimate and "/h" in estimate and "budget lasts" in estimate, estimate
     form.screenshot(path=str(ARTIFACTS / "new-cluster-form.png"))
     form.locator('select[name="provider"]').select_option("local")
@@ -170,17 +171,17 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     form.locator('input[name="budget"]').fill("5")
     form.get_by_role("button", name="Launch").click()
 
-    card = panel.locator(f'.cumulo-card[data-name="{NAME}"]')
+    card = panel.locator(f'.cumulo-lab-card[data-name="{NAME}"]')
     card.wait_for(timeout=30_000)
     assert card.get_attribute("data-state") in ("launching", "starting", "running")
     panel.screenshot(path=str(ARTIFACTS / "sidebar-launching.png"))  # progress in the card, if still starting
-    panel.locator(f'.cumulo-card[data-name="{NAME}"][data-state="running"]').wait_for(timeout=120_000)
+    panel.locator(f'.cumulo-lab-card[data-name="{NAME}"][data-state="running"]').wait_for(timeout=120_000)
     text = card.inner_text()
     assert "local" in text and "1 worker" in text and "spent" in text, text
     assert "$0.50/h" in text and "(estimate)" in text, text  # 1 worker x the configured $0.50/worker-hour
     assert "started from JupyterLab" in text
-    assert card.locator("a.cumulo-link").get_attribute("href").startswith("http://127.0.0.1:")
-    page.wait_for_function("document.querySelector('.cumulo-meter').dataset.running === '1'", timeout=30_000)
+    assert card.locator("a.cumulo-lab-link").get_attribute("href").startswith("http://127.0.0.1:")
+    page.wait_for_function("document.querySelector('.cumulo-lab-meter').dataset.running === '1'", timeout=30_000)
     panel.screenshot(path=str(ARTIFACTS / "sidebar.png"))
 
     # insert the connect cell into the notebook and run it (the kernel re-attaches by name)
@@ -202,6 +203,19 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     page.locator("#jp-main-statusbar").screenshot(path=str(ARTIFACTS / "statusbar.png"))
     page.screenshot(path=str(ARTIFACTS / "lab.png"))
 
+    # clicking the spend meter brings the sidebar back
+    page.click('li[data-id="filebrowser"]')
+    panel.wait_for(state="hidden", timeout=10_000)
+    meter.click()
+    panel.wait_for(state="visible", timeout=10_000)
+
+    # scale it from its card
+    card.get_by_role("button", name="Scale").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator("input").fill("2")
+    dialog.locator("button.jp-mod-accept").click()
+    wait_for(lambda: "2 workers" in card.inner_text(), timeout=60, what="the card to show 2 workers")
+
     # stop it from the sidebar; it asks first
     card.get_by_role("button", name="Stop").click()
     dialog = page.locator(".jp-Dialog")
@@ -209,9 +223,9 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     assert NAME in dialog.inner_text()
     dialog.locator("button.jp-mod-warn").click()
     card.wait_for(state="detached", timeout=60_000)
-    page.wait_for_function("document.querySelector('.cumulo-meter').dataset.running === '0'", timeout=30_000)
-    panel.locator("details.cumulo-closed-list summary").click()
-    closed = panel.locator("details.cumulo-closed-list").inner_text()
+    page.wait_for_function("document.querySelector('.cumulo-lab-meter').dataset.running === '0'", timeout=30_000)
+    panel.locator("details.cumulo-lab-closed-list summary").click()
+    closed = panel.locator("details.cumulo-lab-closed-list").inner_text()
     assert NAME in closed and "$" in closed and "no rate set" not in closed, closed  # final cost kept
     panel.screenshot(path=str(ARTIFACTS / "sidebar-closed.png"))
 

@@ -15,10 +15,10 @@ function moneyLine(row: ClusterRow): HTMLElement {
     row.cost_kind && row.cost_kind !== 'none' ? ` (${row.cost_kind})` : '';
   return h(
     'div',
-    { className: 'cumulo-card-money', title: row.cost_basis ?? '' },
-    h('span', { className: 'cumulo-rate' }, rate(row.rate_per_hour)),
+    { className: 'cumulo-lab-card-money', title: row.cost_basis ?? '' },
+    h('span', { className: 'cumulo-lab-rate' }, rate(row.rate_per_hour)),
     ' · spent ',
-    h('span', { className: 'cumulo-spent' }, money(row.spent) + kind)
+    h('span', { className: 'cumulo-lab-spent' }, money(row.spent) + kind)
   );
 }
 
@@ -29,25 +29,25 @@ function budgetBar(row: ClusterRow): HTMLElement | null {
   }
   const pct = Math.round((fraction ?? 0) * 100);
   const level = pct >= 80 ? 'high' : pct >= 50 ? 'mid' : 'low';
-  const fill = h('div', { className: `cumulo-budget-fill cumulo-${level}` });
+  const fill = h('div', { className: `cumulo-lab-budget-fill cumulo-lab-${level}` });
   fill.style.width = `${pct}%`;
   return h(
     'div',
     {
-      className: 'cumulo-budget',
+      className: 'cumulo-lab-budget',
       title: `budget ${money(row.budget)}: ${fraction === null ? 'spend unknown' : pct + '% used'}`
     },
-    h('div', { className: 'cumulo-budget-track' }, fill),
+    h('div', { className: 'cumulo-lab-budget-track' }, fill),
     h(
       'span',
-      { className: 'cumulo-budget-text' },
+      { className: 'cumulo-lab-budget-text' },
       fraction === null ? `budget ${money(row.budget)}` : `${pct}% of ${money(row.budget)}`
     )
   );
 }
 
 function button(label: string, title: string, onClick: () => void, extra = ''): HTMLButtonElement {
-  const b = h('button', { className: `jp-Button jp-mod-styled cumulo-btn ${extra}`, title, type: 'button' }, label);
+  const b = h('button', { className: `jp-Button jp-mod-styled cumulo-lab-btn ${extra}`, title, type: 'button' }, label);
   b.addEventListener('click', onClick);
   return b;
 }
@@ -66,30 +66,30 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
           : 'started elsewhere';
   const head = h(
     'div',
-    { className: 'cumulo-card-head' },
-    h('span', { className: `cumulo-state cumulo-state-${row.state}`, title: row.state }, row.state),
-    h('span', { className: 'cumulo-card-name' }, row.name),
-    h('span', { className: 'cumulo-card-provider' }, row.provider)
+    { className: 'cumulo-lab-card-head' },
+    h('span', { className: `cumulo-lab-state cumulo-lab-state-${row.state}`, title: row.state }, row.state),
+    h('span', { className: 'cumulo-lab-card-name' }, row.name),
+    h('span', { className: 'cumulo-lab-card-provider' }, row.provider)
   );
-  const card = h('div', { className: 'cumulo-card', 'data-name': row.name, 'data-state': row.state }, head);
+  const card = h('div', { className: 'cumulo-lab-card', 'data-name': row.name, 'data-state': row.state }, head);
   if (launching) {
     card.append(
       h(
         'div',
-        { className: 'cumulo-progress' },
-        h('div', { className: 'cumulo-progress-bar' }),
+        { className: 'cumulo-lab-progress' },
+        h('div', { className: 'cumulo-lab-progress-bar' }),
         h('span', {}, `${row.progress ?? 'starting'} · ${duration(now - row.created)}`)
       )
     );
   }
   if (failed) {
-    card.append(h('div', { className: 'cumulo-error' }, row.error ?? row.note ?? 'launch failed'));
-    card.append(h('div', { className: 'cumulo-actions' }, button('Dismiss', 'Remove this card', () => actions.dismiss(row))));
+    card.append(h('div', { className: 'cumulo-lab-error' }, row.error ?? row.note ?? 'launch failed'));
+    card.append(h('div', { className: 'cumulo-lab-actions' }, button('Dismiss', 'Remove this card', () => actions.dismiss(row))));
     return card;
   }
   if (!launching) {
     card.append(
-      h('div', { className: 'cumulo-card-size' }, size(row), h('span', { className: 'cumulo-muted' }, ` · up ${duration(now - row.created)} · ${owner}`)),
+      h('div', { className: 'cumulo-lab-card-size' }, size(row), h('span', { className: 'cumulo-lab-muted' }, ` · up ${duration(now - row.created)} · ${owner}`)),
       moneyLine(row)
     );
   }
@@ -97,17 +97,17 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
   if (bar) {
     card.append(bar);
   }
-  const buttons = h('div', { className: 'cumulo-actions' });
+  const buttons = h('div', { className: 'cumulo-lab-actions' });
   if (row.dashboard && !launching) {
     buttons.append(
-      h('a', { className: 'cumulo-link', href: row.dashboard, target: '_blank', rel: 'noopener noreferrer', title: 'Open the Dask dashboard' }, 'Dashboard')
+      h('a', { className: 'cumulo-lab-link', href: row.dashboard, target: '_blank', rel: 'noopener noreferrer', title: 'Open the Dask dashboard' }, 'Dashboard')
     );
   }
   if (!launching) {
     buttons.append(
       button('Connect cell', 'Insert a cell that connects to this cluster into the active notebook', () => actions.insertConnect(row)),
       button('Scale', 'Change the number of workers', () => actions.scale(row)),
-      button('Stop', 'Stop this cluster (asks first)', () => actions.stop(row), 'jp-mod-warn cumulo-stop')
+      button('Stop', 'Stop this cluster (asks first)', () => actions.stop(row), 'jp-mod-warn cumulo-lab-stop')
     );
   }
   card.append(buttons);
@@ -119,9 +119,9 @@ export function closedLine(row: ClusterRow): HTMLElement {
   const lasted = (row.closed ?? row.created) - row.created;
   return h(
     'li',
-    { className: 'cumulo-closed', 'data-name': row.name, title: row.note ?? row.state },
-    h('span', { className: 'cumulo-card-name' }, row.name),
-    h('span', { className: 'cumulo-muted' }, ` ${row.provider} · ${row.state} · ran ${duration(lasted)} · `),
-    h('span', { className: 'cumulo-spent' }, money(row.spent))
+    { className: 'cumulo-lab-closed', 'data-name': row.name, title: row.note ?? row.state },
+    h('span', { className: 'cumulo-lab-card-name' }, row.name),
+    h('span', { className: 'cumulo-lab-muted' }, ` ${row.provider} · ${row.state} · ran ${duration(lasted)} · `),
+    h('span', { className: 'cumulo-lab-spent' }, money(row.spent))
   );
 }

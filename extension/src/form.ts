@@ -14,7 +14,7 @@ export interface FormCallbacks {
 }
 
 function field(label: string, input: HTMLElement, hint = ''): HTMLElement {
-  return h('label', { className: 'cumulo-field' }, h('span', {}, label), input, hint ? h('small', { className: 'cumulo-muted' }, hint) : null);
+  return h('label', { className: 'cumulo-lab-field' }, h('span', {}, label), input, hint ? h('small', { className: 'cumulo-lab-muted' }, hint) : null);
 }
 
 /** Offers of one provider, cheapest per hour first. */
@@ -80,8 +80,8 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
   const spot = h('input', { name: 'spot', type: 'checkbox' });
   const budget = h('input', { className: 'jp-mod-styled', name: 'budget', type: 'number', min: '0', step: '0.5', placeholder: 'none' });
   const idle = h('input', { className: 'jp-mod-styled', name: 'idle', placeholder: 'e.g. 20m', value: '20m' });
-  const est = h('div', { className: 'cumulo-estimate' });
-  const error = h('div', { className: 'cumulo-error', hidden: true });
+  const est = h('div', { className: 'cumulo-lab-estimate' });
+  const error = h('div', { className: 'cumulo-lab-error', hidden: true });
   const launch = h('button', { className: 'jp-Button jp-mod-styled jp-mod-accept', type: 'submit' }, 'Launch');
   const cancel = h('button', { className: 'jp-Button jp-mod-styled jp-mod-reject', type: 'button' }, 'Cancel');
 
@@ -128,18 +128,18 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
 
   const form = h(
     'form',
-    { className: 'cumulo-form', 'aria-label': 'New cluster' },
+    { className: 'cumulo-lab-form', 'aria-label': 'New cluster' },
     h('h3', {}, 'New cluster'),
     field('Name', name),
     field('Provider', provider),
     field('GPU type', gpu, 'from the price catalog, $/h per instance'),
     field('Count', count, 'workers (instances for cloud providers)'),
-    h('label', { className: 'cumulo-field cumulo-check' }, spot, h('span', {}, 'Spot / preemptible')),
+    h('label', { className: 'cumulo-lab-field cumulo-lab-check' }, spot, h('span', {}, 'Spot / preemptible')),
     field('Budget ($)', budget, 'the cluster stops when it is spent'),
     field('Idle timeout', idle, 'stop after this long without work'),
     est,
     error,
-    h('div', { className: 'cumulo-actions' }, launch, cancel)
+    h('div', { className: 'cumulo-lab-actions' }, launch, cancel)
   );
   cancel.addEventListener('click', () => callbacks.cancel());
   form.addEventListener('submit', event => {

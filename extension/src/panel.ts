@@ -18,12 +18,12 @@ export class ComputePanel extends Widget {
   ) {
     super();
     this.id = PANEL_ID;
-    this.addClass('cumulo-panel');
+    this.addClass('cumulo-lab-panel');
     this.title.caption = 'Compute: your clusters and what they cost';
-    const newButton = h('button', { className: 'jp-Button jp-mod-styled jp-mod-accept cumulo-new', type: 'button' }, 'New cluster');
+    const newButton = h('button', { className: 'jp-Button jp-mod-styled jp-mod-accept cumulo-lab-new', type: 'button' }, 'New cluster');
     newButton.addEventListener('click', () => void this.openForm());
     this.node.append(
-      h('div', { className: 'cumulo-panel-head' }, h('h2', {}, 'Compute'), newButton),
+      h('div', { className: 'cumulo-lab-panel-head' }, h('h2', {}, 'Compute'), newButton),
       this._formSlot,
       this._status,
       this._cards,
@@ -40,7 +40,7 @@ export class ComputePanel extends Widget {
 
   /** Show the New cluster form (loads the price list first). */
   async openForm(): Promise<void> {
-    this._formSlot.replaceChildren(h('div', { className: 'cumulo-muted' }, 'Loading prices…'));
+    this._formSlot.replaceChildren(h('div', { className: 'cumulo-lab-muted' }, 'Loading prices…'));
     try {
       const prices = await this.model.prices();
       this._formSlot.replaceChildren(
@@ -63,7 +63,7 @@ export class ComputePanel extends Widget {
         })
       );
     } catch (e) {
-      this._formSlot.replaceChildren(h('div', { className: 'cumulo-error' }, `Cannot load prices: ${(e as Error).message}`));
+      this._formSlot.replaceChildren(h('div', { className: 'cumulo-lab-error' }, `Cannot load prices: ${(e as Error).message}`));
     }
   }
 
@@ -82,7 +82,7 @@ export class ComputePanel extends Widget {
     this._cards.replaceChildren(
       ...(open.length
         ? open.map(row => openCard(row, actions, now))
-        : [h('div', { className: 'cumulo-empty cumulo-muted' }, model.listing ? 'No clusters running. Nothing is billing.' : 'Loading…')])
+        : [h('div', { className: 'cumulo-lab-empty cumulo-lab-muted' }, model.listing ? 'No clusters running. Nothing is billing.' : 'Loading…')])
     );
     const closed = model.closedToday;
     const wasOpen = (this._closed.querySelector('details') as HTMLDetailsElement | null)?.open ?? false;
@@ -92,7 +92,7 @@ export class ComputePanel extends Widget {
     if (closed.length) {
       const details = h(
         'details',
-        { className: 'cumulo-closed-list', open: wasOpen },
+        { className: 'cumulo-lab-closed-list', open: wasOpen },
         h('summary', {}, `Closed today (${closed.length}) · ${money(spent)}`),
         h('ul', {}, ...closed.map(closedLine))
       );
@@ -128,8 +128,8 @@ export class ComputePanel extends Widget {
     }
   }
 
-  private _formSlot = h('div', { className: 'cumulo-form-slot' });
-  private _status = h('div', { className: 'cumulo-error', hidden: true });
-  private _cards = h('div', { className: 'cumulo-cards' });
-  private _closed = h('div', { className: 'cumulo-closed-slot' });
+  private _formSlot = h('div', { className: 'cumulo-lab-form-slot' });
+  private _status = h('div', { className: 'cumulo-lab-error', hidden: true });
+  private _cards = h('div', { className: 'cumulo-lab-cards' });
+  private _closed = h('div', { className: 'cumulo-lab-closed-slot' });
 }

@@ -10,7 +10,7 @@ export class SpendMeter extends Widget {
     onClick: () => void
   ) {
     super();
-    this.addClass('cumulo-meter');
+    this.addClass('cumulo-lab-meter');
     this.node.title = 'cumulo: running clusters, total $/h, spent today (click for the Compute sidebar)';
     this.node.addEventListener('click', onClick);
     model.changed.connect(this.update, this);
@@ -26,6 +26,6 @@ export class SpendMeter extends Widget {
     const totals = this.model.totals;
     this.node.textContent = meterText(totals);
     this.node.dataset.running = String(totals?.running ?? 0);
-    this.toggleClass('cumulo-meter-active', (totals?.running ?? 0) > 0);
+    this.toggleClass('cumulo-lab-meter-active', (totals?.running ?? 0) > 0);
   }
 }
