@@ -105,3 +105,17 @@ def test_api_key_appears_nowhere(emulator: Emulator, tmp_path: Path, monkeypatch
         for blob in blobs:
             assert key.encode() not in blob
     assert "offer:" in out.err, "progress went to stderr as configured"
+
+
+def test_cumulo_down_stops_a_lambda_cluster_from_the_registry_alone(emulator: Emulator) -> None:
+    from cumulo.inventory import stop
+
+    cluster = cumulo.connect("lambda", name="downme", gpu="A10", workers=2)
+    try:
+        stopped = stop("downme")  # what `cumulo down downme` runs, as another process would
+        assert [r.name for r in stopped] == ["downme"]
+        assert not emulator.live()
+        assert Registry().latest("downme").state == "closed"
+    finally:
+        cluster.close()  # the owner closing afterwards finds nothing left to terminate
+    assert Registry().latest("downme").state == "closed"
