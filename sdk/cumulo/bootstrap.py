@@ -6,7 +6,8 @@ instance boots. It
 1. writes this cluster's CA and the role's certificate and key under
    ``$CUMULO_ROOT/tls`` (mode 600; the script itself runs with ``umask 077``);
 2. installs dask and distributed pinned to the *client's* versions (and
-   dask-cuda for GPU workers), unless installing was turned off in config;
+   dask-cuda for GPU workers) into a venv that still sees the image's packages,
+   unless installing was turned off in config;
 3. on workers, runs a GPU probe (``nvidia-smi -L`` must list a GPU) before the
    worker may join; with the probe turned off it says so in its log, never
    silently;
@@ -35,6 +36,8 @@ from .tlscerts import ClusterTLS
 __all__ = ["BootstrapOptions", "user_data"]
 
 _EOF = "CUMULO_PEM_EOF"
+#: dask-cuda for GPU workers: the RAPIDS release whose dask pin matches cumulo's core dask range.
+DASK_CUDA = "dask-cuda[cu12]>=26.10,<26.12"
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,14 @@ def _install(opts: BootstrapOptions, *, gpu_worker: bool) -> str:
         return 'echo "cumulo: package install disabled by configuration (cumulo.lambda.install-packages=false)"\n'
     pkgs = [f"dask=={dask.__version__}", f"distributed=={distributed.__version__}"]
     if gpu_worker:
-        pkgs.append("dask-cuda[cu12]")
+        pkgs.append(DASK_CUDA)
+    # A venv that still sees the image's packages (CUDA, torch): pins without touching the system Python,
+    # which newer Ubuntu images refuse to pip-install into (PEP 668).
     return (
-        f'echo "cumulo: installing {" ".join(pkgs)}"\n'
-        f"{shlex.quote(opts.python)} -m pip install --quiet {' '.join(shlex.quote(p) for p in pkgs)}\n"
+        f'echo "cumulo: installing {" ".join(pkgs)} into $CUMULO_ROOT/venv"\n'
+        f'{shlex.quote(opts.python)} -m venv --system-site-packages "$CUMULO_ROOT/venv"\n'
+        f'"$CUMULO_ROOT/venv/bin/python" -m pip install --quiet {" ".join(shlex.quote(p) for p in pkgs)}\n'
+        'export PATH="$CUMULO_ROOT/venv/bin:$PATH"\n'
     )
 
 
