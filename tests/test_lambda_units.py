@@ -270,3 +270,16 @@ def test_cluster_certificates_are_private_and_work(tmp_path: Path) -> None:
     remove_cluster_tls("abc123", directory=tmp_path)
     with pytest.raises(CredentialsError, match="cumulo down"):
         load_cluster_tls("abc123", directory=tmp_path)
+
+
+def test_key_from_keyring_when_importable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import sys
+    import types
+
+    fake = types.ModuleType("keyring")
+    fake.get_password = lambda service, user: KEY if (service, user) == ("cumulo-lambda", "default") else None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "keyring", fake)
+    monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
+    with dask.config.set({"cumulo.lambda.api-key-file": str(tmp_path / "missing")}):
+        secret = lambda_api_key()
+    assert secret.reveal() == KEY and secret.source == "keyring cumulo-lambda/default"
