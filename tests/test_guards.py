@@ -220,3 +220,16 @@ def test_reap_cli(capsys: pytest.CaptureFixture[str]) -> None:
     args = parser.parse_args(["reap", "--dry-run"])
     assert args.func(args) == 0
     assert "nothing to reap" in capsys.readouterr().out
+
+
+def test_disconnect_releases_the_lease() -> None:
+    with dask.config.set({"cumulo.guards.lease-grace": "1s"}):
+        cluster = cumulo.connect("detached-test", options={"rate_per_hour": 1.0})
+    try:
+        assert cluster.registry.get(cluster.id).lease_seconds == 1
+        cluster.disconnect()
+        wait_for(lambda: cluster.registry.get(cluster.id).lease_seconds is None, what="lease released")
+        assert cluster.registry.get(cluster.id).state == "running"
+        assert "detached" in events(cluster)
+    finally:
+        cumulo.connect(name=cluster.name).close()

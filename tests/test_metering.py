@@ -222,3 +222,70 @@ def test_usage_through_connect_and_after_close() -> None:
     assert after["tasks"] == 2
     rec = cluster.registry.get(cluster.id)
     assert rec.state == "closed" and rec.cost == pytest.approx(after["spend"], rel=0.2) and rec.cost_kind == "estimate"
+
+
+# -- GPU figures, with NVML's reports stood in for (no GPU on CI machines) ----------------------
+
+
+class _FakeWorker:
+    def __init__(self, util: float | None) -> None:
+        self.name = "gpu-0"
+        self.nthreads = 1
+        self.memory_limit = 1 << 34
+        self.resources: dict[str, float] = {}
+        self.extra = {"gpu": {"name": "NVIDIA H100 80GB HBM3", "memory-total": 80 << 30}}
+        self.metrics = {"gpu": {"utilization": util, "memory-used": 4 << 30}}
+        self.processing: set[object] = set()
+
+
+class _FakeScheduler:
+    def __init__(self) -> None:
+        self.workers = {"tcp://gpu:1": _FakeWorker(50.0)}
+        self.handlers: dict[str, object] = {}
+        self.stream_handlers: dict[str, object] = {}
+        self.periodic_callbacks: dict[str, object] = {}
+        self.queued: tuple[object, ...] = ()
+        self.unrunnable: tuple[object, ...] = ()
+
+
+def test_gpu_utilisation_is_integrated_and_counts_as_busy() -> None:
+    import asyncio
+
+    from cumulo._ledger import UsageLedger
+
+    async def scenario() -> dict:
+        sched = _FakeScheduler()
+        p = UsageLedger(sample_interval=3600, gpu_busy_threshold=10)
+        await p.start(sched)
+        try:
+            assert sched.handlers["cumulo_ledger"] == p.snapshot
+            (w,) = p.workers.values()
+            assert (w.gpus, w.gpu_model, w.gpu_memory_total) == (1, "NVIDIA H100 80GB HBM3", 80 << 30)
+            p._sample()  # first report: 50%
+            p.last_sample -= 10  # as if the next sample came 10 s later
+            w.joined -= 10
+            p.last_busy -= 100
+            p._sample()  # 10 s at 50% = 5 GPU-seconds of utilisation; busy because 50% >= 10%
+            busy = p.snapshot(samples=5)
+            sched.workers["tcp://gpu:1"].metrics["gpu"]["utilization"] = 2.0
+            p.last_busy -= 100
+            p._sample()  # 2% is under the threshold: idle keeps counting
+            idle = p.snapshot()
+            p.remove_worker(sched, "tcp://gpu:1")
+            gone = p.snapshot(departed=True)
+            return {"busy": busy, "idle": idle, "gone": gone}
+        finally:
+            sched.periodic_callbacks["cumulo-ledger"].stop()
+
+    r = asyncio.run(scenario())
+    busy = r["busy"]
+    assert busy["nvml"] is True and busy["idle_seconds"] < 1
+    assert busy["totals"]["gpu_util_seconds"] == pytest.approx(5.0, abs=0.1)
+    assert busy["totals"]["gpu_seconds"] >= 10
+    assert busy["samples"][-1]["gpu_util"] == 50.0 and busy["samples"][-1]["gpu_mem_total"] == 80 << 30
+    assert r["idle"]["idle_seconds"] >= 100
+    assert r["gone"]["workers"] == [] and r["gone"]["departed"][0]["gpus"] == 1
+    assert r["gone"]["totals"]["gpu_seconds"] >= 10
+    with dask.config.set({"cumulo.cost.rate-per-gpu-hour": 3600.0}):
+        spend = metering.spend_of(_record(), r["gone"])
+    assert spend.amount == pytest.approx(r["gone"]["totals"]["gpu_seconds"])

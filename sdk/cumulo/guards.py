@@ -100,7 +100,7 @@ class Guard:
         interval = _seconds("guards.interval") or 10.0
         while not self._stop.wait(interval):
             if self.cluster.status != "running":
-                return
+                break
             try:
                 self.check()
             except Exception as exc:  # a guard must never kill the kernel; it says what went wrong
@@ -108,6 +108,20 @@ class Guard:
                     self.registry.event(self.cluster.id, "guard-error", f"{type(exc).__name__}: {exc}")
                 except Exception:
                     pass
+        self._release_if_disconnected()
+
+    def _release_if_disconnected(self) -> None:
+        """After ``cluster.disconnect()`` the cluster is meant to keep running: drop the lease."""
+        if self.cluster.status != "closed":
+            return
+        try:
+            rec = self.registry.get(self.cluster.id)
+            if rec.state == "running" and rec.lease_seconds is not None:
+                self.registry.update(rec.id, lease_seconds=None)
+                self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease "
+                                    "(reap still enforces budget and idle timeout)")
+        except Exception:
+            pass
 
     def check(self, *, now: float | None = None) -> list[str]:
         """One pass: heartbeat, spend, budget, idle. Returns what it did, as short phrases."""
