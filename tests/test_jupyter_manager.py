@@ -251,9 +251,6 @@ def test_real_local_cluster_from_the_server(registry: Registry) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="cluster.py's _close_all_at_exit stops clusters a process only re-attached to by name; "
-                          "a kernel that ran the sidebar's connect cell stops the server's cluster when it exits",
-                   strict=False)
 def test_a_kernel_that_reattached_and_exited_leaves_the_servers_cluster_running(registry: Registry) -> None:
     import subprocess
     import sys

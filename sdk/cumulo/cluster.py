@@ -560,11 +560,18 @@ def _sizes(identity: dict[str, Any]) -> dict[str, int]:
 
 
 def _close_all_at_exit() -> None:
-    """Stop this process's clusters when the interpreter exits, so nothing is left running."""
+    """When the interpreter exits, stop the clusters this process started and let go of the others.
+
+    A cluster this process only re-attached to by name belongs to another
+    process (a kernel, the Jupyter server): exiting must not stop it.
+    """
     for cluster in list(_live):
         if cluster.status == "running" and not cluster._asynchronous:
             try:
-                cluster.close()
+                if cluster.owner:
+                    cluster.close()
+                else:
+                    cluster.sync(cluster._disconnect)
             except Exception:
                 logger.exception("could not close cluster %r at exit", cluster.name)
 
