@@ -126,7 +126,7 @@ def _post_run_cell(result: Any = None) -> None:
         if comm is None or comm.message_count - count <= 1:
             continue  # only our own mark went out: the cell did not touch this cluster
         try:
-            ledger = fetch_ledger(cluster.client, mark=mark)
+            ledger = fetch_ledger(cluster.client, mark=mark, timeout=5.0)
         except Exception:
             continue
         since = ledger.get("since_mark")

@@ -92,10 +92,11 @@ def install(client: Client) -> bool:
 
 
 def fetch_ledger(client: Client, *, mark: str | None = None, samples: int = 0,
-                 departed: bool = False) -> dict[str, Any]:
-    """The scheduler's ledger as plain data (one RPC). Raises ClusterLost if unreachable."""
+                 departed: bool = False, timeout: float = 10.0) -> dict[str, Any]:
+    """The scheduler's ledger as plain data (one RPC). Raises ClusterLost if unreachable or too slow."""
     try:
-        return client.sync(client.scheduler.cumulo_ledger, mark=mark, samples=samples, departed=departed)
+        return client.sync(client.scheduler.cumulo_ledger, mark=mark, samples=samples, departed=departed,
+                           callback_timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise ClusterLost(
             f"the scheduler at {client.scheduler.address} did not answer: {exc}. "
