@@ -261,3 +261,43 @@ def test_registry_holds_no_process_environment_secrets(monkeypatch: pytest.Monke
     raw = b"".join(p.read_bytes() for p in registry_path.parent.glob("registry.db*"))
     assert b"tok-9f8e7d6c5b4a" not in raw
     assert os.environ["SOME_SERVICE_TOKEN"] == "tok-9f8e7d6c5b4a"
+
+
+INTERRUPTED = """
+import os, sys, cumulo
+print("starting", flush=True)
+try:
+    cumulo.connect(workers=2, name="interrupted")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(3)
+print("not interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_during_connect_stops_what_started(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    slow = tmp_path / "slow_preload.py"
+    slow.write_text("import time\ntime.sleep(8)\n")  # every worker takes 8 s to start
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{slow}"]'}
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "starting"
+        parent = psutil.Process(proc.pid)
+        workers = wait_for(lambda: [c for c in parent.children(recursive=True)
+                                    if "spawn_main" in " ".join(c.cmdline())] or None, timeout=60,
+                           what="worker processes to be spawned")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 3
+        assert "interrupted" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), timeout=30,
+             what="the interrupted connect's workers to exit")
+    assert Registry().latest("interrupted").state == "failed"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import threading
 import weakref
 from typing import Any
 
@@ -45,6 +46,9 @@ __all__ = ["Cluster", "connect", "current"]
 
 logger = logging.getLogger("cumulo")
 
+#: How long an interrupted connect() waits for its cleanup (terminating what launched) to finish.
+_INTERRUPT_CLEANUP_S = 300.0
+
 _current: weakref.ref[Cluster] | None = None
 _live: weakref.WeakSet[Cluster] = weakref.WeakSet()
 
@@ -65,6 +69,7 @@ def connect(
     allow_insecure: bool | None = None,
     asynchronous: bool = False,
     registry: Registry | None = None,
+    confirm: bool = False,
     **spec_fields: Any,
 ) -> Cluster:
     """Attach this notebook to a Dask cluster and return it.
@@ -77,7 +82,8 @@ def connect(
 
     Spec fields (``workers``, ``threads_per_worker``, ``memory_limit``, ``gpu``,
     ``budget``, ``idle_timeout``, ...) are validated by ClusterSpec before
-    anything starts.
+    anything starts. ``confirm=True`` accepts a paid offer above the
+    ``confirm-above-per-hour`` threshold of its provider without asking.
     """
     registry = registry or Registry()
     if name is not None:
@@ -91,6 +97,8 @@ def connect(
         return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
 
     provider_name, address = _resolve_target(target)
+    if confirm:
+        spec_fields["options"] = {**spec_fields.get("options", {}), "confirm": True}
     spec = ClusterSpec(provider=provider_name, name=name, address=address, **spec_fields)
     if name is not None:
         existing = registry.find_open(name)
@@ -174,7 +182,33 @@ class Cluster(SyncMethodMixin):
         self._loop: Any = None
         if not asynchronous:
             self._loop_runner.start()
-            self.sync(self._start)
+            self._start_blocking()
+
+    def _start_blocking(self) -> None:
+        """Run _start on the cluster's loop; on Ctrl-C cancel it and wait for its cleanup.
+
+        A start interrupted half way may have launched billable instances: the
+        cancellation runs the start's own cleanup, and we wait (bounded) for it
+        before letting the KeyboardInterrupt through.
+        """
+        finished = threading.Event()
+
+        async def run() -> None:
+            try:
+                await self._start()
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(run(), self.loop.asyncio_loop)
+        try:
+            future.result()
+        except KeyboardInterrupt:
+            logger.warning("cumulo: connect interrupted; stopping what %r had started ...", self.name)
+            future.cancel()
+            if not finished.wait(_INTERRUPT_CLEANUP_S):
+                logger.error("cumulo: cleanup of %r is still running; check `cumulo ls`", self.name)
+            self._loop_runner.stop()
+            raise
 
     @property
     def loop(self) -> Any:
