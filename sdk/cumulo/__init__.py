@@ -25,3 +25,15 @@ def prices(gpu: str | None = None, provider: str | None = None, region: str | No
     from .catalog import prices as _prices
 
     return _prices(gpu=gpu, provider=provider, region=region)
+
+
+_SUBMODULES = {"catalog", "datasets", "pipeline", "progress", "train"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``cumulo.train``, ``cumulo.datasets``, ... on first use, so ``import cumulo`` stays fast."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'cumulo' has no attribute {name!r}")
