@@ -289,3 +289,19 @@ def test_gpu_utilisation_is_integrated_and_counts_as_busy() -> None:
     with dask.config.set({"cumulo.cost.rate-per-gpu-hour": 3600.0}):
         spend = metering.spend_of(_record(), r["gone"])
     assert spend.amount == pytest.approx(r["gone"]["totals"]["gpu_seconds"])
+
+
+def test_cli_usage_reads_the_ledger_by_address(capsys: pytest.CaptureFixture[str]) -> None:
+    import cumulo
+    from cumulo.cli import main
+
+    with dask.config.set({"cumulo.cost.rate-per-worker-hour": 1.0, "cumulo.widgets.cell-line-on-connect": False}):
+        with cumulo.connect(workers=1, threads_per_worker=1, name="usage-cli") as cluster:
+            cluster.client.gather(cluster.client.map(nap, range(2), pure=False))
+            assert main(["usage", "usage-cli"]) == 0
+            out = capsys.readouterr().out
+            assert "usage-cli (local, running): spend $" in out and "over 2 tasks" in out
+        assert main(["usage", "usage-cli"]) == 0
+        out = capsys.readouterr().out
+        assert "(local, closed)" in out and "estimate" in out
+    assert main(["usage", "no-such"]) == 1
