@@ -155,6 +155,8 @@ def test_failed_refresh_keeps_last_good_data(monkeypatch: pytest.MonkeyPatch) ->
         report = catalog.refresh()
     assert set(report.failed) == {"lambda", "azure"}
     assert "keeping the last good data" in report.text()
+    fresh = catalog.freshness()
+    assert fresh[0].startswith("lambda: live prices fetched") and "last refresh failed" in fresh[0]
     frame = catalog.prices()
     assert frame[frame.instance_type == "gpu_1x_h100_sxm5"]["on_demand_per_hour"].iloc[0] == pytest.approx(2.99)
 

@@ -24,7 +24,9 @@ import pandas as pd
 from . import config
 from .exceptions import CredentialsError, ProviderError
 
-__all__ = ["COLUMNS", "RefreshReport", "add_cli", "prices", "refresh", "snapshot", "format_table"]
+__all__ = [
+    "COLUMNS", "RefreshReport", "add_cli", "format_table", "freshness", "price_of", "prices", "refresh", "snapshot",
+]
 
 COLUMNS = [
     "provider", "instance_type", "gpu_model", "gpu_count", "gpu_memory_gb", "vcpus", "ram_gb",
@@ -236,6 +238,24 @@ def refresh(*, sources: tuple[str, ...] = ("lambda", "azure")) -> RefreshReport:
     return report
 
 
+def freshness() -> list[str]:
+    """One line per live source: when its cached prices were fetched, and the last failure if any."""
+    sources = _read_cache().get("sources") or {}
+    lines = []
+    for src in ("lambda", "azure"):
+        info = sources.get(src) or {}
+        when = info.get("fetched")
+        line = f"{src}: " + (
+            f"live prices fetched {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(when))}" if when
+            else "bundled snapshot (never refreshed)"
+        )
+        if info.get("last_error"):
+            line += f"; last refresh failed: {info['last_error']}"
+        lines.append(line)
+    lines.append("aws, gcp: bundled snapshot (no live source)")
+    return lines
+
+
 # -- terminal -------------------------------------------------------------------------------
 
 
@@ -274,5 +294,7 @@ def run_cli(args: argparse.Namespace) -> int:
         print(report.text())
     frame = prices(gpu=args.gpu, provider=args.provider, region=args.region)
     print(format_table(frame))
+    for line in freshness():
+        print(line)
     print("Prices are public on-demand list prices per instance-hour (USD); check `source` before relying on one.")
     return 0
