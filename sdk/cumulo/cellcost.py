@@ -88,8 +88,8 @@ def _pre_run_cell(info: Any = None) -> None:
         if cluster.status != "running" or usage is None or not usage.installed or client is None:
             continue
         comm = getattr(client, "scheduler_comm", None)
-        if comm is None:
-            continue
+        if comm is None or (getattr(client, "_scheduler_identity", None) or {}).get("id") != usage.scheduler_id:
+            continue  # a scheduler without our ledger would drop the stream on an unknown message
         mark = f"{os.getpid()}-{next(_counter)}"
         count = comm.message_count
         try:

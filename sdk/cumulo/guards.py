@@ -206,6 +206,7 @@ async def attach(cluster: Any) -> None:
     usage = Usage(cluster)
     cluster._cumulo_usage = usage
     usage.installed = await install_async(cluster.client)
+    usage.scheduler_id = (getattr(cluster.client, "_scheduler_identity", None) or {}).get("id")
     rec = cluster.registry.get(cluster.id)
     values: dict[str, Any] = {}
     if rec.owned_here():

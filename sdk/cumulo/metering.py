@@ -195,6 +195,8 @@ class Usage:
         self._cluster = cluster
         self._cells: deque[dict[str, Any]] = deque(maxlen=int(config.get("cost.max-cells", 10000)))
         self.installed = False
+        #: The scheduler the ledger was installed on (a cell mark goes only to that one).
+        self.scheduler_id: str | None = None
         #: The ledger as last read while the cluster closed (what ``usage`` shows afterwards).
         self.final: dict[str, Any] | None = None
 
