@@ -21,7 +21,7 @@ import weakref
 from typing import Any
 
 import dask.config
-from dask.utils import format_bytes, parse_timedelta
+from dask.utils import parse_timedelta
 from distributed import Client
 from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin

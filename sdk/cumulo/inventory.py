@@ -8,8 +8,6 @@ Jupyter server extension. Works only from the registry plus each provider's
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from typing import Any
 
@@ -25,16 +23,6 @@ __all__ = ["clusters", "reconcile", "stop", "stop_record"]
 RECENT = "24h"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def reconcile(registry: Registry) -> list[ClusterRecord]:
     """Mark open local clusters whose owner process on this host is gone as lost; return those rows.
 
@@ -42,14 +30,8 @@ def reconcile(registry: Registry) -> list[ClusterRecord]:
     die with it, so such a row describes nothing that still runs or bills.
     """
     lost = []
-    host = socket.gethostname()
     for record in registry.list(include_closed=False):
-        if (
-            record.provider == "local"
-            and record.owner_host == host
-            and record.owner_pid is not None
-            and not _pid_alive(record.owner_pid)
-        ):
+        if record.provider == "local" and record.owner_alive() is False:
             registry.close(record.id, state="lost", note=f"owner process {record.owner_pid} exited")
             lost.append(record)
     return lost

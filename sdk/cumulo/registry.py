@@ -136,6 +136,19 @@ class ClusterRecord:
         """Whether this process started the cluster."""
         return self.owner_pid == os.getpid() and self.owner_host == socket.gethostname()
 
+    def owner_alive(self) -> bool | None:
+        """Whether the process that started the cluster still runs: None when that is unknowable
+        from here (another host, or no owner recorded)."""
+        if not self.owner_pid or self.owner_host != socket.gethostname():
+            return None
+        try:
+            os.kill(self.owner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
 
 @dataclass
 class ResourceRecord:

@@ -56,16 +56,6 @@ def day_start(now: float | None = None) -> float:
     return when.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @dataclass
 class Launch:
     """A cluster being launched by this server: shown as a card before its registry row is useful."""
@@ -192,8 +182,8 @@ class ClusterManager:
         row["age"] = end - rec.created
         if rec.name in self._owned and rec.is_open:
             row["owned_by"] = "server"
-        elif rec.owner_pid and rec.owner_host == self._host:
-            row["owned_by"] = "kernel" if _pid_alive(rec.owner_pid) else "gone"
+        elif rec.owner_alive() is not None:
+            row["owned_by"] = "kernel" if rec.owner_alive() else "gone"
         else:
             row["owned_by"] = "elsewhere"
         row["budget_used"] = (spent / rec.budget) if (spent is not None and rec.budget) else None

@@ -17,8 +17,6 @@ rules and closes expired rows as ``lost``.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,22 +64,13 @@ class Orphan:
                 f"{rate}{spent}; {self.reason}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def default_expired(record: ClusterRecord, *, grace: float | None = None, now: float | None = None) -> bool:
     """Whether an open cluster row has lost its owner (see the module docstring)."""
     if not record.is_open:
         return True
-    if record.owner_host == socket.gethostname() and record.owner_pid:
-        return not _pid_alive(record.owner_pid)
+    alive = record.owner_alive()
+    if alive is not None:
+        return not alive
     grace = float(parse_timedelta(config.get("lambda.orphan-grace"))) if grace is None else grace
     beat = record.heartbeat or record.updated
     return ((now or time.time()) - beat) > grace
