@@ -130,10 +130,13 @@ def bench_widget(refreshes: int = 100) -> dict[str, float]:
         finally:
             cluster.close()
     finally:
-        for p in procs:
+        for p in reversed(procs):  # worker first, then its scheduler
             p.terminate()
-        for p in procs:
-            p.wait(15)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
     return {"cpu": cpu, "wall": wall, "interval": interval, "share": cpu / interval}
 
 

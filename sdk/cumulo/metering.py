@@ -22,7 +22,7 @@ import math
 import time
 import warnings
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
@@ -313,13 +313,6 @@ def _text(s: dict[str, Any]) -> str:
         what = "GPUs" if s["gpus"] else "workers"
         lines.append(f"  ${s['idle_spend']:,.2f} of ${s['spend']:,.2f} paid for idle {what}")
     return "\n".join(lines)
-
-
-def summary_dict(spend: Spend) -> dict[str, Any]:
-    """A Spend as plain data."""
-    d = asdict(spend)
-    d["kind"] = spend.kind
-    return d
 
 
 def add_cli(subparsers: Any) -> Any:
