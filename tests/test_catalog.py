@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import dask
-import pandas as pd
 import pytest
 
 from cumulo import catalog

@@ -46,6 +46,7 @@ def test_default_local_cluster_runs_a_dataframe_job_and_closes() -> None:
     finally:
         cluster.close()
     assert cluster.status == "closed"
+    assert "status=closed" in repr(cluster) and "closed" in cluster._repr_html_()  # still displayable
     assert Registry().find_open("unit") is None
     assert Registry().latest("unit").state == "closed"
     wait_for(lambda: not (_children() - before), timeout=10, what="worker processes to exit after close()")

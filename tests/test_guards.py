@@ -236,7 +236,7 @@ def test_disconnect_releases_the_lease() -> None:
 
 
 def test_keep_alive_option_starts_without_a_lease() -> None:
-    with cumulo.connect("detached-test", options={"keep_alive": True}) as cluster:
+    with cumulo.connect("detached-test", keep_alive=True) as cluster:
         assert cluster.registry.get(cluster.id).lease_seconds is None
     with dask.config.set({"cumulo.guards.keep-alive": True}):
         with cumulo.connect(workers=1, threads_per_worker=1) as cluster:

@@ -217,6 +217,24 @@ def test_reap_finds_unknown_instances_with_their_cost(emulator: Emulator) -> Non
     assert emulator.wait_idle(10)
 
 
+def test_cumulo_reap_sweeps_orphaned_instances(emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    from cumulo.cli import main
+
+    async def plant() -> None:
+        async with LambdaApi() as api:
+            await api.launch(region="us-west-1", instance_type="gpu_1x_a10", name="cumulo-0badc0ffee00-head",
+                             quantity=1, ssh_key="emulator-key", user_data="#!/bin/bash\ntrue\n")
+
+    run(plant())
+    assert main(["reap", "--dry-run"]) == 0
+    assert "would terminate" in capsys.readouterr().out and len(emulator.live()) == 1
+    assert main(["reap"]) == 0
+    out = capsys.readouterr().out
+    assert "terminated" in out and "cumulo-0badc0ffee00-head" in out and "$0.75/h" in out
+    assert emulator.wait_idle(10) and emulator.live() == []
+    assert emulator.api_key not in out
+
+
 _KILLED_LAUNCH = """
 import asyncio, json, sys
 import dask

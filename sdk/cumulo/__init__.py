@@ -17,7 +17,17 @@ from .exceptions import CumuloError
 from .inventory import clusters
 from .magics import load_ipython_extension, unload_ipython_extension
 
-__all__ = ["Cluster", "CumuloError", "__version__", "clusters", "connect", "current", "prices"]
+__all__ = [
+    "Cluster",
+    "CumuloError",
+    "__version__",
+    "clusters",
+    "connect",
+    "current",
+    "load_ipython_extension",
+    "prices",
+    "unload_ipython_extension",
+]
 
 
 def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> Any:

@@ -70,6 +70,7 @@ def connect(
     asynchronous: bool = False,
     registry: Registry | None = None,
     confirm: bool = False,
+    keep_alive: bool = False,
     **spec_fields: Any,
 ) -> Cluster:
     """Attach this notebook to a Dask cluster and return it.
@@ -84,6 +85,8 @@ def connect(
     ``budget``, ``idle_timeout``, ...) are validated by ClusterSpec before
     anything starts. ``confirm=True`` accepts a paid offer above the
     ``confirm-above-per-hour`` threshold of its provider without asking.
+    ``keep_alive=True`` lets the cluster outlive this kernel (no kernel lease;
+    budget and idle timeout still apply): stop it later with `cumulo down NAME`.
     """
     registry = registry or Registry()
     if name is not None:
@@ -97,8 +100,9 @@ def connect(
         return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
 
     provider_name, address = _resolve_target(target)
-    if confirm:
-        spec_fields["options"] = {**spec_fields.get("options", {}), "confirm": True}
+    for flag, value in (("confirm", confirm), ("keep_alive", keep_alive)):
+        if value:
+            spec_fields["options"] = {**spec_fields.get("options", {}), flag: True}
     spec = ClusterSpec(provider=provider_name, name=name, address=address, **spec_fields)
     if name is not None:
         existing = registry.find_open(name)
@@ -173,6 +177,8 @@ class Cluster(SyncMethodMixin):
         self._facts: envcheck.ClusterFacts | None = None
         self._previous_backend: str | None = None
         self.client: Client | None = None
+        #: The scheduler's address once connected (kept after close, for display and logs).
+        self.address: str | None = None
         self.backend: str = "pandas"
         self.status = "created"
         self.name = _record.name if _record else (spec.name or new_name())
@@ -302,9 +308,10 @@ class Cluster(SyncMethodMixin):
         facts = self._facts
         assert self.client is not None
         ident = await self.client.scheduler.identity()
+        self.address = self.client.scheduler.address
         values: dict[str, Any] = {
             "state": "running",
-            "address": self.client.scheduler.address,
+            "address": self.address,
             "dashboard": self.dashboard_link,
             **_sizes(ident),
             "gpus": facts.gpus if facts else 0,

@@ -36,7 +36,7 @@ def _facts(cluster: Cluster) -> dict[str, Any]:
 def cluster_text(cluster: Cluster) -> str:
     """One line for terminals and logs."""
     f = _facts(cluster)
-    address = cluster.client.scheduler.address if cluster.client is not None else "-"
+    address = cluster.address or "-"
     return (
         f"<cumulo.Cluster {cluster.name!r} {cluster.provider} {address} status={cluster.status} "
         f"workers={f['workers']} threads={f['threads']} memory={format_bytes(f['memory'])} "
@@ -53,7 +53,7 @@ def cluster_html(cluster: Cluster) -> str:
     rows = [
         ("Provider", e(cluster.provider)),
         ("Status", e(cluster.status)),
-        ("Scheduler", e(cluster.client.scheduler.address) if cluster.client is not None else "-"),
+        ("Scheduler", e(cluster.address or "-")),
         ("Workers", str(f["workers"])),
         ("Threads", str(f["threads"])),
         ("Memory", e(format_bytes(f["memory"]))),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import socket
 import threading
 import time
 import warnings
@@ -292,18 +291,6 @@ class Reaped:
         return f"{self.name} ({self.provider}): {self.reason} -> {self.action}; cost {money}"
 
 
-def _pid_alive_here(rec: ClusterRecord) -> bool:
-    if not rec.owner_pid or rec.owner_host != socket.gethostname():
-        return False
-    try:
-        os.kill(rec.owner_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _run(coro: Any) -> Any:
     try:
         asyncio.get_running_loop()
@@ -316,7 +303,7 @@ def _run(coro: Any) -> Any:
 def _reason(rec: ClusterRecord, ledger: dict[str, Any] | None, spend: Spend, now: float) -> str | None:
     grace = rec.lease_seconds
     beat = rec.heartbeat or rec.updated
-    if rec.owner_pid is not None and _pid_alive_here(rec) and rec.owner_pid != os.getpid():
+    if rec.owner_alive() and rec.owner_pid != os.getpid():
         return None  # its kernel is alive and guards it itself
     lease_grace = grace if grace is not None else (_seconds("guards.lease-grace") or 120.0)
     if now - beat <= lease_grace:
@@ -382,7 +369,9 @@ def reap(registry: Registry | None = None, *, dry_run: bool = False, now: float 
 
 def add_cli(subparsers: Any) -> Any:
     """Add ``cumulo reap [--dry-run]`` to an argparse CLI."""
-    p = subparsers.add_parser("reap", help="stop clusters whose kernel is gone (lease, budget, idle)")
+    p = subparsers.add_parser(
+        "reap", help="stop clusters whose kernel is gone (lease, budget, idle) and cloud instances nobody owns"
+    )
     p.add_argument("--dry-run", action="store_true", help="say what would be stopped, stop nothing")
     p.set_defaults(func=run_cli)
     return p
@@ -399,4 +388,21 @@ def run_cli(args: Any) -> int:
         total += r.cost or 0.0
     if done:
         print(f"total {'that would be ' if args.dry_run else ''}stopped: {len(done)} cluster(s), ${total:,.2f} spent")
+    _reap_cloud_orphans(dry_run=args.dry_run)
     return 0
+
+
+def _reap_cloud_orphans(*, dry_run: bool) -> None:
+    """Cloud instances named by cumulo that no open cluster owns (e.g. a kernel killed mid-launch)."""
+    from .exceptions import CredentialsError
+    from .providers.lambda_cloud import reap_orphans
+
+    try:
+        orphans = reap_orphans(dry_run=dry_run)
+    except CredentialsError:
+        print("lambda: not checked for orphaned instances (no API key configured)")
+        return
+    if not orphans:
+        print("lambda: no orphaned cumulo instances")
+    for orphan in orphans:
+        print(f"lambda: {'would terminate' if dry_run else 'terminated'} {orphan.line()}")
