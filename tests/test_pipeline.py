@@ -63,3 +63,34 @@ def test_refuses_to_mix_with_existing_files(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not empty"):
         datasets.taxi(tmp_path, rows=10, partitions=1)
     assert (tmp_path / "old.txt").read_text() == "keep me"
+
+
+def test_data_generation_needs_no_cumulo_on_workers(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import DaskProcesses, wait_for_workers
+
+    procs = DaskProcesses(tmp_path, workers=0)
+    worker = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; sys.modules['cumulo'] = None\n"  # this worker cannot import cumulo
+         "from distributed.cli.dask_worker import main\n"
+         f"sys.argv = ['dask-worker', '{procs.address}', '--host', '127.0.0.1', '--nthreads', '1', "
+         "'--no-nanny', '--no-dashboard']\nmain()\n"],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    procs.workers.append(worker)
+    try:
+        wait_for_workers(procs.address, 1)
+        with cumulo.connect(procs.address) as cluster:
+            assert cluster.client.run(lambda: sys.modules.get("cumulo", "absent") is None) == {
+                a: True for a in cluster.client.scheduler_info()["workers"]
+            }
+            out = datasets.taxi(tmp_path / "trips", rows=5000, partitions=2, seed=2, client=cluster.client)
+        assert sum(len(pd.read_parquet(p)) for p in out.iterdir()) == 5000
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "part.00000.parquet"),
+                                      datasets.taxi_partition(2500, 2 * 1_000_003))
+    finally:
+        procs.stop()

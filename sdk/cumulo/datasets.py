@@ -10,9 +10,11 @@ needs no download. ``zones()`` is the small lookup table the demo joins with.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 
@@ -78,6 +80,14 @@ def _write_partition(path: str, index: int, rows: int, seed: int) -> int:
     return rows
 
 
+# The partition writer runs on workers, which need not have cumulo installed (a
+# cloud image, a team's cluster). Dask pickles task functions by reference, so
+# the writer travels as cloudpickle bytes of this module's functions by value,
+# and workers only need cloudpickle (a dependency of distributed) to load it.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+_WRITER = cloudpickle.dumps(_write_partition)
+
+
 def taxi(
     path: str | os.PathLike[str],
     *,
@@ -108,10 +118,8 @@ def taxi(
     import dask
 
     base, extra = divmod(rows, partitions)
-    tasks = [
-        dask.delayed(_write_partition, pure=True)(str(out), i, base + (1 if i < extra else 0), seed * 1_000_003 + i)
-        for i in range(partitions)
-    ]
+    writer = dask.delayed(cloudpickle.loads, pure=True)(_WRITER)
+    tasks = [writer(str(out), i, base + (1 if i < extra else 0), seed * 1_000_003 + i) for i in range(partitions)]
     if client is not None:
         written = client.gather(client.compute(tasks))
     else:
