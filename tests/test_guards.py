@@ -230,7 +230,8 @@ def test_disconnect_releases_the_lease() -> None:
         cluster.disconnect()
         wait_for(lambda: cluster.registry.get(cluster.id).lease_seconds is None, what="lease released")
         assert cluster.registry.get(cluster.id).state == "running"
-        assert "detached" in events(cluster)
+        # the event is written just after the lease is dropped
+        wait_for(lambda: "detached" in events(cluster), timeout=10, what="the 'detached' event")
     finally:
         cumulo.connect(name=cluster.name).close()
 
