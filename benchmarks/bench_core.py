@@ -60,27 +60,12 @@ def _fresh(code: str, env: dict[str, str]) -> float:
 
 
 def pandas_pipeline(path: Path) -> pd.DataFrame:
-    """The demo pipeline written in plain pandas, on one core."""
+    """The demo pipeline's steps (cumulo.pipeline.transform) in plain pandas, on one core."""
     from cumulo.datasets import zones
+    from cumulo.pipeline import transform
 
     trips = pd.concat(pd.read_parquet(p) for p in sorted(path.glob("*.parquet")))
-    kept = trips[(trips.trip_distance > 0) & (trips.fare_amount > 0)]
-    kept = kept.assign(
-        hour=kept.pickup_datetime.dt.hour,
-        tip_fraction=kept.tip_amount / kept.fare_amount,
-        minutes=(kept.dropoff_datetime - kept.pickup_datetime).dt.total_seconds() / 60.0,
-        window=kept.pickup_datetime.dt.floor("1h"),
-    )
-    joined = kept.merge(zones(), left_on="pickup_zone", right_on="zone_id", how="inner")
-    by = joined.groupby(["borough", "hour"]).agg(
-        trips=("fare_amount", "count"),
-        mean_fare=("fare_amount", "mean"),
-        mean_tip_fraction=("tip_fraction", "mean"),
-        total_distance=("trip_distance", "sum"),
-        mean_minutes=("minutes", "mean"),
-    )
-    kept.groupby("window").agg(trips=("fare_amount", "count"), revenue=("total_amount", "sum"))
-    return by
+    return transform(trips, zones())["by_borough_hour"]
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .datasets import zones
 
-__all__ = ["PipelineResult", "build", "run"]
+__all__ = ["PipelineResult", "build", "run", "transform"]
 
 
 @dataclass
@@ -37,9 +37,13 @@ def _to_pandas(frame: Any) -> pd.DataFrame:
     return frame.to_pandas() if hasattr(frame, "to_pandas") else frame
 
 
-def build(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The lazy dask collections of the pipeline (nothing is computed)."""
-    trips = dd.read_parquet(str(path))
+def transform(trips: Any, zone_table: Any) -> dict[str, Any]:
+    """The pipeline's steps on a trips frame and the zone table.
+
+    Written against the API pandas and dask.dataframe share, so the same steps
+    run lazily on a cluster (dask, pandas or cuDF partitions) and eagerly in
+    plain pandas (the benchmark's one-core baseline).
+    """
     kept = trips[(trips.trip_distance > 0) & (trips.fare_amount > 0)]
     kept = kept.assign(
         hour=kept.pickup_datetime.dt.hour,
@@ -47,8 +51,6 @@ def build(path: str | os.PathLike[str]) -> dict[str, Any]:
         minutes=(kept.dropoff_datetime - kept.pickup_datetime).dt.total_seconds() / 60.0,
         window=kept.pickup_datetime.dt.floor("1h"),
     )
-    # from_dict follows dataframe.backend (cudf on GPU workers); it widens ints, so restore the key's dtype
-    zone_table = dd.from_dict(zones().to_dict(orient="list"), npartitions=1).astype({"zone_id": "int32"})
     joined = kept.merge(zone_table, left_on="pickup_zone", right_on="zone_id", how="inner")
     by_borough_hour = joined.groupby(["borough", "hour"]).agg(
         trips=("fare_amount", "count"),
@@ -64,6 +66,14 @@ def build(path: str | os.PathLike[str]) -> dict[str, Any]:
         "rows_in": trips.shape[0],
         "rows_kept": kept.shape[0],
     }
+
+
+def build(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The lazy dask collections of the pipeline over the Parquet files at ``path`` (nothing is computed)."""
+    trips = dd.read_parquet(str(path))
+    # from_dict follows dataframe.backend (cudf on GPU workers); it widens ints, so restore the key's dtype
+    zone_table = dd.from_dict(zones().to_dict(orient="list"), npartitions=1).astype({"zone_id": "int32"})
+    return transform(trips, zone_table)
 
 
 def run(path: str | os.PathLike[str]) -> PipelineResult:
