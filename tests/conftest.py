@@ -43,6 +43,24 @@ def live_children() -> list[psutil.Process]:
     return out
 
 
+#: Where outside services would be reached if a test forgot to point them at an emulator: a closed
+#: loopback port, so such a test fails fast and no traffic leaves this machine.
+NOWHERE = "http://127.0.0.1:9/nowhere"
+
+
+@pytest.fixture(autouse=True)
+def no_outside_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No test talks to a real provider: no key from the environment, every service URL on loopback."""
+    import dask
+
+    monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
+    for key in ("LAMBDA__BASE_URL", "CATALOG__LAMBDA_URL", "CATALOG__AZURE_URL"):  # for subprocesses and kernels
+        monkeypatch.setenv(f"DASK_CUMULO__{key}", NOWHERE)
+    with dask.config.set({"cumulo.lambda.base-url": NOWHERE, "cumulo.catalog.lambda-url": NOWHERE,
+                          "cumulo.catalog.azure-url": NOWHERE}):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail a test that leaves child processes of this interpreter running."""
