@@ -119,3 +119,41 @@ def test_cumulo_down_stops_a_lambda_cluster_from_the_registry_alone(emulator: Em
     finally:
         cluster.close()  # the owner closing afterwards finds nothing left to terminate
     assert Registry().latest("downme").state == "closed"
+
+
+def test_a_lost_scheduler_never_closes_a_billing_cluster(emulator: Emulator) -> None:
+    import os
+    import signal
+
+    import psutil
+
+    from cumulo.exceptions import ClusterLost
+
+    cluster = cumulo.connect("lambda", name="headless", gpu="A10", workers=1)
+    try:
+        head = next(i for i in emulator.live() if i.name.endswith("-head"))
+        schedulers = [p for p in psutil.process_iter(["cmdline"])
+                      if _in_group(p, head.pgid) and "scheduler" in " ".join(p.info["cmdline"] or [])]
+        assert schedulers, "the head instance runs a scheduler process"
+        for p in schedulers:
+            os.kill(p.pid, signal.SIGKILL)
+        with pytest.raises(ClusterLost, match="may still be running and billing"):
+            cluster.info()
+        assert Registry().latest("headless").state == "running", "instances still bill: the row stays open"
+        assert emulator.live(), "the instances were not terminated by losing the scheduler"
+        with pytest.raises(cumulo.exceptions.ConnectError, match="still be running and billing.*cumulo down"):
+            with dask.config.set({"cumulo.connect.timeout": "2s"}):
+                cumulo.connect(name="headless")
+    finally:
+        cluster.close()  # terminates the instances even though the scheduler is gone
+    assert Registry().latest("headless").state == "closed"
+    assert not emulator.live()
+
+
+def _in_group(p, pgid) -> bool:  # type: ignore[no-untyped-def]
+    import os
+
+    try:
+        return os.getpgid(p.pid) == pgid
+    except (ProcessLookupError, PermissionError):
+        return False

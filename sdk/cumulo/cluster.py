@@ -288,14 +288,20 @@ class Cluster(SyncMethodMixin):
             await self._connect_client(record.address, self._security)
             await self._describe()
         except ConnectError as exc:
-            if record.owner_host and self._provider.owns_scheduler:
-                self.registry.close(record.id, state="lost", note=f"scheduler unreachable on re-attach: {exc}")
             self.status = "failed"
             await self._close_client()
-            raise ClusterNotFound(
-                f"cluster {record.name!r} is registered as running at {record.address} but does not answer "
-                "(its kernel or scheduler may have stopped); it is now marked lost. "
-                f"Start a new one with cumulo.connect('local', name={record.name!r})."
+            if record.provider == "local" and record.owner_alive() is False:
+                # a local cluster lives in its owner's process: with the owner gone, nothing runs
+                self.registry.close(record.id, state="lost", note=f"owner process {record.owner_pid} exited")
+                raise ClusterNotFound(
+                    f"cluster {record.name!r} stopped with the process that started it (pid {record.owner_pid}); "
+                    f"start a new one with cumulo.connect('local', name={record.name!r})."
+                ) from exc
+            raise ConnectError(
+                f"cluster {record.name!r} is registered as running at {record.address} but does not answer: "
+                f"{exc} It may still be running"
+                + (" and billing" if self._provider.bills_independently else "")
+                + f"; try again, or stop it with `cumulo down {record.name}`."
             ) from exc
         except BaseException:
             await self._close_client()
@@ -406,7 +412,9 @@ class Cluster(SyncMethodMixin):
             await self._close_client()
             if self._deployment is not None:
                 await self._deployment.close()
-            elif self._record is not None and self._provider.owns_scheduler and was == "running":
+            elif self._record is not None and self._provider.owns_scheduler and (
+                was == "running" or self._provider.bills_independently
+            ):
                 await self._provider.stop(self.registry.get(self.id), self.registry)
         except BaseException as exc:
             self.registry.event(self.id, "close-failed", f"{type(exc).__name__}: {exc}")
@@ -414,7 +422,9 @@ class Cluster(SyncMethodMixin):
             raise
         if was in ("running", "lost"):
             note = None if self._provider.owns_scheduler else "detached; the scheduler was started outside cumulo"
-            self.registry.close(self.id, state="lost" if was == "lost" else "closed", note=note)
+            # a cloud cluster whose scheduler was lost is closed only now, its instances confirmed terminated
+            lost = was == "lost" and not self._provider.bills_independently
+            self.registry.close(self.id, state="lost" if lost else "closed", note=note)
         self.status = "closed"
         self._restore_backend()
         _live.discard(self)
@@ -477,9 +487,15 @@ class Cluster(SyncMethodMixin):
             await asyncio.wait_for(self.client.scheduler.identity(), 5)
         except (OSError, asyncio.TimeoutError) as exc:
             self.status = "lost"
+            if self._provider.bills_independently:
+                self.registry.event(self.id, "scheduler-lost", "scheduler stopped answering")
+                raise ClusterLost(
+                    f"the scheduler of cluster {self.name!r} at {self.address} stopped answering. Its instances "
+                    f"may still be running and billing: close() or `cumulo down {self.name}` terminates them."
+                ) from exc
             self.registry.close(self.id, state="lost", note="scheduler stopped answering")
             raise ClusterLost(
-                f"the scheduler of cluster {self.name!r} at {self.client.scheduler.address} stopped answering "
+                f"the scheduler of cluster {self.name!r} at {self.address} stopped answering "
                 "(killed, crashed, or stopped elsewhere). Results not yet gathered are gone; "
                 f"start a new cluster with cumulo.connect(name={self.name!r}, ...) or cumulo.connect()."
             ) from exc

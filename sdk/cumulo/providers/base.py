@@ -82,6 +82,9 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     #: Whether closing a cluster of this provider stops its scheduler (False: cumulo only detaches).
     owns_scheduler: ClassVar[bool] = True
+    #: Whether billable resources can outlive an unreachable scheduler (cloud instances). Then a
+    #: scheduler that stops answering never closes the registry row: only a confirmed stop does.
+    bills_independently: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def launch(self, spec: ClusterSpec, *, cluster_id: str, registry: Registry) -> Deployment:

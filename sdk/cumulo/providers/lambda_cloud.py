@@ -139,6 +139,7 @@ class LambdaProvider(Provider):
     """GPU instances at Lambda Cloud; see the module docstring for the launch sequence."""
 
     name = PROVIDER
+    bills_independently = True  # instances bill until terminated, whatever their scheduler does
 
     def __init__(self, *, progress: Callable[[str], None] | None = None, api: LambdaApi | None = None) -> None:
         self._callback = progress
