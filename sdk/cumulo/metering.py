@@ -296,7 +296,11 @@ class Usage:
 
 
 def _text(s: dict[str, Any]) -> str:
-    money = "no rate set" if s["spend"] is None else f"${s['spend']:,.2f} ({s['cost_kind']}: {s['cost_basis']})"
+    money = (
+        "no rate set (set cumulo.cost.rate-per-worker-hour or rate-per-gpu-hour to price this cluster)"
+        if s["spend"] is None
+        else f"${s['spend']:,.2f} ({s['cost_kind']}: {s['cost_basis']})"
+    )
     if s.get("ledger", True) is None:
         return f"Usage: spend {money}; no ledger on this scheduler"
     lines = [
