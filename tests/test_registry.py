@@ -84,6 +84,10 @@ def test_closed_rows_are_history_and_names_reusable(registry_path: Path) -> None
     assert kinds == ["created", "closed"]
     registry.update(first.id, state="closing", workers=3)  # a late writer cannot reopen a closed row
     assert registry.get(first.id).state == "closed" and registry.get(first.id).workers == 3
+    failed = registry.create("broken", "local")
+    registry.close(failed.id, state="failed", note="never started")
+    registry.close(failed.id, state="closed", note="closed at exit")  # the first final state and note stick
+    assert (registry.get(failed.id).state, registry.get(failed.id).note) == ("failed", "never started")
 
 
 def test_unwritable_registry_is_a_clear_error(tmp_path: Path) -> None:

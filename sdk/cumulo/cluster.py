@@ -207,6 +207,10 @@ class Cluster(SyncMethodMixin):
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop.asyncio_loop)
         try:
+            # Wake up regularly: a SIGINT the OS delivers to another thread only raises
+            # KeyboardInterrupt here once this thread runs Python code again.
+            while not finished.wait(0.1):
+                pass
             future.result()
         except KeyboardInterrupt:
             logger.warning("cumulo: connect interrupted; stopping what %r had started ...", self.name)
@@ -275,10 +279,10 @@ class Cluster(SyncMethodMixin):
             self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, registry=self.registry)
             await self._connect_client(self._deployment.address, self._deployment.security)
             await self._describe()
-        except BaseException as exc:
+            await self._mark_running()
+        except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
             await self._abandon(exc)
             raise
-        await self._mark_running()
 
     async def _attach(self, record: ClusterRecord) -> None:
         self.id = record.id
@@ -367,6 +371,13 @@ class Cluster(SyncMethodMixin):
 
     async def _abandon(self, exc: BaseException) -> None:
         """A start failed: stop whatever started, close the row as failed, keep the original error."""
+        from . import guards
+
+        _live.discard(self)
+        try:
+            await guards.on_close(self)
+        except Exception:
+            logger.exception("stopping the guard of %r after a failed start failed", self.name)
         self.status = "failed"
         await self._close_client()
         try:

@@ -332,14 +332,19 @@ class Registry:
             db.execute("UPDATE clusters SET heartbeat = ?, updated = ? WHERE id = ?", (now, now, cluster_id))
 
     def close(self, cluster_id: str, *, state: str = "closed", note: str | None = None) -> None:
-        """Mark a cluster final. Call only once its resources are confirmed gone."""
+        """Mark a cluster final. Call only once its resources are confirmed gone.
+
+        The first final state sticks (a start that failed is not later recorded as closed).
+        """
         if state not in CLOSED_STATES:
             raise ValueError(f"state must be one of {CLOSED_STATES}")
         now = time.time()
         with self._write() as db:
             db.execute(
-                "UPDATE clusters SET state = ?, closed = COALESCE(closed, ?), updated = ?, "
-                "note = COALESCE(?, note) WHERE id = ?",
+                "UPDATE clusters SET state = CASE WHEN state IN ('closed', 'failed', 'lost') THEN state ELSE ? END, "
+                "closed = COALESCE(closed, ?), updated = ?, "
+                "note = CASE WHEN state IN ('closed', 'failed', 'lost') THEN note ELSE COALESCE(?, note) END "
+                "WHERE id = ?",
                 (state, now, now, note, cluster_id),
             )
             db.execute(
