@@ -53,14 +53,18 @@ def clusters(*, include_closed: bool = True, since: str | float | None = RECENT,
 
 async def stop_record(record: ClusterRecord, registry: Registry) -> None:
     """Stop one cluster through its provider, then close its row (only after the provider confirms)."""
+    provider = get_provider(record.provider)
     registry.update(record.id, state="closing")
     try:
-        await get_provider(record.provider).stop(record, registry) if record.provider != "address" else None
+        await provider.stop(record, registry)  # a no-op for schedulers started outside cumulo
     except BaseException as exc:
         registry.update(record.id, state="running")
         registry.event(record.id, "stop-failed", f"{type(exc).__name__}: {exc}")
         raise
-    note = "stopped by `cumulo down`" if record.provider != "address" else "forgotten; the scheduler was started outside cumulo"
+    if provider.owns_scheduler:
+        note = "stopped by `cumulo down`"
+    else:
+        note = "forgotten; the scheduler was started outside cumulo"
     registry.close(record.id, state="closed", note=note)
 
 
