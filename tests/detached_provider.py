@@ -19,8 +19,9 @@ from pathlib import Path
 
 from distributed.core import rpc
 
+from cumulo.lifecycle import Checkpoint
 from cumulo.providers import Deployment, Provider, register_provider
-from cumulo.registry import ClusterRecord, Registry
+from cumulo.registry import ClusterRecord
 from cumulo.spec import ClusterSpec
 
 NAME = "detached-test"
@@ -45,7 +46,7 @@ class _Manager:
 class DetachedProvider(Provider):
     name = NAME
 
-    async def launch(self, spec: ClusterSpec, *, cluster_id: str, registry: Registry) -> Deployment:
+    async def launch(self, spec: ClusterSpec, *, cluster_id: str, checkpoint: Checkpoint) -> Deployment:
         port = _port()
         address = f"tcp://127.0.0.1:{port}"
         env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
@@ -53,11 +54,11 @@ class DetachedProvider(Provider):
         sched = subprocess.Popen(
             [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
              "--dashboard-address", "127.0.0.1:0"], stdout=log, stderr=log, env=env, start_new_session=True)
-        registry.add_resource(cluster_id, NAME, "process", str(sched.pid), state="running")
+        checkpoint.resource("process", str(sched.pid), state="running")
         worker = subprocess.Popen(
             [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--no-nanny",
              "--no-dashboard"], stdout=log, stderr=log, env=env, start_new_session=True)
-        registry.add_resource(cluster_id, NAME, "process", str(worker.pid), state="running")
+        checkpoint.resource("process", str(worker.pid), state="running")
         from distributed import Client
 
         for _ in range(600):
@@ -85,11 +86,11 @@ class DetachedProvider(Provider):
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
 
-    async def stop(self, record: ClusterRecord, registry: Registry) -> None:
-        pids = [int(r.resource_id) for r in registry.resources(cluster_id=record.id)]
+    async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
+        pids = [int(r.resource_id) for r in checkpoint.resources()]
         await self.stop_address(record.address or "", pids)
         for p in pids:
-            registry.update_resource(NAME, str(p), state="terminated")
+            checkpoint.resource_state(str(p), "terminated")
 
 
 def _alive(pid: int) -> bool:

@@ -17,7 +17,7 @@ import dask
 import pytest
 
 import cumulo
-from cumulo import guards
+from cumulo import guards, reaper
 from cumulo.exceptions import BudgetExceeded, NotOwner
 from cumulo.registry import Registry
 
@@ -52,15 +52,15 @@ def test_budget_breach_closes_the_cluster() -> None:
     assert rec.cost is not None and rec.cost >= 2.0 and rec.cost_kind == "estimate"
     kinds = events(cluster)
     assert "budget-warning" in kinds and "budget" in kinds
-    assert isinstance(cluster._cumulo_guard.tripped, BudgetExceeded)
-    assert "reached its $2.00 budget" in str(cluster._cumulo_guard.tripped)
+    assert isinstance(cluster.watchdog.tripped, BudgetExceeded)
+    assert "reached its $2.00 budget" in str(cluster.watchdog.tripped)
 
 
 def test_budget_scale_to_zero_keeps_the_scheduler() -> None:
     with dask.config.set({"cumulo.cost.rate-per-worker-hour": 3600.0,
                           "cumulo.guards.budget-action": "scale-to-zero", "cumulo.guards.budget-warn-at": []}):
         with cumulo.connect(workers=1, threads_per_worker=1, budget=1.0) as cluster:
-            wait_for(lambda: cluster._cumulo_guard.tripped is not None, timeout=60, what="budget reached")
+            wait_for(lambda: cluster.watchdog.tripped is not None, timeout=60, what="budget reached")
             wait_for(lambda: not cluster.client.scheduler_info()["workers"], timeout=60, what="workers gone")
             assert cluster.status == "running"
             assert "budget" in events(cluster)
@@ -71,13 +71,13 @@ def test_budget_warn_only() -> None:
                           "cumulo.guards.budget-warn-at": []}):
         with pytest.warns(guards.BudgetWarning, match="action: warn"):
             with cumulo.connect(workers=1, threads_per_worker=1, budget=1.0) as cluster:
-                wait_for(lambda: cluster._cumulo_guard.tripped is not None, timeout=60, what="budget reached")
+                wait_for(lambda: cluster.watchdog.tripped is not None, timeout=60, what="budget reached")
                 assert cluster.status == "running"
 
 
 def test_no_rate_means_no_budget_action() -> None:
     with cumulo.connect(workers=1, threads_per_worker=1, budget=0.01) as cluster:
-        guard = cluster._cumulo_guard
+        guard = cluster.watchdog
         assert guard.check() == []
         assert guard.last_spend is not None and guard.last_spend.text() == "no rate set"
         assert cluster.registry.get(cluster.id).cost is None
@@ -93,7 +93,7 @@ def _hold(seconds: float) -> float:
 def test_idle_shutdown_only_when_idle() -> None:
     cluster = cumulo.connect(workers=1, threads_per_worker=1, idle_timeout="1s")
     try:
-        guard = cluster._cumulo_guard
+        guard = cluster.watchdog
         guard.stop()  # drive the checks by hand while a task runs
         future = cluster.client.submit(_hold, 3.0, pure=False)
         wait_for(lambda: cluster.usage.ledger()["processing"] > 0, what="task running")
@@ -123,7 +123,7 @@ def test_lease_heartbeat_and_local_detach_refused() -> None:
             wait_for(lambda: cluster.registry.get(cluster.id).heartbeat > first, what="heartbeat")
             with pytest.raises(NotOwner, match="stops with it"):
                 cluster.detach()
-            assert guards.reap(cluster.registry) == []  # its kernel (this process) is alive
+            assert reaper.reap(cluster.registry) == []  # its kernel (this process) is alive
 
 
 KERNEL = textwrap.dedent("""
@@ -154,14 +154,14 @@ def test_sigkilled_kernel_cluster_is_reaped_after_grace(tmp_path: Path) -> None:
         registry = Registry()
         pids = [int(r.resource_id) for r in registry.resources(cluster_id=cid)]
         assert registry.get(cid).lease_seconds == grace
-        assert guards.reap(registry) == []  # kernel alive: nothing to do
+        assert reaper.reap(registry) == []  # kernel alive: nothing to do
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         assert all(detached_provider._alive(p) for p in pids), "the cluster outlived its kernel"
-        dry = wait_for(lambda: guards.reap(registry, dry_run=True), timeout=30, interval=0.2, what="lease expiry")
+        dry = wait_for(lambda: reaper.reap(registry, dry_run=True), timeout=30, interval=0.2, what="lease expiry")
         assert [r.action for r in dry] == ["would stop"]
         assert registry.get(cid).is_open
-        done = guards.reap(registry)
+        done = reaper.reap(registry)
         assert len(done) == 1 and done[0].action == "stopped" and done[0].name == "orphan"
         assert "kernel gone" in done[0].reason
         assert done[0].cost is not None and done[0].cost > 0 and done[0].cost_kind == "estimate"
@@ -169,7 +169,7 @@ def test_sigkilled_kernel_cluster_is_reaped_after_grace(tmp_path: Path) -> None:
         rec = registry.get(cid)
         assert rec.state == "closed" and "reaped" in (rec.note or "")
         wait_for(lambda: not any(detached_provider._alive(p) for p in pids), timeout=30, what="processes gone")
-        assert guards.reap(registry) == []
+        assert reaper.reap(registry) == []
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -184,13 +184,13 @@ def test_detached_cluster_survives_lease_but_not_its_budget() -> None:
         cluster = cumulo.connect("detached-test", options={"rate_per_hour": 3600.0}, budget=1e6)
     try:
         cluster.detach()
-        cluster._cumulo_guard.stop()  # as if the kernel were gone: no more heartbeats
+        cluster.watchdog.stop()  # as if the kernel were gone: no more heartbeats
         reg = cluster.registry
         reg.update(cluster.id, heartbeat=time.time() - 1000)
         assert reg.get(cluster.id).lease_seconds is None
-        assert guards.reap(reg) == []  # detached: the lease does not apply
+        assert reaper.reap(reg) == []  # detached: the lease does not apply
         reg.update(cluster.id, budget=0.5)
-        done = guards.reap(reg)
+        done = reaper.reap(reg)
         assert [r.action for r in done] == ["stopped"] and "budget" in done[0].reason
         assert reg.get(cluster.id).state == "closed"
     finally:
@@ -204,7 +204,7 @@ def test_reap_marks_lost_and_leaves_foreign_schedulers(dask_processes) -> None: 
     foreign = reg.create("foreign", "address", {"address": dask_processes.address}, state="running",
                          address=dask_processes.address, lease_seconds=1.0, heartbeat=time.time() - 60,
                          owner_pid=1 << 22)
-    done = {r.name: r for r in guards.reap(reg)}
+    done = {r.name: r for r in reaper.reap(reg)}
     assert done["gone"].action.startswith("marked lost")
     assert reg.get(gone.id).state == "lost"
     assert "not ours" in done["foreign"].action
@@ -213,13 +213,12 @@ def test_reap_marks_lost_and_leaves_foreign_schedulers(dask_processes) -> None: 
 
 
 def test_reap_cli(capsys: pytest.CaptureFixture[str]) -> None:
-    import argparse
+    from cumulo.cli import main
 
-    parser = argparse.ArgumentParser()
-    guards.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["reap", "--dry-run"])
-    assert args.func(args) == 0
-    assert "nothing to reap" in capsys.readouterr().out
+    assert main(["reap", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to reap" in out
+    assert "lambda: not checked for orphaned resources (no API key configured)" in out
 
 
 def test_disconnect_releases_the_lease() -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from cumulo.exceptions import ClusterNotFound, NotOwner, ProviderError, SpecError
 from cumulo.jupyter.manager import ClusterManager, day_start
+from cumulo.lifecycle import Lifecycle
 from cumulo.registry import Registry
 
 from .conftest import DaskProcesses, wait_for
@@ -22,8 +23,8 @@ class FakeCluster:
     def __init__(self, registry: Registry, provider: str, name: str, **fields: Any) -> None:
         self.registry = registry
         self.record = registry.create(name, provider, {"provider": provider, **fields}, budget=fields.get("budget"))
-        registry.update(self.record.id, state="running", workers=fields.get("workers"),
-                        rate_per_hour=2.0 if provider == "priced" else None)
+        Lifecycle(registry).running(self.record.id, workers=fields.get("workers"),
+                                    rate_per_hour=2.0 if provider == "priced" else None)
         self.scaled: list[int] = []
         self.closed = False
 
@@ -32,7 +33,7 @@ class FakeCluster:
 
     def close(self) -> None:
         self.closed = True
-        self.registry.close(self.record.id)
+        Lifecycle(self.registry).closed(self.record.id)
 
 
 def fake_connect(calls: list[dict[str, Any]]) -> Any:

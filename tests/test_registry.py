@@ -15,7 +15,8 @@ import pytest
 import cumulo
 from cumulo.exceptions import ClusterNotFound, RegistryError, SpecError
 from cumulo.inventory import reconcile
-from cumulo.registry import Registry
+from cumulo.lifecycle import Lifecycle, State
+from cumulo.registry import SCHEMA_VERSION, Registry
 
 from .conftest import wait_for
 
@@ -24,10 +25,10 @@ def _writer(path: str, prefix: str, n: int) -> None:
     registry = Registry(path)
     for i in range(n):
         record = registry.create(f"{prefix}-{i}", "local", {"workers": i % 4})
-        registry.update(record.id, state="running", workers=i % 4, address=f"tcp://127.0.0.1:{10000 + i}")
+        Lifecycle(registry).running(record.id, workers=i % 4, address=f"tcp://127.0.0.1:{10000 + i}")
         registry.heartbeat(record.id)
         if i % 2:
-            registry.close(record.id)
+            Lifecycle(registry).closed(record.id)
 
 
 def test_two_processes_write_at_once(registry_path: Path) -> None:
@@ -75,18 +76,21 @@ def test_closed_rows_are_history_and_names_reusable(registry_path: Path) -> None
     first = registry.create("etl", "local")
     with pytest.raises(SpecError, match="already open"):
         registry.create("etl", "local")
-    registry.close(first.id, note="done")
+    lifecycle = Lifecycle(registry)
+    lifecycle.closed(first.id, note="done")
     second = registry.create("etl", "local")
     assert second.id != first.id
     names = [(r.name, r.state) for r in registry.list()]
     assert ("etl", "closed") in names and ("etl", "starting") in names
     kinds = [kind for _, kind, _ in registry.events(first.id)]
     assert kinds == ["created", "closed"]
-    registry.update(first.id, state="closing", workers=3)  # a late writer cannot reopen a closed row
-    assert registry.get(first.id).state == "closed" and registry.get(first.id).workers == 3
+    assert lifecycle.running(first.id, workers=3) is False  # a late writer cannot reopen a closed row
+    assert registry.get(first.id).state == "closed" and registry.get(first.id).workers is None
+    with pytest.raises(TypeError, match="lifecycle"):
+        registry.update(first.id, state="running")  # nothing but the lifecycle writes a state
     failed = registry.create("broken", "local")
-    registry.close(failed.id, state="failed", note="never started")
-    registry.close(failed.id, state="closed", note="closed at exit")  # the first final state and note stick
+    assert lifecycle.closed(failed.id, state=State.FAILED, note="never started")
+    assert not lifecycle.closed(failed.id, note="closed at exit")  # the first final state and note stick
     assert (registry.get(failed.id).state, registry.get(failed.id).note) == ("failed", "never started")
 
 
@@ -145,3 +149,48 @@ def test_kernel_restart_marks_its_local_cluster_lost(registry_path: Path) -> Non
              what="the dead owner's cluster to be marked lost")
     with pytest.raises(ClusterNotFound, match="last one was lost.*owner process"):
         cumulo.connect(name="etl")
+
+
+_V1_SCHEMA = """
+CREATE TABLE clusters (id TEXT PRIMARY KEY, name TEXT NOT NULL, provider TEXT NOT NULL, spec TEXT NOT NULL
+    DEFAULT '{}', address TEXT, dashboard TEXT, state TEXT NOT NULL, owner_pid INTEGER, owner_host TEXT,
+    created REAL NOT NULL, updated REAL NOT NULL, closed REAL, heartbeat REAL, lease_seconds REAL,
+    workers INTEGER, threads INTEGER, memory INTEGER, gpus INTEGER, gpu_model TEXT, backend TEXT, budget REAL,
+    idle_timeout REAL, rate_per_hour REAL, cost REAL, cost_kind TEXT, note TEXT);
+CREATE UNIQUE INDEX clusters_one_open_name ON clusters(name) WHERE state IN ('starting', 'running', 'closing');
+CREATE TABLE resources (provider TEXT NOT NULL, resource_id TEXT NOT NULL, cluster_id TEXT NOT NULL,
+    kind TEXT NOT NULL, state TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
+    meta TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (provider, resource_id));
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, cluster_id TEXT NOT NULL, ts REAL NOT NULL,
+    kind TEXT NOT NULL, message TEXT NOT NULL);
+INSERT INTO clusters (id, name, provider, state, created, updated) VALUES ('abc', 'old', 'lambda', 'running', 1, 1);
+PRAGMA user_version = 1;
+"""
+
+
+def test_an_older_schema_is_migrated_forward(registry_path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(registry_path) as db:
+        db.executescript(_V1_SCHEMA)
+    registry = Registry(registry_path)
+    with sqlite3.connect(registry_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    old = registry.get("abc")
+    assert (old.name, old.state) == ("old", "running")  # rows survive the migration
+    assert len(registry.installation_id) == 8  # the table added by v2 exists
+    # v2's open-name index covers the new open state: a stop-failed cluster still holds its name
+    lifecycle = Lifecycle(registry)
+    assert lifecycle._move("abc", State.STOP_FAILED, note="terminate failed")
+    with pytest.raises(SpecError, match="already open"):
+        registry.create("old", "local")
+
+
+def test_a_newer_schema_is_refused_naming_both_versions(registry_path: Path) -> None:
+    import sqlite3
+
+    Registry(registry_path)
+    with sqlite3.connect(registry_path) as db:
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
+    with pytest.raises(RegistryError, match=f"schema version {SCHEMA_VERSION + 3}.*version {SCHEMA_VERSION}"):
+        Registry(registry_path)

@@ -88,12 +88,38 @@ def _down(args: argparse.Namespace) -> int:
     if not args.name and not args.all:
         print("cumulo down: name a cluster (see `cumulo ls`) or pass --all", file=sys.stderr)
         return 2
-    stopped = stop(args.name, all=args.all)
-    if not stopped:
+    report = stop(args.name, all=args.all)
+    if not report.stopped and not report.failed:
         print("no open clusters")
-    for record in stopped:
+    for record in report.stopped:
         print(f"stopped {record.name} ({record.provider}, {record.address})")
-    return 0
+    for record, why in report.failed:
+        print(f"FAILED to stop {record.name} ({record.provider}): {why}; it may still bill: run "
+              f"`cumulo down {record.name}` again", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _reap(args: argparse.Namespace) -> int:
+    from cumulo.reaper import sweep
+
+    done = sweep(dry_run=args.dry_run, terminate_unknown=args.terminate_unknown)
+    if not done.clusters:
+        print("nothing to reap")
+    total = 0.0
+    for r in done.clusters:
+        print(r.text())
+        total += r.cost or 0.0
+    if done.clusters:
+        print(f"total {'that would be ' if args.dry_run else ''}stopped: {len(done.clusters)} cluster(s), "
+              f"${total:,.2f} spent")
+    for provider, why in sorted(done.unchecked.items()):
+        print(f"{provider}: not checked for orphaned resources ({why})")
+    for orphan in done.orphans:
+        print(orphan.line())
+    if any(not o.ours for o in done.orphans) and not args.terminate_unknown:
+        print("resources marked 'reported' were not created by this installation (another machine, venv or "
+              "teammate may be using them): they were left alone; pass --terminate-unknown to stop them too")
+    return 1 if done.failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,10 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--all", action="store_true", help="stop every open cluster")
     down.set_defaults(func=_down)
 
-    from . import catalog, guards, metering
+    reap = sub.add_parser(
+        "reap", help="stop clusters whose kernel is gone (lease, budget, idle) and cloud resources nobody owns")
+    reap.add_argument("--dry-run", action="store_true", help="say what would be stopped, stop nothing")
+    reap.add_argument("--terminate-unknown", action="store_true",
+                      help="also stop cumulo-named resources this installation did not create (careful: "
+                           "another machine or teammate may be using them)")
+    reap.set_defaults(func=_reap)
+
+    from . import catalog, metering
 
     catalog.add_cli(sub)  # cumulo prices [--gpu] [--refresh]
-    guards.add_cli(sub)  # cumulo reap [--dry-run]
     metering.add_cli(sub)  # cumulo usage NAME
     for add in _extra_commands:
         add(sub)

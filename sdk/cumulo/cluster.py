@@ -32,13 +32,14 @@ from .exceptions import (
     ClusterNotFound,
     ConnectError,
     ConnectTimeout,
-    CumuloError,
     NotOwner,
+    ProviderError,
     SpecError,
 )
+from .lifecycle import Checkpoint, Lifecycle
 from .names import new_name
 from .providers import Deployment, Provider, get_provider, known_providers
-from .providers.address import AddressProvider, security_from
+from .providers.address import security_from
 from .registry import ClusterRecord, Registry
 from .spec import MAX_WORKERS, ClusterSpec
 
@@ -114,11 +115,7 @@ def connect(
                     "or choose another name"
                 )
             return Cluster._from_record(existing, registry=registry, security=security, asynchronous=asynchronous)
-    provider: Provider
-    if provider_name == "address":
-        provider = AddressProvider(security=security_from(security), allow_insecure=allow_insecure)
-    else:
-        provider = get_provider(provider_name)
+    provider = get_provider(provider_name, security=security_from(security), allow_insecure=allow_insecure)
     return Cluster(spec, provider=provider, registry=registry, asynchronous=asynchronous)
 
 
@@ -170,6 +167,13 @@ class Cluster(SyncMethodMixin):
     ) -> None:
         self.spec = spec
         self.registry = registry
+        #: The one writer of this cluster's registry state (cumulo.lifecycle).
+        self.lifecycle = Lifecycle(registry)
+        #: Lease, spend and guards on this cluster's loop, once it runs (cumulo.watchdog).
+        self.watchdog: Any = None
+        #: Who stopped this cluster, when another process did (the row's note).
+        self.stopped_by: str | None = None
+        self._usage: Any = None
         self._provider = provider
         self._record = _record
         self._security = _security
@@ -238,11 +242,8 @@ class Cluster(SyncMethodMixin):
     ) -> Cluster:
         """Re-attach to an open cluster known to the registry."""
         spec = ClusterSpec.from_dict(record.spec)
-        if record.provider == "address":
-            provider: Provider = AddressProvider(security=security_from(security))
-        else:
-            provider = get_provider(record.provider)
-        sec = security_from(security) if security is not None else provider.security(record)
+        provider = get_provider(record.provider, security=security_from(security))
+        sec = provider.user_security if security is not None else provider.security(record)
         return cls(spec, provider=provider, registry=registry, asynchronous=asynchronous, _record=record,
                    _security=sec)
 
@@ -266,22 +267,24 @@ class Cluster(SyncMethodMixin):
         if self._record is not None:
             await self._attach(self._record)
             return
-        record = self.registry.create(
+        await self._provider.preflight(self.spec)  # refusals leave no row behind
+        record = self.lifecycle.begin(
             self.name,
-            self._provider.name,
+            self._provider,
             self.spec.to_dict() | {"name": self.name},
             budget=self.spec.budget,
             idle_timeout=self.spec.idle_timeout,
         )
         self.id = record.id
         self._record = record
+        checkpoint = self.lifecycle.checkpoint(record, self._provider)
         try:
-            self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, registry=self.registry)
+            self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, checkpoint=checkpoint)
             await self._connect_client(self._deployment.address, self._deployment.security)
             await self._describe()
             await self._mark_running()
         except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
-            await self._abandon(exc)
+            await self._abandon(exc, checkpoint)
             raise
 
     async def _attach(self, record: ClusterRecord) -> None:
@@ -294,9 +297,9 @@ class Cluster(SyncMethodMixin):
         except ConnectError as exc:
             self.status = "failed"
             await self._close_client()
-            if record.provider == "local" and record.owner_alive() is False:
-                # a local cluster lives in its owner's process: with the owner gone, nothing runs
-                self.registry.close(record.id, state="lost", note=f"owner process {record.owner_pid} exited")
+            if self._provider.lives_in_owner_process and record.owner_alive() is False:
+                # such a cluster lives in its owner's process: with the owner gone, nothing runs
+                self.lifecycle.lost(record, self._provider, f"owner process {record.owner_pid} exited")
                 raise ClusterNotFound(
                     f"cluster {record.name!r} stopped with the process that started it (pid {record.owner_pid}); "
                     f"start a new one with cumulo.connect('local', name={record.name!r})."
@@ -320,7 +323,6 @@ class Cluster(SyncMethodMixin):
         ident = await self.client.scheduler.identity()
         self.address = self.client.scheduler.address
         values: dict[str, Any] = {
-            "state": "running",
             "address": self.address,
             "dashboard": self.dashboard_link,
             **_sizes(ident),
@@ -330,18 +332,20 @@ class Cluster(SyncMethodMixin):
         }
         if self._deployment is not None and self._deployment.rate_per_hour is not None:
             values["rate_per_hour"] = self._deployment.rate_per_hour
-        self.registry.update(self.id, **values)
+        if not self.lifecycle.running(self.id, **values):
+            rec = self.registry.get(self.id)
+            raise ClusterLost(f"cluster {self.name!r} was stopped while it started ({rec.state}: {rec.note})")
         self.status = "running"
         _current = weakref.ref(self)
         _live.add(self)
-        await self._watch_cost()
+        await self._watch()
 
-    async def _watch_cost(self) -> None:
-        """Install the usage ledger, set the kernel lease, start budget/idle guards (cumulo.guards)."""
-        from . import guards
+    async def _watch(self) -> None:
+        """Install the usage ledger, set the kernel lease, start the watchdog (cumulo.watchdog)."""
+        from . import watchdog
 
         try:
-            await guards.attach(self)
+            self.watchdog = await watchdog.attach(self)
         except Exception as exc:  # metering must never make a working cluster unusable
             logger.warning("cumulo: cost tracking for %r is off: %s", self.name, exc)
 
@@ -369,24 +373,16 @@ class Cluster(SyncMethodMixin):
             self._previous_backend = dask.config.get("dataframe.backend", "pandas")
             dask.config.set({"dataframe.backend": self.backend})
 
-    async def _abandon(self, exc: BaseException) -> None:
-        """A start failed: stop whatever started, close the row as failed, keep the original error."""
-        from . import guards
-
+    async def _abandon(self, exc: BaseException, checkpoint: Checkpoint) -> None:
+        """A start failed: stop whatever started; the lifecycle records failed, stop-failed or nothing."""
         _live.discard(self)
-        try:
-            await guards.on_close(self)
-        except Exception:
-            logger.exception("stopping the guard of %r after a failed start failed", self.name)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.status = "failed"
         await self._close_client()
-        try:
-            if self._deployment is not None:
-                await self._deployment.close()
-        except Exception:
-            logger.exception("cleanup after a failed start of %r also failed", self.name)
-        note = str(exc) if isinstance(exc, CumuloError) else f"{type(exc).__name__}: {exc}"
-        self.registry.close(self.id, state="failed", note=note[:500])
+        assert self._record is not None
+        await self.lifecycle.abandon(self._record, self._provider, exc, deployment=self._deployment,
+                                     checkpoint=checkpoint)
         self._restore_backend()
 
     async def _close_client(self) -> None:
@@ -407,52 +403,81 @@ class Cluster(SyncMethodMixin):
         For a cluster cumulo only attached to by address, this disconnects and
         leaves the scheduler running for whoever started it.
         """
-        return self.sync(self._close)
+        if not self._asynchronous and self.status in ("closed", "failed") and not self._loop_runner_alive():
+            return None
+        result = self.sync(self._close)
+        if not self._asynchronous and self.status == "closed":
+            self._loop_runner.stop()
+        return result
 
-    async def _close(self) -> None:
+    def _loop_runner_alive(self) -> bool:
+        return bool(getattr(self._loop_runner, "_started", False))
+
+    async def _close(self, *, why: str = "closed by its kernel", from_loop: bool = False) -> None:
+        """Stop (or, for a scheduler not ours, detach from) the cluster through the lifecycle.
+
+        ``from_loop``: called by the watchdog on the cluster's own loop, which then
+        must be stopped from another thread.
+        """
         if self.status in ("closed", "closing"):
             return
-        from . import guards
-
-        await guards.on_close(self)
+        if self.watchdog is not None:
+            if self.status == "running":
+                try:
+                    await self.watchdog.final_reading()
+                except Exception:
+                    logger.debug("cumulo: no final ledger reading of %r", self.name, exc_info=True)
+            self.watchdog.stop()
         was = self.status
         self.status = "closing"
-        if was == "running":
-            self.registry.update(self.id, state="closing")
         try:
             await self._close_client()
-            if self._deployment is not None:
+            rec = self.registry.get(self.id) if self.id else None
+            if rec is not None and rec.is_open:
+                await self.lifecycle.stop(rec, self._provider, why=why, deployment=self._deployment)
+            elif self._deployment is not None:
                 await self._deployment.close()
-            elif self._record is not None and self._provider.owns_scheduler and (
-                was == "running" or self._provider.bills_independently
-            ):
-                await self._provider.stop(self.registry.get(self.id), self.registry)
-        except BaseException as exc:
-            self.registry.event(self.id, "close-failed", f"{type(exc).__name__}: {exc}")
-            self.status = "running"
+        except BaseException:
+            self.status = was  # close() can be called again; the row says "stop failed: may still bill"
             raise
-        if was in ("running", "lost"):
-            note = None if self._provider.owns_scheduler else "detached; the scheduler was started outside cumulo"
-            # a cloud cluster whose scheduler was lost is closed only now, its instances confirmed terminated
-            lost = was == "lost" and not self._provider.bills_independently
-            self.registry.close(self.id, state="lost" if lost else "closed", note=note)
         self.status = "closed"
         self._restore_backend()
         _live.discard(self)
-        if not self._asynchronous:
-            self._loop_runner.stop()
+        if from_loop and not self._asynchronous:
+            threading.Thread(target=self._loop_runner.stop, name="cumulo-loop-stop", daemon=True).start()
+
+    async def _stopped_elsewhere(self, record: ClusterRecord) -> None:
+        """Another process stopped this cluster: let go of it, and remember who."""
+        self.stopped_by = record.note or f"its registry row is {record.state}"
+        self.status = "closed" if not record.is_open else "lost"
+        logger.warning("cumulo: cluster %r was stopped elsewhere: %s", self.name, self.stopped_by)
+        await self._close_client()
+        if self._deployment is not None and self._provider.lives_in_owner_process:
+            try:  # its processes are children of this one: reap them
+                await asyncio.wait_for(self._deployment.close(), 30)
+            except Exception:
+                logger.debug("cumulo: closing the remains of %r failed", self.name, exc_info=True)
+        self._restore_backend()
+        _live.discard(self)
 
     def disconnect(self) -> Any:
         """Close this process's client and leave the cluster running (re-attach with connect(name=...))."""
-        if self.owner and self._provider.name == "local":
+        if self.owner and self._provider.lives_in_owner_process:
             raise NotOwner(
-                f"the local cluster {self.name!r} lives in this process and stops with it; "
+                f"the {self.provider} cluster {self.name!r} lives in this process and stops with it; "
                 "use close() to stop it, or keep this kernel running"
             )
-        return self.sync(self._disconnect)
+        result = self.sync(self._disconnect)
+        if not self._asynchronous:
+            self._loop_runner.stop()
+        return result
 
     async def _disconnect(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.stop()
         await self._close_client()
+        if self.watchdog is not None and self.status == "running":
+            self.watchdog.release_lease()
         self.status = "closed"
         self._restore_backend()
         _live.discard(self)
@@ -477,34 +502,41 @@ class Cluster(SyncMethodMixin):
         """What this cluster used and cost: ``.summary()``, ``.spend()``, ``.cells()``, ``.widget()``."""
         from .metering import Usage
 
-        usage = getattr(self, "_cumulo_usage", None)
-        if usage is None:
-            usage = self._cumulo_usage = Usage(self)
-        return usage
+        if self._usage is None:
+            self._usage = Usage(self)
+        return self._usage
 
     def detach(self) -> None:
-        """Let this cluster outlive the kernel: no lease; stop it later with `cumulo down NAME`."""
-        from .guards import detach
-
-        detach(self)
+        """Let this cluster outlive the kernel: no lease (budget and idle still apply, via `cumulo reap`);
+        stop it later with `cumulo down NAME`."""
+        if self._provider.lives_in_owner_process:
+            raise NotOwner(
+                f"the {self.provider} cluster {self.name!r} runs inside this kernel and stops with it, so it "
+                "cannot be detached; start it on hosts or a provider that outlive the kernel to keep it running"
+            )
+        self.registry.update(self.id, lease_seconds=None)
+        self.registry.event(self.id, "detached", "detached from its kernel: no lease, stop it with `cumulo down`")
 
     # -- state ---------------------------------------------------------------------------
 
     async def _alive(self) -> None:
         """Raise ClusterLost (and record it) if the scheduler no longer answers."""
+        if self.stopped_by is not None:
+            raise ClusterLost(
+                f"cluster {self.name!r} was stopped elsewhere ({self.stopped_by}); results not yet gathered are "
+                f"gone. Start a new one with cumulo.connect(name={self.name!r}, ...) or cumulo.connect().")
         if self.status != "running" or self.client is None:
             raise ClusterLost(f"cluster {self.name!r} is {self.status}; connect again with cumulo.connect()")
         try:
             await asyncio.wait_for(self.client.scheduler.identity(), 5)
         except (OSError, asyncio.TimeoutError) as exc:
             self.status = "lost"
-            if self._provider.bills_independently:
-                self.registry.event(self.id, "scheduler-lost", "scheduler stopped answering")
+            assert self._record is not None
+            if not self.lifecycle.lost(self._record, self._provider, "scheduler stopped answering"):
                 raise ClusterLost(
                     f"the scheduler of cluster {self.name!r} at {self.address} stopped answering. Its instances "
                     f"may still be running and billing: close() or `cumulo down {self.name}` terminates them."
                 ) from exc
-            self.registry.close(self.id, state="lost", note="scheduler stopped answering")
             raise ClusterLost(
                 f"the scheduler of cluster {self.name!r} at {self.address} stopped answering "
                 "(killed, crashed, or stopped elsewhere). Results not yet gathered are gone; "
@@ -561,8 +593,11 @@ class Cluster(SyncMethodMixin):
 
     async def _scale(self, n: int) -> None:
         await self._alive()
-        if self._deployment is None:
+        if self._deployment is None or not self._provider.owns_scheduler:
             raise NotOwner(self._not_owner("scale"))
+        if not self._provider.can_scale:
+            raise ProviderError(f"{self.provider} clusters cannot be scaled in place yet: close this one and "
+                                "connect again with workers=N")
         await self._deployment.scale(n)
         self.registry.event(self.id, "scale", f"scaled to {n} workers")
 
@@ -573,8 +608,10 @@ class Cluster(SyncMethodMixin):
                 raise SpecError(f"adapt({label}={v!r}) must be a whole number between 0 and {MAX_WORKERS}")
         if minimum > maximum:
             raise SpecError(f"adapt(minimum={minimum}, maximum={maximum}): minimum must not exceed maximum")
-        if self._deployment is None:
+        if self._deployment is None or not self._provider.owns_scheduler:
             raise NotOwner(self._not_owner("adapt"))
+        if not self._provider.can_scale:
+            raise ProviderError(f"{self.provider} clusters cannot scale adaptively yet: choose workers= at connect")
         return self._deployment.adapt(minimum, maximum)
 
     def wait_for_workers(self, n: int, timeout: float | str | None = None) -> Any:
@@ -591,7 +628,7 @@ class Cluster(SyncMethodMixin):
             raise ConnectTimeout(f"fewer than {n} workers joined {self.name!r} within {seconds:g}s") from exc
 
     def _not_owner(self, what: str) -> str:
-        if self._provider.name == "address":
+        if not self._provider.owns_scheduler:
             return f"cluster {self.name!r} was started outside cumulo; {what} it where it was started"
         return (
             f"cluster {self.name!r} was started by another process (pid {self._record.owner_pid if self._record else '?'}); "

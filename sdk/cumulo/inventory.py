@@ -8,40 +8,54 @@ Jupyter server extension. Works only from the registry plus each provider's
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from dask.utils import parse_timedelta
 
-from .exceptions import ClusterNotFound
-from .providers import get_provider
+from .exceptions import ClusterNotFound, CumuloError
+from .lifecycle import Lifecycle
+from .providers import get_provider, provider_class
 from .registry import ClusterRecord, Registry
 
-__all__ = ["clusters", "reconcile", "stop", "stop_record"]
+__all__ = ["StopReport", "clusters", "reconcile", "stop", "stop_record", "who"]
 
 #: Closed clusters younger than this are listed by default ("recently closed").
 RECENT = "24h"
 
 
-def reconcile(registry: Registry) -> list[ClusterRecord]:
-    """Mark open local clusters whose owner process on this host is gone as lost; return those rows.
+def who(what: str) -> str:
+    """``what`` and the process doing it, for a row's note ("stopped by `cumulo down` (pid 12 on host)")."""
+    return f"{what} (pid {os.getpid()} on {socket.gethostname()})"
 
-    A local cluster's workers are children of the process that started it and
-    die with it, so such a row describes nothing that still runs or bills.
+
+def reconcile(registry: Registry) -> list[ClusterRecord]:
+    """Mark open clusters that lived in an owner process on this host that is gone as lost; return them.
+
+    Such a cluster's workers are children of the process that started it and
+    die with it, so its row describes nothing that still runs or bills.
     """
+    lifecycle = Lifecycle(registry)
     lost = []
     for record in registry.list(include_closed=False):
-        if record.provider == "local" and record.owner_alive() is False:
-            registry.close(record.id, state="lost", note=f"owner process {record.owner_pid} exited")
-            lost.append(record)
+        try:
+            cls = provider_class(record.provider)
+        except CumuloError:
+            continue  # a provider this process does not know (registered elsewhere)
+        if cls.lives_in_owner_process and record.owner_alive() is False:
+            if lifecycle.lost(record, cls(), f"owner process {record.owner_pid} exited"):
+                lost.append(record)
     return lost
 
 
 def clusters(*, include_closed: bool = True, since: str | float | None = RECENT, registry: Registry | None = None) -> Any:
     """A table of your clusters: name, provider, address, workers, GPUs, backend, state, age.
 
-    Open clusters always; closed ones created within ``since`` (default 24h;
-    None for all history) when ``include_closed``.
+    Open clusters always (a "stop failed: may still bill" one among them); closed
+    ones created within ``since`` (default 24h; None for all history) when ``include_closed``.
     """
     from .display import clusters_frame
 
@@ -51,25 +65,25 @@ def clusters(*, include_closed: bool = True, since: str | float | None = RECENT,
     return clusters_frame(registry.list(include_closed=include_closed, since=cutoff))
 
 
-async def stop_record(record: ClusterRecord, registry: Registry) -> None:
-    """Stop one cluster through its provider, then close its row (only after the provider confirms)."""
-    provider = get_provider(record.provider)
-    registry.update(record.id, state="closing")
-    try:
-        await provider.stop(record, registry)  # a no-op for schedulers started outside cumulo
-    except BaseException as exc:
-        registry.update(record.id, state="running")
-        registry.event(record.id, "stop-failed", f"{type(exc).__name__}: {exc}")
-        raise
-    if provider.owns_scheduler:
-        note = "stopped by `cumulo down`"
-    else:
-        note = "forgotten; the scheduler was started outside cumulo"
-    registry.close(record.id, state="closed", note=note)
+async def stop_record(record: ClusterRecord, registry: Registry, *, why: str | None = None) -> None:
+    """Stop one cluster through its provider; the row closes only once the provider confirms."""
+    await Lifecycle(registry).stop(record, get_provider(record.provider), why=why or who("stopped by `cumulo down`"))
 
 
-def stop(name: str | None = None, *, all: bool = False, registry: Registry | None = None) -> list[ClusterRecord]:
-    """Stop the open cluster called ``name`` (or every open cluster with ``all=True``); return what was stopped."""
+@dataclass
+class StopReport:
+    """What ``stop`` did: the clusters it stopped and those it could not, with why."""
+
+    stopped: list[ClusterRecord] = field(default_factory=list)
+    failed: list[tuple[ClusterRecord, str]] = field(default_factory=list)
+
+
+def stop(name: str | None = None, *, all: bool = False, registry: Registry | None = None) -> StopReport:
+    """Stop the open cluster called ``name``, or every open cluster with ``all=True``.
+
+    With ``all`` every cluster is tried, and each failure is reported rather than
+    ending the sweep; a single named cluster that fails to stop raises.
+    """
     registry = registry or Registry()
     reconcile(registry)
     if all:
@@ -84,6 +98,14 @@ def stop(name: str | None = None, *, all: bool = False, registry: Registry | Non
                 f"no open cluster named {name!r}; open clusters: {', '.join(open_names) or 'none'} (see `cumulo ls`)"
             )
         targets = [record]
+    report = StopReport()
     for record in targets:
-        asyncio.run(stop_record(record, registry))
-    return targets
+        try:
+            asyncio.run(stop_record(record, registry))
+        except Exception as exc:
+            if not all:
+                raise
+            report.failed.append((record, f"{type(exc).__name__}: {exc}"))
+        else:
+            report.stopped.append(record)
+    return report

@@ -11,6 +11,7 @@ Tables:
   clusters   one row per cluster ever started or attached (name unique among open rows)
   resources  billable things a cluster owns at a provider (instances, firewall rules)
   events     an append-only log of what happened to each cluster
+  meta       facts about this registry itself (its installation id)
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ from typing import Any
 
 from . import config
 from .exceptions import RegistryError, SpecError
+from .lifecycle import FINAL, OPEN
 
-__all__ = ["ClusterRecord", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES"]
+__all__ = ["ClusterRecord", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION"]
 
-#: States of a cluster that may still be running (and billing).
-OPEN_STATES = ("starting", "running", "closing")
+#: States of a cluster that may still be running (and billing); see cumulo.lifecycle.
+OPEN_STATES = tuple(sorted(s.value for s in OPEN))
 #: Final states: closed (confirmed stopped), failed (never came up, cleaned up), lost (gone without us).
-CLOSED_STATES = ("closed", "failed", "lost")
+CLOSED_STATES = tuple(sorted(s.value for s in FINAL))
+_OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
 
-_SCHEMA_VERSION = 1
+#: The schema this cumulo writes. Older files are migrated forward; newer ones are refused.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY,
@@ -67,8 +71,6 @@ CREATE TABLE IF NOT EXISTS clusters (
     cost_kind TEXT,
     note TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS clusters_one_open_name
-    ON clusters(name) WHERE state IN ('starting', 'running', 'closing');
 CREATE INDEX IF NOT EXISTS clusters_created ON clusters(created);
 CREATE TABLE IF NOT EXISTS resources (
     provider TEXT NOT NULL,
@@ -81,6 +83,10 @@ CREATE TABLE IF NOT EXISTS resources (
     meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (provider, resource_id)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     cluster_id TEXT NOT NULL,
@@ -89,6 +95,14 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 """
+
+#: Forward migrations: MIGRATIONS[v] takes a file from schema v to v + 1.
+MIGRATIONS: dict[int, str] = {
+    # v1 -> v2: 'stop-failed' (cleanup failed, may still bill) is an open state, so it holds its name
+    1: "DROP INDEX IF EXISTS clusters_one_open_name; "
+       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+}
+_OPEN_NAME_INDEX = f"CREATE UNIQUE INDEX IF NOT EXISTS clusters_one_open_name ON clusters(name) WHERE state IN {_OPEN_SQL};"
 
 
 @dataclass
@@ -126,6 +140,11 @@ class ClusterRecord:
     def is_open(self) -> bool:
         """Whether the cluster may still be running."""
         return self.state in OPEN_STATES
+
+    @property
+    def may_bill(self) -> bool:
+        """Whether a stop of this cluster failed, so its resources may still bill."""
+        return self.state == "stop-failed"
 
     @property
     def age(self) -> float:
@@ -181,10 +200,7 @@ class Registry:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as db:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version < _SCHEMA_VERSION:
-                    db.executescript(_SCHEMA)
-                    db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                self._migrate(db)
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(
                 f"cannot open the cluster registry at {self.path}: {exc}. Set CUMULO_REGISTRY "
@@ -193,6 +209,49 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({str(self.path)!r})"
+
+    @property
+    def installation_id(self) -> str:
+        """A short random id of this registry, made once; cumulo puts it in the names of what it
+        creates at providers, so that a sweep can tell its own orphans from another installation's."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'installation'")
+        if rows:
+            return str(rows[0]["value"])
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('installation', ?)", (uuid.uuid4().hex[:8],))
+        return str(self._read("SELECT value FROM meta WHERE key = 'installation'")[0]["value"])
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Create a new file, or bring an older one forward step by step; refuse a newer one."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RegistryError(
+                f"the cluster registry at {self.path} has schema version {version}, newer than this cumulo "
+                f"understands (version {SCHEMA_VERSION}): upgrade cumulo (pip install -U cumulo), or point "
+                "CUMULO_REGISTRY at another file")
+        if version == SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            again = db.execute("PRAGMA user_version").fetchone()[0]  # another process may have migrated
+            if again < SCHEMA_VERSION:
+                fresh = again == 0 and not db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='clusters'").fetchone()
+                if fresh:
+                    for stmt in _SCHEMA.split(";"):
+                        if stmt.strip():
+                            db.execute(stmt)
+                else:
+                    for step in range(max(again, 1), SCHEMA_VERSION):
+                        for stmt in MIGRATIONS[step].split(";"):
+                            if stmt.strip():
+                                db.execute(stmt)
+                db.execute(_OPEN_NAME_INDEX)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -284,7 +343,7 @@ class Registry:
     def find_open(self, name: str) -> ClusterRecord | None:
         """The open cluster with this name, if any."""
         rows = self._read(
-            "SELECT * FROM clusters WHERE name = ? AND state IN ('starting', 'running', 'closing')", (name,)
+            f"SELECT * FROM clusters WHERE name = ? AND state IN {_OPEN_SQL}", (name,)
         )
         return _cluster(rows[0]) if rows else None
 
@@ -298,30 +357,27 @@ class Registry:
         sql = "SELECT * FROM clusters"
         args: tuple[Any, ...] = ()
         if not include_closed:
-            sql += " WHERE state IN ('starting', 'running', 'closing')"
+            sql += f" WHERE state IN {_OPEN_SQL}"
         elif since is not None:
-            sql += " WHERE state IN ('starting', 'running', 'closing') OR created >= ?"
+            sql += f" WHERE state IN {_OPEN_SQL} OR created >= ?"
             args = (since,)
         sql += " ORDER BY created DESC"
         return [_cluster(r) for r in self._read(sql, args)]
 
     def update(self, cluster_id: str, **values: Any) -> None:
-        """Set fields of a cluster row (``spec`` may be given as a dict).
+        """Set fields of a cluster row (``spec`` may be given as a dict); never its state.
 
-        A final state (closed, failed, lost) is never turned back into an open
-        one: another process may have stopped the cluster in the meantime.
+        A row's state is written only by cumulo.lifecycle (through :meth:`transition`).
         """
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
+        if "state" in values or "closed" in values:
+            raise TypeError("a cluster's state is written only by cumulo.lifecycle")
         if "spec" in values and not isinstance(values["spec"], str):
             values["spec"] = json.dumps(values["spec"], sort_keys=True)
         values["updated"] = time.time()
-        sets = ", ".join(
-            "state = CASE WHEN state IN ('closed', 'failed', 'lost') THEN state ELSE ? END" if k == "state"
-            else f"{k} = ?"
-            for k in values
-        )
+        sets = ", ".join(f"{k} = ?" for k in values)
         with self._write() as db:
             db.execute(f"UPDATE clusters SET {sets} WHERE id = ?", (*values.values(), cluster_id))
 
@@ -331,26 +387,52 @@ class Registry:
         with self._write() as db:
             db.execute("UPDATE clusters SET heartbeat = ?, updated = ? WHERE id = ?", (now, now, cluster_id))
 
-    def close(self, cluster_id: str, *, state: str = "closed", note: str | None = None) -> None:
-        """Mark a cluster final. Call only once its resources are confirmed gone.
+    def transition(
+        self,
+        cluster_id: str,
+        state: str,
+        *,
+        allowed_from: list[str],
+        final: bool,
+        note: str | None = None,
+        values: dict[str, Any] | None = None,
+        event: tuple[str, str] | None = None,
+    ) -> bool:
+        """Move a row to ``state`` if it is now in one of ``allowed_from``; the lifecycle's only write.
 
-        The first final state sticks (a start that failed is not later recorded as closed).
+        Done in one transaction, so two processes racing to stop a cluster agree
+        on one outcome. Returns whether the row moved. ``values`` are other fields
+        set with the move; ``note`` replaces the row's note (for a final move
+        only if given); ``final`` stamps the closing time.
         """
-        if state not in CLOSED_STATES:
-            raise ValueError(f"state must be one of {CLOSED_STATES}")
+        unknown = set(values or {}) - _UPDATABLE
+        if unknown:
+            raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
         now = time.time()
+        sets = {"state": state, "updated": now, **(values or {})}
+        if note is not None:
+            sets["note"] = note[:1000]
+        if final:
+            sets["closed"] = now
+        marks = ", ".join(f"{k} = ?" for k in sets)
+        allowed = ", ".join("?" for _ in allowed_from) or "NULL"
         with self._write() as db:
-            db.execute(
-                "UPDATE clusters SET state = CASE WHEN state IN ('closed', 'failed', 'lost') THEN state ELSE ? END, "
-                "closed = COALESCE(closed, ?), updated = ?, "
-                "note = CASE WHEN state IN ('closed', 'failed', 'lost') THEN note ELSE COALESCE(?, note) END "
-                "WHERE id = ?",
-                (state, now, now, note, cluster_id),
-            )
-            db.execute(
-                "INSERT INTO events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
-                (cluster_id, now, state, note or state),
-            )
+            cur = db.execute(
+                f"UPDATE clusters SET {marks} WHERE id = ? AND state IN ({allowed})",
+                (*sets.values(), cluster_id, *allowed_from))
+            moved = cur.rowcount > 0
+            if moved and event is not None:
+                db.execute("INSERT INTO events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                           (cluster_id, now, event[0], event[1]))
+        return moved
+
+    def discard(self, cluster_id: str) -> None:
+        """Remove a row that never described anything that ran (a start refused before launching)."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM resources WHERE cluster_id = ?", (cluster_id,)).fetchone():
+                raise RegistryError(f"cluster {cluster_id} has recorded resources; it cannot be discarded")
+            db.execute("DELETE FROM events WHERE cluster_id = ?", (cluster_id,))
+            db.execute("DELETE FROM clusters WHERE id = ?", (cluster_id,))
 
     # -- events -----------------------------------------------------------------------------
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from ..exceptions import SpecError
-from .base import Deployment, Provider
+from .base import Deployment, Orphan, Provider
 
-__all__ = ["Deployment", "Provider", "get_provider", "known_providers", "register_provider"]
+__all__ = ["Deployment", "Orphan", "Provider", "get_provider", "known_providers", "provider_class",
+           "register_provider"]
 
 _BUILTIN = {
     "local": "cumulo.providers.local:LocalProvider",
@@ -30,14 +32,23 @@ def known_providers() -> list[str]:
     return sorted(set(_BUILTIN) | set(_registered))
 
 
-def get_provider(name: str) -> Provider:
-    """An instance of the provider called ``name``; SpecError naming the known ones otherwise."""
+def provider_class(name: str) -> type[Provider]:
+    """The class of the provider called ``name``; SpecError naming the known ones otherwise."""
     if name in _registered:
-        return _registered[name]()
+        return _registered[name]
     target = _BUILTIN.get(name)
     if target is None:
         raise SpecError(f"unknown provider {name!r}; known providers: {', '.join(known_providers())}")
     module, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module), attr)
     _registered[name] = cls
-    return cls()
+    return cls
+
+
+def get_provider(name: str, **options: Any) -> Provider:
+    """An instance of the provider called ``name`` (its own settings come from config).
+
+    ``options`` are the connect() arguments every provider accepts (security,
+    allow_insecure, progress); see Provider.__init__.
+    """
+    return provider_class(name)(**options)

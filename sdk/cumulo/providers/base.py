@@ -2,24 +2,35 @@
 
 A provider is thin: it turns a ClusterSpec into a running Dask scheduler (and
 workers) and knows how to stop them. Everything else (the client, the registry
-row, the environment check, the backend switch, widgets, guards) is shared and
-lives in cluster.py. Implement:
+row and its state, the environment check, the backend switch, widgets, guards)
+is shared: cluster.py and lifecycle.py. Implement:
 
-  - ``Provider.launch(spec, cluster_id=..., registry=...)`` -> Deployment
-    Record billable resources in the registry *before* they can bill, and on any
-    failure stop what did start before raising.
-  - ``Provider.stop(record, registry)``: stop a cluster from any process (the CLI,
-    the Jupyter server's reaper) using only what the registry holds. Returns only
-    once the provider confirms the resources are gone.
+  - ``Provider.preflight(spec)``: refuse what cannot work before anything starts
+    (no registry row is written for a refusal).
+  - ``Provider.launch(spec, cluster_id=..., checkpoint=...)`` -> Deployment.
+    Report each billable resource through ``checkpoint`` *before* it can bill;
+    on any failure stop what did start before raising. Never write the registry.
+  - ``Provider.stop(record, checkpoint)``: stop a cluster from any process (the
+    CLI, the Jupyter server's reaper) using only its row and its recorded
+    resources. Return only once the provider confirms the resources are gone.
   - ``Provider.security(record)``: the distributed.Security to reach that scheduler.
+  - optionally ``Provider.sweep_orphans(registry, ...)``: resources this provider
+    holds that no open cluster owns (e.g. a kernel killed mid-launch).
 
-and get: connect(), re-attach by name, close, `cumulo down`, listing.
+Declare what the backend can do with the class flags below; generic code asks
+the flags, never a provider's name. Options come from ``cumulo.<name>.*``
+config, plus the few connect() arguments every provider accepts.
+
+and get: connect(), re-attach by name, close, `cumulo down`, reaping, listing.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from distributed.security import Security
 
@@ -27,7 +38,10 @@ from ..exceptions import NotOwner
 from ..registry import ClusterRecord, Registry
 from ..spec import ClusterSpec
 
-__all__ = ["Deployment", "Provider", "shutdown_scheduler"]
+if TYPE_CHECKING:
+    from ..lifecycle import Checkpoint
+
+__all__ = ["Deployment", "Orphan", "Provider", "shutdown_scheduler"]
 
 
 class Deployment:
@@ -76,28 +90,96 @@ class Deployment:
                 await result
 
 
+@dataclass(frozen=True)
+class Orphan:
+    """A billable resource at a provider that no open cluster of this registry owns."""
+
+    provider: str
+    resource_id: str
+    name: str
+    cluster_id: str | None
+    reason: str
+    status: str
+    kind: str = "instance"
+    where: str = ""
+    price_per_hour: float | None = None
+    running_since: float | None = None
+    #: Whether this installation created it (False: another laptop, venv or teammate may be using it).
+    ours: bool = True
+    #: What the sweep did: "terminated", "would terminate", "reported" (left alone), or "FAILED: ...".
+    action: str = "reported"
+
+    @property
+    def cost_so_far(self) -> float | None:
+        """Estimated $ since it started (None when its start time or price is unknown)."""
+        if self.price_per_hour is None or self.running_since is None:
+            return None
+        return self.price_per_hour * max(0.0, time.time() - self.running_since) / 3600.0
+
+    def line(self) -> str:
+        """One line for `cumulo reap` output."""
+        rate = f"${self.price_per_hour:.2f}/h" if self.price_per_hour is not None else "price unknown"
+        spent = f", about ${self.cost_so_far:.2f} so far" if self.cost_so_far is not None else ""
+        age = ""
+        if self.running_since is not None:
+            age = f", up {(time.time() - self.running_since) / 3600.0:.1f} h"
+        where = f", {self.where}" if self.where else ""
+        return (f"{self.provider}: {self.action} {self.resource_id} {self.name} ({self.kind}{where}, {self.status}"
+                f"{age}): {rate}{spent}; {self.reason}")
+
+
 class Provider(abc.ABC):
-    """A compute backend. Subclasses set ``name`` and implement launch/stop."""
+    """A compute backend. Subclasses set ``name``, the capability flags, and implement launch/stop."""
 
     name: ClassVar[str]
-    #: Whether closing a cluster of this provider stops its scheduler (False: cumulo only detaches).
+    #: The cluster runs inside the process that launched it and stops with it (it cannot be detached).
+    lives_in_owner_process: ClassVar[bool] = False
+    #: The Jupyter server may launch clusters of this provider from the sidebar.
+    launchable_from_server: ClassVar[bool] = True
+    #: Closing a cluster of this provider stops its scheduler (False: cumulo only detaches).
     owns_scheduler: ClassVar[bool] = True
-    #: Whether billable resources can outlive an unreachable scheduler (cloud instances). Then a
+    #: Billable resources can outlive an unreachable scheduler (cloud instances). Then a
     #: scheduler that stops answering never closes the registry row: only a confirmed stop does.
     bills_independently: ClassVar[bool] = False
+    #: The owner can scale the cluster in place.
+    can_scale: ClassVar[bool] = True
+    #: The provider has resources that can outlive a registry (see sweep_orphans).
+    sweeps_orphans: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        security: Security | None = None,
+        allow_insecure: bool | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        #: TLS given to connect() by the user (overrides what the provider would use).
+        self.user_security = security
+        self.allow_insecure = allow_insecure
+        self.progress = progress
+
+    async def preflight(self, spec: ClusterSpec) -> None:
+        """Refuse a spec that cannot work here, before any row is written or anything starts."""
 
     @abc.abstractmethod
-    async def launch(self, spec: ClusterSpec, *, cluster_id: str, registry: Registry) -> Deployment:
+    async def launch(self, spec: ClusterSpec, *, cluster_id: str, checkpoint: Checkpoint) -> Deployment:
         """Start a scheduler and workers for ``spec``; on failure leave nothing running."""
 
-    async def stop(self, record: ClusterRecord, registry: Registry) -> None:
+    async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
         """Stop a cluster known only from its registry row (from any process)."""
         if record.address:
             await shutdown_scheduler(record.address, self.security(record))
 
     def security(self, record: ClusterRecord) -> Security | None:
         """How to reach the scheduler of ``record`` (None: plain tcp on loopback)."""
-        return None
+        return self.user_security
+
+    async def sweep_orphans(
+        self, registry: Registry, *, dry_run: bool = True, terminate_unknown: bool = False
+    ) -> list[Orphan]:
+        """Resources of this provider that no open cluster owns; unless ``dry_run``, stop this
+        installation's own (and others' only with ``terminate_unknown``). Default: none."""
+        return []
 
 
 async def shutdown_scheduler(address: str, security: Security | None, *, timeout: float = 10.0) -> bool:

@@ -1,0 +1,231 @@
+"""The kernel's watch over a cluster it holds: lease, spend, guards, and "stopped elsewhere".
+
+Runs as two periodic callbacks on the cluster's own event loop (as distributed's
+deploy/cluster.py runs its background work), stopped when the cluster closes:
+
+  - every ``cumulo.guards.watch-interval`` (2 s): read the registry row; when
+    another process (`cumulo down`, another kernel, the server's Stop, a reaper)
+    has stopped the cluster, let go of it and remember who did, so that the next
+    use raises ClusterLost naming them;
+  - every ``cumulo.guards.interval``: heartbeat the row (the kernel lease), read
+    the scheduler's ledger, record spend, and act on the verdicts of
+    :func:`cumulo.guards.in_kernel` (budget warnings, budget action, idle close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from tornado.ioloop import PeriodicCallback
+
+from . import config, guards
+from .exceptions import BudgetExceeded, CumuloError, NotOwner
+from .metering import Spend, Usage, install_async, spend_of
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+__all__ = ["Watchdog", "attach"]
+
+logger = logging.getLogger("cumulo")
+
+
+class Watchdog:
+    """Budget, idle and lease enforcement for one cluster, from the kernel that holds it.
+
+    ``tripped`` is the error of the rule that acted (budget or idle), ``last_spend``
+    the spend at the last pass. ``check()`` runs one pass now (from a notebook or
+    a test) and returns what it did, as short phrases.
+    """
+
+    def __init__(self, cluster: Cluster, usage: Usage) -> None:
+        self.cluster = cluster
+        self.usage = usage
+        self.registry = cluster.registry
+        self.warned: set[float] = set()
+        self.tripped: CumuloError | None = None
+        self.last_spend: Spend | None = None
+        self._callbacks: list[PeriodicCallback] = []
+        self._from_loop = False
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start both callbacks on the cluster's loop (call from that loop)."""
+        if self._callbacks:
+            return
+        interval = guards.seconds("guards.interval") or 10.0
+        watch = min(guards.seconds("guards.watch-interval") or 2.0, interval)
+        self._callbacks = [PeriodicCallback(self._watch, watch * 1000), PeriodicCallback(self._guard, interval * 1000)]
+        for cb in self._callbacks:
+            cb.start()
+
+    def stop(self) -> None:
+        """Stop the callbacks (does not touch the cluster)."""
+        for cb in self._callbacks:
+            cb.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the callbacks are scheduled."""
+        return any(cb.is_running() for cb in self._callbacks)
+
+    async def _watch(self) -> None:
+        if self.cluster.status != "running":
+            return
+        try:
+            rec = self.cluster.lifecycle.stopped_elsewhere(self.cluster.id)
+        except Exception as exc:  # a registry hiccup must not kill the watch
+            logger.debug("cumulo: could not read the row of %r: %s", self.cluster.name, exc)
+            return
+        if rec is not None:
+            self.stop()
+            await self.cluster._stopped_elsewhere(rec)
+
+    async def _guard(self) -> None:
+        if self.cluster.status != "running":
+            return
+        try:
+            await self.check_async(from_loop=True)
+        except Exception as exc:  # a guard must never kill the kernel; it says what went wrong
+            try:
+                self.registry.event(self.cluster.id, "guard-error", f"{type(exc).__name__}: {exc}")
+            except Exception:
+                pass
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """One pass now, from outside the loop (blocking)."""
+        return self.cluster.sync(self.check_async)
+
+    async def check_async(self, *, from_loop: bool = False) -> list[str]:
+        """One pass: heartbeat, spend, then act on the guards' verdicts.
+
+        ``from_loop``: run by the periodic callback (a close then also ends the loop).
+        """
+        self._from_loop = from_loop
+        if self.cluster.status != "running":
+            return []
+        cid = self.cluster.id
+        self.registry.heartbeat(cid)
+        rec = self.registry.get(cid)
+        ledger = await self._ledger()
+        spend = spend_of(rec, ledger)
+        self.last_spend = spend
+        if spend.amount is not None and rec.rate_per_hour is None:
+            # priced clusters need no write: their spend follows from the row's own clock
+            self.registry.update(cid, cost=spend.amount, cost_kind=spend.kind)
+        owns = self.cluster._provider.owns_scheduler
+        done: list[str] = []
+        for verdict in guards.in_kernel(rec, ledger, spend, warned=self.warned, owns=owns):
+            if verdict.action == "warn" and verdict.level is not None:
+                self.warned.add(verdict.level)
+                self.registry.event(cid, "budget-warning", verdict.reason)
+                warnings.warn(verdict.reason, guards.BudgetWarning, stacklevel=2)
+                done.append(f"warned at {verdict.level:.0%}")
+            elif verdict.action == "budget" and self.tripped is None:
+                done.append(await self._budget(verdict.reason, owns=owns))
+            elif verdict.action == "close" and self.tripped is None:
+                self.tripped = CumuloError(verdict.reason)
+                self.registry.event(cid, "idle", verdict.reason)
+                await self._close(f"idle timeout: {verdict.reason}")
+                done.append("closed (idle)")
+        return done
+
+    async def _ledger(self) -> dict[str, Any] | None:
+        if not self.usage.installed or self.cluster.client is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.cluster.client.scheduler.cumulo_ledger(), 10)
+        except Exception:
+            return None
+
+    async def _budget(self, reason: str, *, owns: bool) -> str:
+        action = config.get("guards.budget-action") if owns else "warn"
+        msg = (f"{reason}; action: {action}. Raise the budget with connect(..., budget=...) or set "
+               "cumulo.guards.budget-action.")
+        self.tripped = BudgetExceeded(msg)
+        self.registry.event(self.cluster.id, "budget", msg)
+        if action == "warn":
+            warnings.warn(msg, guards.BudgetWarning, stacklevel=3)
+            return "warned at 100%"
+        if action == "scale-to-zero":
+            try:
+                await self.cluster._scale(0)
+                return "scaled to zero (budget)"
+            except NotOwner:
+                self.registry.event(self.cluster.id, "budget", "not the owner: closing instead of scaling")
+        await self._close("budget reached")
+        return "closed (budget)"
+
+    async def _close(self, why: str) -> None:
+        self.stop()
+        try:
+            await self.cluster._close(why=why, from_loop=self._from_loop)
+        except Exception as exc:
+            self.registry.event(self.cluster.id, "close-failed", f"{why}: {type(exc).__name__}: {exc}")
+            raise
+
+    # -- leaving ----------------------------------------------------------------------------
+
+    def release_lease(self) -> None:
+        """After ``cluster.disconnect()`` the cluster is meant to keep running: drop the lease."""
+        try:
+            rec = self.registry.get(self.cluster.id)
+            if rec.state == "running" and rec.lease_seconds is not None:
+                self.registry.update(rec.id, lease_seconds=None)
+                self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease "
+                                    "(reap still enforces budget and idle timeout)")
+        except Exception:
+            pass
+
+    async def final_reading(self) -> None:
+        """As the cluster closes: keep the last ledger, and record the spend of an unpriced cluster.
+
+        Priced clusters get no cost written here: their spend runs until the provider
+        confirms termination, which the row's ``closed`` time records.
+        """
+        self.stop()
+        ledger = await self._ledger()
+        if ledger is None:
+            return
+        self.usage.final = ledger
+        rec = self.registry.get(self.cluster.id)
+        if rec.rate_per_hour is None:
+            spend = spend_of(rec, ledger)
+            if spend.amount is not None:
+                self.registry.update(self.cluster.id, cost=spend.amount, cost_kind=spend.kind)
+
+
+async def attach(cluster: Cluster) -> Watchdog:
+    """Once a cluster runs: install the ledger, set the kernel lease, start the watchdog, track cells.
+
+    Runs on the cluster's event loop. Clusters cumulo only attached to by address get
+    the ledger, the lease and budget warnings, but their scheduler is never stopped:
+    it is not ours (an expired lease only closes their registry row).
+    """
+    usage = cluster.usage
+    assert cluster.client is not None
+    usage.installed = await install_async(cluster.client)
+    usage.scheduler_id = (getattr(cluster.client, "_scheduler_identity", None) or {}).get("id")
+    rec = cluster.registry.get(cluster.id)
+    values: dict[str, Any] = {}
+    if rec.owned_here():
+        keep = bool(config.get("guards.keep-alive")) or bool(cluster.spec.options.get("keep_alive", False))
+        values["lease_seconds"] = None if keep else guards.seconds("guards.lease-grace")
+    idle = guards.default_idle_timeout(rec)
+    if idle != rec.idle_timeout:
+        values["idle_timeout"] = idle
+    if values:
+        cluster.registry.update(cluster.id, **values)
+    dog = Watchdog(cluster, usage)
+    dog.start()
+    from . import cellcost
+
+    if config.get("widgets.cell-line-on-connect") or cellcost.loaded():
+        cellcost.track(cluster)
+    return dog
