@@ -11,8 +11,12 @@ import { ServerConnection } from '@jupyterlab/services';
 export interface ClusterRow {
   name: string;
   provider: string;
-  /** launching | starting | running | closing | closed | failed | lost */
+  /** launching | starting | running | closing | stop-failed | closed | failed | lost */
   state: string;
+  /** Whether the server can stop it now (every open registry row, whatever its owner or state). */
+  stoppable?: boolean;
+  /** A stop or cleanup failed: its resources may still bill until a stop is confirmed. */
+  may_bill?: boolean;
   address?: string | null;
   dashboard?: string | null;
   workers?: number | null;

@@ -1,7 +1,7 @@
 /** One cluster card: status, provider, size, money, budget bar, and its buttons. */
 import type { ClusterRow } from './api';
 import { h } from './dom';
-import { budgetFraction, duration, money, rate, size } from './format';
+import { budgetFraction, canStop, duration, money, rate, size, stateLabel } from './format';
 
 export interface CardActions {
   scale(row: ClusterRow): void;
@@ -67,7 +67,7 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
   const head = h(
     'div',
     { className: 'cumulo-lab-card-head' },
-    h('span', { className: `cumulo-lab-state cumulo-lab-state-${row.state}`, title: row.state }, row.state),
+    h('span', { className: `cumulo-lab-state cumulo-lab-state-${row.state}`, title: row.note ?? row.state }, stateLabel(row)),
     h('span', { className: 'cumulo-lab-card-name' }, row.name),
     h('span', { className: 'cumulo-lab-card-provider' }, row.provider)
   );
@@ -81,6 +81,9 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
         h('span', {}, `${row.progress ?? 'starting'} · ${duration(now - row.created)}`)
       )
     );
+  }
+  if (row.may_bill) {
+    card.append(h('div', { className: 'cumulo-lab-error' }, `${row.note ?? 'stopping failed'} — press Stop to retry; the reaper retries too.`));
   }
   if (failed) {
     card.append(h('div', { className: 'cumulo-lab-error' }, row.error ?? row.note ?? 'launch failed'));
@@ -103,12 +106,14 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
       h('a', { className: 'cumulo-lab-link', href: row.dashboard, target: '_blank', rel: 'noopener noreferrer', title: 'Open the Dask dashboard' }, 'Dashboard')
     );
   }
-  if (!launching) {
+  if (row.state === 'running') {
     buttons.append(
       button('Connect cell', 'Insert a cell that connects to this cluster into the active notebook', () => actions.insertConnect(row)),
-      button('Scale', 'Change the number of workers', () => actions.scale(row)),
-      button('Stop', 'Stop this cluster (asks first)', () => actions.stop(row), 'jp-mod-warn cumulo-lab-stop')
+      button('Scale', 'Change the number of workers', () => actions.scale(row))
     );
+  }
+  if (canStop(row)) {
+    buttons.append(button('Stop', 'Stop this cluster (asks first)', () => actions.stop(row), 'jp-mod-warn cumulo-lab-stop'));
   }
   card.append(buttons);
   return card;

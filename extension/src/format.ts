@@ -48,7 +48,18 @@ export function budgetFraction(row: ClusterRow): number | null {
 
 /** Whether a row may still be billing. */
 export function isOpen(row: ClusterRow): boolean {
-  return ['launching', 'starting', 'running', 'closing'].includes(row.state);
+  return ['launching', 'starting', 'running', 'closing', 'stop-failed'].includes(row.state);
+}
+
+/** Whether the card offers Stop: any open registry row the server says it can stop (a starting
+ * cluster whose kernel died, one whose stop failed), not a launch this server is still making. */
+export function canStop(row: ClusterRow): boolean {
+  return row.state !== 'launching' && (row.stoppable ?? row.state === 'running');
+}
+
+/** The state as a user reads it: the one that matters says that it may still bill. */
+export function stateLabel(row: ClusterRow): string {
+  return row.state === 'stop-failed' || row.may_bill ? 'stop failed: may still bill' : row.state;
 }
 
 /** "2 workers · 8 GPUs H100" / "1 worker". */

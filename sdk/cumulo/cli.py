@@ -78,7 +78,7 @@ def _ls(args: argparse.Namespace) -> int:
         print("no clusters" + (" open" if args.open else " in the last 24h (use --all for history)"))
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table.drop(columns=["created"]).to_string(index=False))
+        print(table.drop(columns=["created"]).to_string(index=False, na_rep="-"))
     return 0
 
 

@@ -84,12 +84,15 @@ def clusters_frame(records: list[ClusterRecord]) -> Any:
             "workers": r.workers,
             "gpus": r.gpus,
             "backend": r.backend,
-            "state": r.state,
+            "state": "stop failed: may still bill" if r.may_bill else r.state,
             "age": format_time(((r.closed or now) - r.created)),
+            "note": r.note or "",
             "created": pd.Timestamp(r.created, unit="s", tz="UTC"),
             "id": r.id,
         }
         for r in records
     ]
-    columns = ["name", "provider", "address", "workers", "gpus", "backend", "state", "age", "created", "id"]
-    return pd.DataFrame(rows, columns=columns)
+    columns = ["name", "provider", "address", "workers", "gpus", "backend", "state", "age", "note", "created", "id"]
+    frame = pd.DataFrame(rows, columns=columns)
+    # whole numbers stay whole (a missing one is <NA>, never a float NaN)
+    return frame.astype({"workers": "Int64", "gpus": "Int64"})

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import type { ClusterRow, Offer } from '../api';
-import { budgetFraction, connectCode, duration, estimate, meterText, money, rate, size } from '../format';
+import { budgetFraction, canStop, connectCode, duration, estimate, isOpen, meterText, money, rate, size, stateLabel } from '../format';
 
 const h100: Offer = {
   provider: 'lambda',
@@ -76,4 +76,19 @@ test('status bar text', () => {
 
 test('connect cell code is valid Python naming the cluster', () => {
   assert.equal(connectCode('etl-1'), 'import cumulo\n\ncluster = cumulo.connect(name="etl-1")\ncluster');
+});
+
+test('every open registry row can be stopped, a launch in flight cannot', () => {
+  // a starting cluster whose kernel died during boot, and one whose stop failed, keep a Stop button
+  assert.equal(canStop(row({ state: 'starting', stoppable: true })), true);
+  assert.equal(canStop(row({ state: 'stop-failed', stoppable: true, may_bill: true })), true);
+  assert.equal(canStop(row({ state: 'running' })), true);
+  assert.equal(canStop(row({ state: 'launching' })), false);
+  assert.equal(canStop(row({ state: 'closed', stoppable: false })), false);
+});
+
+test('a failed stop reads as what it means: it may still bill', () => {
+  assert.equal(stateLabel(row({ state: 'stop-failed', may_bill: true })), 'stop failed: may still bill');
+  assert.equal(stateLabel(row({ state: 'running' })), 'running');
+  assert.equal(isOpen(row({ state: 'stop-failed' })), true);
 });
