@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,53 @@ def no_outside_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     with dask.config.set({"cumulo.lambda.base-url": NOWHERE, "cumulo.catalog.lambda-url": NOWHERE,
                           "cumulo.catalog.azure-url": NOWHERE}):
         yield
+
+
+#: Threads that may outlive a test: pools and loops owned by the interpreter or by libraries, not by a cluster.
+_LONG_LIVED_THREADS = ("asyncio_", "ThreadPoolExecutor", "Dask-Offload", "Profile", "IO loop", "AsyncProcess",
+                       "TCP-Executor", "QueueFeederThread", "pydevd", "Thread-")
+
+
+def _own_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive() and t is not threading.main_thread()}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves a cumulo thread (a cluster's loop, a guard, a meter) running, as distributed's
+    check_thread_leak does."""
+    before = _own_threads()
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [t for t in _own_threads() - before
+                if t.name.startswith("cumulo") or not t.name.startswith(_LONG_LIVED_THREADS)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, f"test left threads running: {[t.name for t in left]}"
+
+
+@pytest.fixture(autouse=True)
+def no_live_clusters() -> Iterator[None]:
+    """Fail a test that leaves a cumulo Cluster open (a client attached, a watchdog running), as distributed's
+    check_instances does for clients and servers."""
+    from cumulo import cluster as cluster_module
+
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        live = [c for c in list(cluster_module._live) if c.status == "running"]
+        if not live or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    names = [c.name for c in live]
+    for c in live:
+        try:
+            c.close()
+        except Exception:
+            pass
+    assert not names, f"test left clusters open: {names}"
 
 
 @pytest.fixture(autouse=True)
