@@ -122,6 +122,33 @@ def _reap(args: argparse.Namespace) -> int:
     return 1 if done.failed else 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cumulo.exceptions import ClusterNotFound
+    from cumulo.metering import Spend, Usage, fetch_ledger_async, spend_of, usage_text
+    from cumulo.providers import get_provider
+    from cumulo.registry import Registry
+
+    registry = Registry()
+    rec = registry.latest(args.name)
+    if rec is None:
+        raise ClusterNotFound(f"no cluster named {args.name!r} in the registry; see `cumulo ls`")
+    ledger = None
+    if rec.is_open and rec.address:
+        ledger = asyncio.run(fetch_ledger_async(rec.address, get_provider(rec.provider).security(rec)))
+    spend = spend_of(rec, ledger)
+    if spend.amount is None and rec.cost is not None:
+        spend = Spend(rec.cost, rec.rate_per_hour, "last figure recorded by its kernel")
+    state = "stop failed: may still bill" if rec.may_bill else rec.state
+    print(f"{rec.name} ({rec.provider}, {state}): spend {spend.text()}")
+    if ledger is None:
+        print("  no ledger reachable" + ("" if rec.is_open else " (cluster closed)"))
+        return 0
+    print(usage_text(Usage.of_record(rec, registry).summary(ledger)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="cumulo", description="Dask clusters from notebooks, with their cost.")
@@ -152,10 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "another machine or teammate may be using them)")
     reap.set_defaults(func=_reap)
 
-    from . import catalog, metering
+    usage = sub.add_parser("usage", help="what a cluster used and what it cost")
+    usage.add_argument("name", help="cluster name (see `cumulo ls`)")
+    usage.set_defaults(func=_usage)
+
+    from . import catalog
 
     catalog.add_cli(sub)  # cumulo prices [--gpu] [--refresh]
-    metering.add_cli(sub)  # cumulo usage NAME
     for add in _extra_commands:
         add(sub)
     return parser

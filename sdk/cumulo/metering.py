@@ -34,11 +34,11 @@ if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
 
-    from .registry import ClusterRecord
+    from .registry import ClusterRecord, Registry
 
 __all__ = [
     "Spend", "Usage", "fetch_ledger", "fetch_ledger_async", "idle_fraction", "install", "install_async",
-    "rates", "spend_of",
+    "rates", "spend_of", "usage_text",
 ]
 
 _CELL_COLUMNS = [
@@ -184,6 +184,19 @@ def idle_fraction(totals: dict[str, Any]) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class _RowOnly:
+    """A cluster seen only through its registry row: what Usage reads of a cluster, without a client."""
+
+    record: ClusterRecord
+    registry: Registry | None
+    client: Any = None
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
 class Usage:
     """``cluster.usage``: the ledger of one cluster read through its client, plus this kernel's cells.
 
@@ -199,6 +212,11 @@ class Usage:
         self.scheduler_id: str | None = None
         #: The ledger as last read while the cluster closed (what ``usage`` shows afterwards).
         self.final: dict[str, Any] | None = None
+
+    @classmethod
+    def of_record(cls, record: ClusterRecord, registry: Registry | None = None) -> Usage:
+        """The usage of a cluster known only from its registry row (the CLI, the Jupyter server)."""
+        return cls(_RowOnly(record, registry))
 
     def record(self) -> ClusterRecord | None:
         """The cluster's registry row, freshly read."""
@@ -287,7 +305,7 @@ class Usage:
             s = self.summary()
         except ClusterLost as exc:
             return f"<Usage: {exc}>"
-        return _text(s)
+        return usage_text(s)
 
     def _repr_html_(self) -> str:
         import html
@@ -295,7 +313,8 @@ class Usage:
         return f"<pre style='margin:0'>{html.escape(repr(self))}</pre>"
 
 
-def _text(s: dict[str, Any]) -> str:
+def usage_text(s: dict[str, Any]) -> str:
+    """A usage summary as the few lines `cumulo usage` and the repr print."""
     money = (
         "no rate set (set cumulo.cost.rate-per-worker-hour or rate-per-gpu-hour to price this cluster)"
         if s["spend"] is None
@@ -317,45 +336,3 @@ def _text(s: dict[str, Any]) -> str:
         what = "GPUs" if s["gpus"] else "workers"
         lines.append(f"  ${s['idle_spend']:,.2f} of ${s['spend']:,.2f} paid for idle {what}")
     return "\n".join(lines)
-
-
-def add_cli(subparsers: Any) -> Any:
-    """Add ``cumulo usage NAME`` (what a cluster used and cost, from its ledger and registry row)."""
-    p = subparsers.add_parser("usage", help="what a cluster used and what it cost")
-    p.add_argument("name", help="cluster name (see `cumulo ls`)")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: Any) -> int:
-    """Entry point of `cumulo usage NAME`."""
-    import asyncio
-
-    from .exceptions import ClusterNotFound
-    from .providers import get_provider
-    from .registry import Registry
-
-    registry = Registry()
-    rec = registry.latest(args.name)
-    if rec is None:
-        raise ClusterNotFound(f"no cluster named {args.name!r} in the registry; see `cumulo ls`")
-    ledger = None
-    if rec.is_open and rec.address:
-        ledger = asyncio.run(fetch_ledger_async(rec.address, get_provider(rec.provider).security(rec)))
-    spend = spend_of(rec, ledger)
-    if spend.amount is None and rec.cost is not None:
-        spend = Spend(rec.cost, rec.rate_per_hour, "last figure recorded by its kernel")
-    print(f"{rec.name} ({rec.provider}, {rec.state}): spend {spend.text()}")
-    if ledger is None:
-        print("  no ledger reachable" + ("" if rec.is_open else " (cluster closed)"))
-        return 0
-
-    class _Row:
-        def __init__(self) -> None:
-            self.record = rec
-            self.registry = registry
-            self.id = rec.id
-
-    usage = Usage(_Row())
-    print(_text(usage.summary(ledger)))
-    return 0
