@@ -117,6 +117,11 @@ def test_tls_files_from_config(tmp_path: Path) -> None:
     tls = make_tls_files(tmp_path / "tls")
     procs = DaskProcesses(tmp_path, workers=1, tls=tls)
     try:
+        from distributed.security import Security
+
+        # a refused loopback port fails at once now: wait until the scheduler listens
+        wait_for_workers(procs.address, 1, security=Security(tls_ca_file=tls["ca_file"], tls_client_cert=tls["cert"],
+                                                             tls_client_key=tls["key"], require_encryption=True))
         with dask.config.set({"cumulo.tls.ca-file": tls["ca_file"], "cumulo.tls.cert": tls["cert"],
                               "cumulo.tls.key": tls["key"]}):
             with cumulo.connect(procs.address) as cluster:
@@ -179,13 +184,18 @@ def test_insecure_remote_allowed_only_when_asked() -> None:
 
 
 def test_unreachable_scheduler_times_out_cleanly() -> None:
+    import socket
+
     before = _children()
-    port = free_port()
-    with dask.config.set({"cumulo.connect.timeout": "2s"}):
-        t0 = time.monotonic()
-        with pytest.raises(ConnectTimeout, match="no Dask scheduler answered"):
-            cumulo.connect(f"tcp://127.0.0.1:{port}", name="nowhere")
-        assert time.monotonic() - t0 < 15
+    with socket.socket() as silent:  # listens, never answers (a closed port now fails at once instead)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        with dask.config.set({"cumulo.connect.timeout": "2s"}):
+            t0 = time.monotonic()
+            with pytest.raises(ConnectTimeout, match="no Dask scheduler answered"):
+                cumulo.connect(f"tcp://127.0.0.1:{port}", name="nowhere")
+            assert time.monotonic() - t0 < 15
     row = Registry().latest("nowhere")
     assert row.state == "failed" and "no Dask scheduler answered" in row.note
     assert not (_children() - before)

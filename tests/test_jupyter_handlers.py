@@ -122,6 +122,10 @@ async def test_launch_list_scale_usage_stop(jp_fetch: Any, manager: ClusterManag
         ("POST", "cumulo/clusters", {"provider": "local", "workers": -3}, 400, "workers=-3"),
         ("POST", "cumulo/clusters", {"provider": "local", "gpus": 2}, 400, "unknown cluster spec field"),
         ("POST", "cumulo/clusters", {"provider": "nowhere"}, 400, "unknown provider"),
+        ("POST", "cumulo/clusters", '{"provider": "local", "budget": NaN}', 400, "NaN is not a JSON value"),
+        ("POST", "cumulo/clusters", '{"provider": "local", "budget": Infinity}', 400, "Infinity is not a JSON value"),
+        ("POST", "cumulo/clusters", '{"provider": "local", "budget": 1e400}', 400,
+         "budget=inf must be a positive number of dollars"),
         ("POST", "cumulo/clusters/ghost/scale", {"workers": 2}, 404, "no open cluster named 'ghost'"),
         ("POST", "cumulo/clusters/ghost/scale", {"workers": "two"}, 400, "whole number"),
         ("DELETE", "cumulo/clusters/ghost", None, 404, "no open cluster named 'ghost'"),
@@ -220,3 +224,56 @@ async def test_cookie_authenticated_post_without_xsrf_is_refused(
                                        body=json.dumps({"provider": "local"}))
     assert info.value.code == 403 and b"_xsrf" in (info.value.response.body or b"")
     assert jp_serverapp.web_app.settings["cumulo_manager"].list(live=False)["clusters"] == []
+
+
+def strict_json(body: bytes) -> Any:
+    """Parse as a browser's JSON.parse would: NaN, Infinity and -Infinity are errors."""
+    def refuse(word: str) -> Any:
+        raise ValueError(f"{word} is not JSON")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def test_to_json_turns_non_finite_numbers_into_null() -> None:
+    import numpy as np
+
+    from cumulo.jupyter.manager import to_json
+
+    data = {"a": float("inf"), "b": [np.float64("nan"), -float("inf")], "c": 1.5, "d": (1, np.int64(2))}
+    assert strict_json(to_json(data).encode()) == {"a": None, "b": [None, None], "c": 1.5, "d": [1, 2]}
+
+
+@on_server_loop
+async def test_replies_never_carry_non_json_numbers(jp_fetch: Any, manager: ClusterManager) -> None:
+    """A row whose budget is inf (written before ClusterSpec refused it) must not break the sidebar."""
+    manager.registry.create("unbounded", "local", {}, state="running", budget=float("inf"))
+    response = await jp_fetch("cumulo", "clusters", method="GET")
+    data = strict_json(response.body)
+    assert [(c["name"], c["budget"]) for c in data["clusters"]] == [("unbounded", None)]
+    response = await jp_fetch("cumulo", "clusters", "unbounded", "usage", method="GET")
+    assert strict_json(response.body)["cluster"]["budget"] is None
+
+
+@pytest.fixture
+def bad_lease_grace() -> Any:
+    """A config value that the server's reaper would only trip over at its first sweep."""
+    import dask
+
+    with dask.config.set({"cumulo.guards.lease-grace": "soon"}):
+        yield
+
+
+@on_server_loop
+async def test_server_start_refuses_bad_config_naming_the_key(
+    bad_lease_grace: None, jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    """No dead reaper: the error names the key, no reaper runs, and the sidebar's calls answer with it."""
+    settings = jp_serverapp.web_app.settings
+    assert "cumulo.guards.lease-grace: 'soon' is not a duration" in str(settings["cumulo_config_error"])
+    (extension,) = jp_serverapp.extension_manager.extension_apps["cumulo.jupyter"]
+    assert extension.reaper.interval == 0  # no reaper runs on a config it cannot read
+    for method, path in (("GET", "cumulo/clusters"), ("POST", "cumulo/clusters"), ("GET", "cumulo/prices")):
+        status, reply = await call(jp_fetch, method, path, {"provider": "local"} if method == "POST" else None)
+        assert status == 400 and reply["error"] == "ConfigError", reply
+        assert "cumulo.guards.lease-grace: 'soon' is not a duration; use e.g. '2m'" in reply["message"]
+    assert settings["cumulo_manager"].list(live=False)["clusters"] == []  # nothing was launched

@@ -27,12 +27,14 @@ class FakeCluster:
                                     rate_per_hour=2.0 if provider == "priced" else None)
         self.scaled: list[int] = []
         self.closed = False
+        self.status = "running"
 
     def scale(self, n: int) -> None:
         self.scaled.append(n)
 
     def close(self) -> None:
         self.closed = True
+        self.status = "closed"
         Lifecycle(self.registry).closed(self.record.id)
 
 

@@ -39,6 +39,7 @@ from .exceptions import (
 from .lifecycle import Checkpoint, Lifecycle
 from .names import new_name
 from .providers import Deployment, Provider, get_provider, known_providers
+from .providers import provider_class as get_provider_class
 from .providers.address import security_from
 from .registry import ClusterRecord, Registry
 from .spec import MAX_WORKERS, ClusterSpec
@@ -89,18 +90,27 @@ def connect(
     ``keep_alive=True`` lets the cluster outlive this kernel (no kernel lease;
     budget and idle timeout still apply): stop it later with `cumulo down NAME`.
     """
+    from ._spawn import check_main_guard
+
+    reattach = target is None and name is not None and not spec_fields
+    provider_name, address = (None, None) if reattach else _resolve_target(target)
+    # a script re-imported by multiprocessing's spawn would start clusters in every child
+    check_main_guard(starts_processes=provider_name is not None
+                     and get_provider_class(provider_name).lives_in_owner_process)
+    config.validate()  # a bad cumulo.* value is a clear error naming the key, before anything starts
     registry = registry or Registry()
     if name is not None:
         from .spec import validate_name
 
         validate_name(name)
-    if target is None and name is not None and not spec_fields:
+    if reattach:
+        assert name is not None
         record = registry.find_open(name)
         if record is None:
             raise ClusterNotFound(_not_found_message(name, registry))
         return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
 
-    provider_name, address = _resolve_target(target)
+    assert provider_name is not None
     for flag, value in (("confirm", confirm), ("keep_alive", keep_alive)):
         if value:
             spec_fields["options"] = {**spec_fields.get("options", {}), flag: True}

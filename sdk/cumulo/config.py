@@ -4,10 +4,16 @@ Defaults come from ``cumulo.yaml`` beside this module and are merged into
 dask.config in memory on import; nothing is ever written to the user's disk.
 Users override them the way they override any dask setting (YAML in
 ~/.config/dask, ``DASK_CUMULO__...`` environment variables, ``dask.config.set``).
+:func:`validate` checks the effective values against ``cumulo-schema.yaml``
+(without jsonschema, which takes over a second to import) before they are used.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,7 @@ import dask.config
 import yaml
 
 from .exceptions import ConfigError
+from .spec import duration_seconds
 
 __all__ = ["get", "path_of_registry", "schema", "validate"]
 
@@ -25,6 +32,7 @@ _SCHEMA_FILE = _HERE / "cumulo-schema.yaml"
 
 
 def _load_defaults() -> dict[str, Any]:
+    """The shipped defaults, as {"cumulo": {...}}."""
     with open(_DEFAULTS_FILE) as f:
         return yaml.safe_load(f)
 
@@ -44,17 +52,167 @@ def get(key: str, default: Any = None) -> Any:
 
 
 def validate() -> None:
-    """Check the effective ``cumulo.*`` settings against the schema; raise ConfigError if they fail."""
-    import jsonschema  # imported here: it takes seconds to import, and import cumulo must stay fast
+    """Check every effective ``cumulo.*`` setting against cumulo-schema.yaml; raise ConfigError if one fails.
 
-    try:
-        jsonschema.validate(dask.config.get("cumulo"), schema())
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(p) for p in exc.absolute_path) or "(top)"
+    Run where settings are about to be used (connect(), the Jupyter server's start), so
+    that a typo is one clear error naming the key instead of a guard or reaper that
+    dies later, or a setting silently read as "off". Checks types, enums, numeric
+    bounds, that numbers are finite, that ``format: duration`` values parse with
+    dask.utils.parse_timedelta (their bounds apply to the seconds), ``format: bytes``
+    sizes, and that no unknown key is set. All problems are reported at once.
+    """
+    problems: list[tuple[str, str]] = []
+    rules, defaults = _rules()
+    _check(dask.config.get("cumulo", default={}), rules, ["cumulo"], defaults, problems)
+    if not problems:
+        return
+    lines = [f"{key}: {why}" for key, why in problems]
+    if len(lines) == 1:
+        env = "DASK_" + "__".join(p.upper().replace("-", "_") for p in problems[0][0].split("[")[0].split("."))
         raise ConfigError(
-            f"cumulo config key 'cumulo.{where}' is invalid: {exc.message}. "
-            "Fix it in your dask config YAML or DASK_CUMULO__* environment variables."
-        ) from None
+            f"{lines[0]}. Fix it where it is set: a YAML file under ~/.config/dask, "
+            f"the environment variable {env}, or dask.config.set()."
+        )
+    raise ConfigError(
+        "invalid cumulo config:\n  " + "\n  ".join(lines) + "\nFix them where they are set: YAML files under "
+        "~/.config/dask, DASK_CUMULO__SECTION__KEY environment variables, or dask.config.set()."
+    )
+
+
+@functools.cache
+def _rules() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The schema and the shipped defaults, read once (validate() runs on every connect())."""
+    return schema(), _load_defaults()["cumulo"]
+
+
+#: The JSON-schema keywords _check understands; a test keeps cumulo-schema.yaml within them.
+_SCHEMA_KEYWORDS = frozenset({
+    "$schema", "title", "description", "type", "properties", "additionalProperties", "items",
+    "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "format",
+})
+
+_TYPE_WORDS = {
+    "string": "a string", "number": "a number", "integer": "a whole number", "boolean": "true or false",
+    "null": "null", "array": "a list", "object": "a mapping",
+}
+
+
+def _show(value: Any) -> str:
+    """A value as the user would write it in YAML (strings quoted, so that '' and ' ' show)."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (bool, type(None))) or (isinstance(value, float) and math.isfinite(value)):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "null":
+        return value is None
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "array":
+        return isinstance(value, (list, tuple))
+    if kind == "object":
+        return isinstance(value, dict)
+    return False
+
+
+def _hint(node: dict[str, Any], default: Any) -> str:
+    """'; use e.g. <default>' plus what null means, for the end of a message."""
+    kinds = node.get("type", [])
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    example = default if default is not None else ("20m" if node.get("format") == "duration" else None)
+    if example is None or isinstance(example, dict):
+        return ""
+    text = f"; use e.g. {_show(example)}"
+    if "null" in kinds:
+        text += ", or null to turn it off" if node.get("format") == "duration" else ", or null"
+    return text
+
+
+def _check(value: Any, node: dict[str, Any], path: list[str], default: Any, problems: list[tuple[str, str]]) -> None:
+    """Append (key, why) for each way ``value`` fails ``node``; ``default`` is the shipped value there."""
+    key = ".".join(path)
+    if "enum" in node and value not in node["enum"]:
+        problems.append((key, f"{_show(value)} is not one of {', '.join(_show(v) for v in node['enum'])}"))
+        return
+    kinds = node.get("type")
+    if kinds is not None:
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        if not any(_is(value, k) for k in kinds):
+            if node.get("format") == "duration" and "string" in kinds:
+                expected = "a duration"
+            else:
+                expected = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds)
+            problems.append((key, f"{_show(value)} is not {expected}{_hint(node, default)}"))
+            return
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append((key, f"{_show(value)} is not a finite number{_hint(node, default)}"))
+        return
+    if isinstance(value, dict):
+        _check_mapping(value, node, path, default if isinstance(default, dict) else {}, problems)
+        return
+    if isinstance(value, (list, tuple)) and "items" in node:
+        for i, item in enumerate(value):
+            _check(item, node["items"], [*path[:-1], f"{path[-1]}[{i}]"], None, problems)
+        return
+    amount: Any = value
+    fmt = node.get("format")
+    if fmt == "duration":
+        try:
+            amount = duration_seconds(value)
+        except ValueError as exc:
+            problems.append((key, f"{_show(value)} {exc}{_hint(node, default)}"))
+            return
+    elif fmt == "bytes" and value != "auto":
+        from dask.utils import parse_bytes
+
+        try:
+            amount = parse_bytes(value) if isinstance(value, str) else value
+        except (ValueError, TypeError, OverflowError):
+            problems.append((key, f"{_show(value)} is not a size; use e.g. 'auto', '4GiB' or a number of bytes"))
+            return
+    if isinstance(amount, (int, float)) and not isinstance(amount, bool):
+        unit = " seconds" if fmt == "duration" else ""
+        for word, test, text in (
+            ("minimum", lambda a, b: a >= b, "at least"),
+            ("exclusiveMinimum", lambda a, b: a > b, "more than"),
+            ("maximum", lambda a, b: a <= b, "at most"),
+            ("exclusiveMaximum", lambda a, b: a < b, "less than"),
+        ):
+            if word in node and not test(amount, node[word]):
+                problems.append((key, f"{_show(value)} must be {text} {node[word]:g}{unit}{_hint(node, default)}"))
+                return
+
+
+def _check_mapping(
+    value: dict[str, Any], node: dict[str, Any], path: list[str], defaults: dict[str, Any],
+    problems: list[tuple[str, str]],
+) -> None:
+    """Check each key of a mapping; dask accepts ``idle_timeout`` for ``idle-timeout``, so does this."""
+    props: dict[str, Any] = node.get("properties", {})
+    for raw, item in value.items():
+        name = str(raw)
+        known = name if name in props else name.replace("_", "-")
+        if known in props:
+            _check(item, props[known], [*path, known], defaults.get(known), problems)
+        elif node.get("additionalProperties", True) is False:
+            close = difflib.get_close_matches(known, list(props), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            problems.append(
+                (".".join([*path, name]), f"unknown key; {hint}known keys here: {', '.join(sorted(props))}")
+            )
 
 
 def path_of_registry() -> Path:

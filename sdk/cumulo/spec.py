@@ -4,21 +4,35 @@ A ClusterSpec is plain data (JSON-serialisable, no secrets) so that it can be
 stored in the registry, sent by the JupyterLab extension, and compared when a
 cluster is re-attached. Every check raises SpecError with a message that names
 the field and shows a valid form.
+
+Beside it live the address helpers the providers' preflights use (parse_address,
+probe_loopback: a refused loopback port fails at once instead of after the connect
+timeout) and duration_seconds, the one reading of durations shared with cumulo.config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from dask.utils import parse_bytes, parse_timedelta
 
-from .exceptions import SpecError
+from .exceptions import ConnectError, SpecError
 
-__all__ = ["ClusterSpec", "parse_address", "is_loopback_host", "MAX_WORKERS", "validate_name"]
+__all__ = [
+    "MAX_WORKERS",
+    "ClusterSpec",
+    "duration_seconds",
+    "is_loopback_host",
+    "parse_address",
+    "probe_loopback",
+    "validate_name",
+]
 
 #: Upper bound on workers in one request; above this is almost surely a typo.
 MAX_WORKERS = 1024
@@ -67,6 +81,64 @@ def parse_address(address: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port
 
 
+def duration_seconds(value: object) -> float:
+    """The seconds in a duration such as '20m', '1.5h' or 90, as dask.utils.parse_timedelta reads it.
+
+    parse_timedelta answers bad input with KeyError, IndexError or OverflowError
+    ('1e400s') and lets inf/nan through; this raises ValueError for all of them, with
+    the reason as its message, so that callers can name the field in their own error.
+    A negative duration ('-1s', -1) is returned as such: the caller says what minimum applies.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError("is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip() if isinstance(value, str) else value
+        sign = 1.0
+        if isinstance(text, str) and text.startswith("-"):  # parse_timedelta cannot read '-1s'
+            sign, text = -1.0, text[1:].strip()
+        if text == "":
+            raise ValueError("is not a duration")
+        try:
+            parsed = parse_timedelta(text)
+        except OverflowError:
+            raise ValueError("is not a finite duration") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise ValueError("is not a duration") from None
+        if parsed is None:
+            raise ValueError("is not a duration")
+        seconds = sign * float(parsed)
+    if not math.isfinite(seconds):
+        raise ValueError("is not a finite duration")
+    return seconds
+
+
+def probe_loopback(address: str, *, timeout: float = 1.0) -> None:
+    """Fail at once when nothing listens at a loopback scheduler address.
+
+    A refused TCP connection on this machine is a definite answer, so it raises
+    ConnectError naming the address instead of letting connect() wait out
+    ``cumulo.connect.timeout``. Only tcp-based schemes on loopback hosts are probed;
+    anything else, and any other outcome (it answered, a timeout), returns quietly and
+    leaves the real connection attempt to decide.
+    """
+    scheme, host, port = parse_address(address)
+    if scheme not in ("tcp", "tls", "ws", "wss") or not is_loopback_host(host):
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            return
+    except ConnectionRefusedError:
+        raise ConnectError(
+            f"nothing listens at {address}: the connection was refused. Start the scheduler first "
+            f"(e.g. `dask scheduler --host {host} --port {port}`), check the port, or call "
+            "cumulo.connect() with no address to start a local cluster"
+        ) from None
+    except OSError:
+        return
+
+
 def _positive_int(name: str, value: Any, *, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{name}={value!r} must be a whole number between 0 and {maximum}")
@@ -76,6 +148,16 @@ def _positive_int(name: str, value: Any, *, maximum: int) -> int:
             + (" (a larger cluster is almost surely a typo)" if value > maximum else "")
         )
     return value
+
+
+def _text(name: str, value: Any, example: str, *, optional: bool = False) -> Any:
+    """A non-blank string field, stripped; None passes when ``optional``."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        what = "is blank" if isinstance(value, str) else f"must be a string, not {type(value).__name__}"
+        raise SpecError(f"{name}={value!r} {what}: pass e.g. {name}={example}")
+    return value.strip()
 
 
 @dataclass
@@ -111,9 +193,14 @@ class ClusterSpec:
         self.validate()
 
     def validate(self) -> None:
-        """Raise SpecError on the first invalid field."""
-        if not isinstance(self.provider, str) or not self.provider:
-            raise SpecError(f"provider={self.provider!r} must be a provider name such as 'local'")
+        """Raise SpecError on the first invalid field; strings are stripped of surrounding blanks."""
+        self.provider = _text("provider", self.provider, "'local' or 'lambda'")
+        self.gpu = _text("gpu", self.gpu, "'A100' or 'H100' (leave it out for CPU workers)", optional=True)
+        self.instance_type = _text("instance_type", self.instance_type, "'gpu_1x_a100'", optional=True)
+        self.region = _text("region", self.region, "'us-east-1' (leave it out to pick one)", optional=True)
+        self.image = _text("image", self.image, "'ghcr.io/dask/dask:latest'", optional=True)
+        if not isinstance(self.spot, bool):
+            raise SpecError(f"spot={self.spot!r} must be True or False (spot=True asks for spot instances)")
         if self.name is not None:
             validate_name(self.name)
         if self.address is not None:
@@ -127,28 +214,43 @@ class ClusterSpec:
         if self.gpus_per_worker is not None:
             _positive_int("gpus_per_worker", self.gpus_per_worker, maximum=16)
         if self.memory_limit is not None and self.memory_limit != "auto":
+            limit = self.memory_limit
             try:
-                nbytes = parse_bytes(self.memory_limit) if isinstance(self.memory_limit, str) else int(self.memory_limit)
-            except (ValueError, TypeError):
+                if isinstance(limit, bool):  # int(True) would be a 1-byte limit
+                    raise TypeError
+                nbytes = parse_bytes(limit) if isinstance(limit, str) else int(limit)
+            except (ValueError, TypeError, OverflowError):
                 raise SpecError(
                     f"memory_limit={self.memory_limit!r} is not a size: use 'auto', '4GiB' or a number of bytes"
                 ) from None
             if nbytes < 0:
                 raise SpecError(f"memory_limit={self.memory_limit!r} must not be negative")
         if self.budget is not None:
-            if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or self.budget <= 0:
-                raise SpecError(f"budget={self.budget!r} must be a positive number of dollars, e.g. budget=20.0")
+            # nan compares False with everything and inf is no cap: both would silently mean "no budget"
+            if (
+                isinstance(self.budget, bool)
+                or not isinstance(self.budget, (int, float))
+                or not math.isfinite(self.budget)
+                or self.budget <= 0
+            ):
+                raise SpecError(
+                    f"budget={self.budget!r} must be a positive number of dollars, e.g. budget=20.0 "
+                    "(nan and inf are not amounts); leave it out (budget=None) for no budget"
+                )
             self.budget = float(self.budget)
         if self.idle_timeout is not None:
             try:
-                seconds = parse_timedelta(self.idle_timeout)
-            except (ValueError, KeyError, TypeError):
+                seconds = duration_seconds(self.idle_timeout)
+            except ValueError as exc:
                 raise SpecError(
-                    f"idle_timeout={self.idle_timeout!r} is not a duration: use e.g. '20m', '1h' or seconds"
+                    f"idle_timeout={self.idle_timeout!r} {exc}: use e.g. idle_timeout='20m', '1h' or a number "
+                    "of seconds; leave it out (idle_timeout=None) to use cumulo.guards.idle-timeout"
                 ) from None
-            if seconds is None or seconds <= 0:
+            if seconds <= 0:
                 raise SpecError(f"idle_timeout={self.idle_timeout!r} must be a positive duration such as '20m'")
-            self.idle_timeout = float(seconds)
+            self.idle_timeout = seconds
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise SpecError("options must be a dict with string keys, e.g. options={'confirm': True}")
         if not isinstance(self.env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
         ):
@@ -159,6 +261,20 @@ class ClusterSpec:
                     f"{key!r} looks like a secret; cluster specs are stored and shown, so pass "
                     "credentials through the provider's credential source (environment, key file, keyring) instead"
                 )
+
+    def require_workers(self, why: str = "nothing would run on it") -> None:
+        """Refuse workers=0 for a provider where a cluster without workers makes no sense.
+
+        ClusterSpec allows workers=0 (a cluster scaled to zero is a real state); a
+        provider's preflight calls this when *starting* with none is a mistake, e.g.
+        the local default (every computation would wait forever) or a provider that
+        bills the scheduler's own instance. ``why`` ends the message.
+        """
+        if self.workers == 0:
+            raise SpecError(
+                f"workers=0 starts a cluster with no workers, and {why}: pass workers=1 or more "
+                "(leave it out for the default); scale later with cluster.scale(n) or cluster.adapt()"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data, fields left at None omitted."""

@@ -17,6 +17,7 @@ its ``CUDA_VISIBLE_DEVICES``; each rank uses ``cuda:0`` of its worker (see
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -34,6 +35,7 @@ from distributed import Client, Future
 from . import _remote, config, progress
 from ._workers import WorkerInfo, free_port, probe_workers, require, resolve_client
 from .exceptions import NoGPUWorkers, SpecError, TrainingError
+from .spec import duration_seconds
 
 __all__ = ["RankContext", "RankShards", "by_rank", "context", "torch", "xgboost"]
 
@@ -324,11 +326,10 @@ def torch(
 
     Raises TrainingError (naming the rank, with its traceback) if any rank fails.
     """
-    if result not in ("all", "rank0"):
-        raise SpecError(f"result must be 'all' or 'rank0', not {result!r}.")
+    timeout_s = _check_torch_arguments(fn, args, kwargs, workers=workers, result=result, backend=backend,
+                                       timeout=timeout)
     require("torch")
     client = resolve_client(cluster)
-    timeout_s = float(parse_timedelta(timeout if timeout is not None else config.get("train.timeout", "5m"), "s"))
     infos, on_gpu = _choose_workers(client, workers)
     backend = backend or ("nccl" if on_gpu else "gloo")
     world = len(infos)
@@ -381,6 +382,66 @@ def torch(
     _raise_for_failures(outcomes, infos, pending, gone, timeout_s)
     values = [outcomes[r]["value"] for r in range(world)]
     return values[0] if result == "rank0" else values
+
+
+_TORCH_OPTIONS = "workers=[worker addresses], result='all'|'rank0', backend='nccl'|'gloo', timeout='5m'"
+
+
+def _check_torch_arguments(
+    fn: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    workers: Any,
+    result: Any,
+    backend: Any,
+    timeout: Any,
+) -> float:
+    """Check train.torch's own options and that ``fn`` accepts the rest; return the timeout in seconds.
+
+    Done before anything is sent to a worker, so that a typo is one SpecError naming
+    the accepted arguments, not a TypeError from inside (or the same TypeError on every rank).
+    """
+    if not callable(fn):
+        raise SpecError(f"train.torch needs the training function first, not {type(fn).__name__}: "
+                        "cumulo.train.torch(fn, cluster, ...)")
+    if workers is not None and (
+        isinstance(workers, (str, bytes)) or not isinstance(workers, Sequence)
+        or not workers or not all(isinstance(w, str) for w in workers)
+    ):
+        raise SpecError(
+            f"workers={workers!r} must be a non-empty list of worker addresses, e.g. "
+            "workers=list(cluster.client.scheduler_info()['workers'])[:2], or left out to train on every "
+            "(GPU) worker; to train on fewer workers, pick their addresses"
+        )
+    if result not in ("all", "rank0"):
+        raise SpecError(f"result must be 'all' or 'rank0', not {result!r}.")
+    if backend is not None and (not isinstance(backend, str) or not backend.strip()):
+        raise SpecError(f"backend={backend!r} must be a torch.distributed backend name such as 'nccl' or 'gloo', "
+                        "or left out to choose by the workers' GPUs")
+    value = timeout if timeout is not None else config.get("train.timeout", "5m")
+    try:
+        seconds = duration_seconds(value)
+    except ValueError as exc:
+        raise SpecError(f"timeout={value!r} {exc}: use e.g. timeout='5m' or a number of seconds") from None
+    if seconds <= 0:
+        raise SpecError(f"timeout={value!r} must be a positive duration such as '5m'")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C functions have no signature: let them be
+        return seconds
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        plain = signature.replace(  # parameter names and defaults are what the user needs to see
+            parameters=[q.replace(annotation=inspect.Parameter.empty) for q in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty,
+        )
+        raise SpecError(
+            f"{getattr(fn, '__name__', 'fn')}{plain} cannot take these arguments ({exc}). train.torch passes "
+            f"its extra arguments to fn; its own keyword arguments are {_TORCH_OPTIONS}"
+        ) from None
+    return seconds
 
 
 def _alive(client: Client) -> set[str]:

@@ -6,12 +6,12 @@ import asyncio
 import logging
 from typing import Any
 
-from dask.utils import parse_timedelta
 from jupyter_server.extension.application import ExtensionApp
 
 from .. import config
-from ..exceptions import CumuloError
+from ..exceptions import ConfigError, CumuloError
 from ..registry import Registry
+from ..spec import duration_seconds
 from .handlers import make_handlers
 from .manager import ClusterManager
 
@@ -73,10 +73,26 @@ class CumuloExtension(ExtensionApp):
     reaper: Reaper
 
     def initialize_settings(self) -> None:
+        """Check the cumulo config, then set up the manager and the reaper.
+
+        A config value that fails the schema would otherwise surface later as a reaper
+        that dies on its first sweep (or a guard read as "off"). Then the error naming
+        the key is logged, no reaper runs, and every cumulo route answers with it, so
+        that the Compute sidebar shows it too, until the server is restarted with it fixed.
+        """
         self.manager = ClusterManager(Registry())
-        interval = parse_timedelta(config.get("jupyter.reap-interval")) or 0
-        self.reaper = Reaper(self.manager, float(interval))
         self.settings["cumulo_manager"] = self.manager
+        try:
+            config.validate()
+        except ConfigError as exc:
+            self.settings["cumulo_config_error"] = exc
+            self.reaper = Reaper(self.manager, 0.0)
+            self.log.error("cumulo: %s Until it is fixed and the server restarted, the Compute sidebar and "
+                           "the reaper are off.", exc)
+            return
+        configured = config.get("jupyter.reap-interval")
+        interval = duration_seconds(configured) if configured is not None else 0.0
+        self.reaper = Reaper(self.manager, interval)
         self.log.info("cumulo: registry %s, reaper every %ss", self.manager.registry.path, interval or "(off)")
 
     def initialize_handlers(self) -> None:

@@ -41,7 +41,7 @@ from ..exceptions import (
     RegistryError,
     SpecError,
 )
-from .manager import ClusterManager
+from .manager import ClusterManager, to_json
 
 __all__ = ["HTTP_STATUS", "http_status", "make_handlers"]
 
@@ -90,7 +90,7 @@ class CumuloHandler(APIHandler):
         if not self.request.body:
             return {}
         try:
-            return json.loads(self.request.body)
+            return json.loads(self.request.body, parse_constant=_no_constant)
         except ValueError as exc:
             raise Refused(400, f"request body is not JSON: {exc}", "SpecError") from None
 
@@ -99,12 +99,19 @@ class CumuloHandler(APIHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, Refused):
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"message": exc.message, "error": exc.error, "reason": exc.reason}))
+            self.finish(to_json({"message": exc.message, "error": exc.error, "reason": exc.reason}))
             return
         super().write_error(status_code, **kwargs)
 
     async def call(self, fn: Any, *args: Any, blocking: bool = False, **kwargs: Any) -> Any:
-        """Run a manager method (on a thread when ``blocking``), mapping cumulo errors to statuses."""
+        """Run a manager method (on a thread when ``blocking``), mapping cumulo errors to statuses.
+
+        While the server's cumulo config is invalid (see CumuloExtension.initialize_settings)
+        every call is refused with that error, which names the key to fix.
+        """
+        config_error = self.settings.get("cumulo_config_error")
+        if config_error is not None:
+            raise Refused(http_status(config_error), str(config_error), type(config_error).__name__)
         try:
             if blocking:
                 return await IOLoop.current().run_in_executor(None, lambda: fn(*args, **kwargs))
@@ -113,8 +120,14 @@ class CumuloHandler(APIHandler):
             raise Refused(http_status(exc), str(exc), type(exc).__name__) from exc
 
     def reply(self, data: Any, status: int = 200) -> None:
+        """Write ``data`` as JSON; numbers that are not finite (NaN, inf) go out as null."""
         self.set_status(status)
-        self.finish(json.dumps(data))
+        self.finish(to_json(data))
+
+
+def _no_constant(word: str) -> Any:
+    """json.loads accepts NaN and Infinity, which are not JSON: refuse them like any other bad body."""
+    raise ValueError(f"{word} is not a JSON value; send a finite number, or null")
 
 
 class Refused(tornado.web.HTTPError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import json
 import logging
 import math
 import os
@@ -31,14 +32,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
-from ..registry import ClusterRecord, Registry
+from ..registry import OPEN_STATES, ClusterRecord, Registry
 from ..spec import MAX_WORKERS, ClusterSpec, validate_name
 
-__all__ = ["ClusterManager", "Launch", "day_start"]
+__all__ = ["ClusterManager", "Launch", "day_start", "to_json"]
 
 log = logging.getLogger("cumulo.jupyter")
 
@@ -129,14 +129,14 @@ class ClusterManager:
         records = self.registry.list(since=since)
         ledgers = _read_ledgers([r for r in records if r.is_open]) if live else {}
         rows = [self._row(r, now=now, since=since, ledger=ledgers.get(r.id)) for r in records]
-        names = {r["name"] for r in rows if r["state"] in ("starting", "running", "closing")}
+        names = {r["name"] for r in rows if r["state"] in OPEN_STATES}
         with self._lock:
             for name, launch in list(self._launches.items()):
                 if launch.state == "failed" and now - launch.started > self._failed_ttl:
                     del self._launches[name]
                 elif name not in names or launch.state == "failed":
                     rows.insert(0, launch.as_row())
-        open_rows = [r for r in rows if r["state"] in ("launching", "starting", "running", "closing")]
+        open_rows = [r for r in rows if r["state"] == "launching" or r["state"] in OPEN_STATES]
         rates = [r["rate_per_hour"] for r in open_rows if r.get("rate_per_hour") is not None]
         today = [r["spent_today"] for r in rows if r.get("spent_today") is not None]
         return {
@@ -187,6 +187,9 @@ class ClusterManager:
         else:
             row["owned_by"] = "elsewhere"
         row["budget_used"] = (spent / rec.budget) if (spent is not None and rec.budget) else None
+        #: an open row can always be stopped from the sidebar, whoever owns it and whatever its state
+        row["stoppable"] = rec.is_open
+        row["may_bill"] = rec.may_bill
         return row
 
     def _open(self, name: str) -> ClusterRecord:
@@ -205,9 +208,11 @@ class ClusterManager:
         spec = ClusterSpec.from_dict(body)
         if spec.name is None:
             spec.name = f"{spec.provider}-{secrets.token_hex(2)}"
-        if spec.provider == "address":
+        from ..providers import provider_class
+
+        if not provider_class(spec.provider).launchable_from_server:
             raise SpecError(
-                "provider 'address' attaches to a scheduler someone else runs: "
+                f"provider {spec.provider!r} attaches to a scheduler someone else runs: "
                 "connect to it from a notebook with cumulo.connect('tcp://host:port')"
             )
         return spec
@@ -285,10 +290,11 @@ class ClusterManager:
         return {"name": name, "workers": n}
 
     def stop(self, name: str) -> dict[str, Any]:
-        """Stop a cluster by name, whoever started it; returns its final row.
+        """Stop a cluster by name, whoever started it and whatever its open state; returns its final row.
 
         Blocking (a provider confirms termination before the row is closed): the
-        handler runs it on a thread.
+        handler runs it on a thread. A starting cluster whose owner is gone and a
+        "stop failed: may still bill" one are stopped through their provider too.
         """
         with self._lock:
             launch = self._launches.get(name)
@@ -301,7 +307,7 @@ class ClusterManager:
         # the last reading of the ledger, while the scheduler still answers: it becomes the final cost
         last = _spend(rec, _read_ledgers([rec]).get(rec.id), time.time())
         cluster = self._owned.pop(name, None)
-        if cluster is not None:
+        if cluster is not None and cluster.status == "running":
             cluster.close()
         else:
             _stop_elsewhere(rec, self.registry)
@@ -329,14 +335,14 @@ class ClusterManager:
         """The GPU offers of the catalog as JSON rows (NaN as null), for the New cluster form."""
         from .. import catalog  # imported here: pandas and the snapshot load only when asked
 
-        from ..providers import known_providers
+        from ..providers import known_providers, provider_class
 
         frame = catalog.prices(gpu=gpu, provider=provider)
         rows = []
         for rec in frame.to_dict(orient="records"):
             rows.append({str(k): _jsonable(v) for k, v in rec.items()})
-        # providers the server can launch with; "address" attaches to someone else's scheduler instead
-        launchable = [p for p in known_providers() if p != "address"]
+        # providers the server can launch with (not those that attach to someone else's scheduler)
+        launchable = [p for p in known_providers() if provider_class(p).launchable_from_server]
         return {"offers": rows, "providers": launchable}
 
     def usage(self, name: str) -> dict[str, Any]:
@@ -351,17 +357,23 @@ class ClusterManager:
         if ledger is not None:
             from ..metering import Usage
 
-            holder = SimpleNamespace(record=rec, registry=self.registry, client=None)
-            summary = _jsonable(Usage(holder).summary(ledger))
+            summary = _jsonable(Usage.of_record(rec, self.registry).summary(ledger))
         return {"cluster": row, "events": events, "usage": summary}
 
     def reap(self) -> list[Any]:
-        """One sweep of the guards (expired leases, budgets, idle timeouts), as `cumulo reap` does."""
-        reap = self._reap
-        if reap is None:
-            from ..guards import reap as reap  # noqa: PLW0127 - lazily bound default
-        result = reap(self.registry, dry_run=False)
-        return list(result or [])
+        """One sweep, as `cumulo reap` does: clusters nobody watches (expired leases, budgets, idle
+        timeouts, dead owners of starting clusters, stop-failed retries) and provider orphans.
+
+        Returns the clusters acted on and the orphans found, each with a ``text()``/``line()``.
+        """
+        if self._reap is not None:
+            return list(self._reap(self.registry, dry_run=False) or [])
+        from ..reaper import sweep
+
+        done = sweep(self.registry, dry_run=False)
+        for provider, why in done.unchecked.items():
+            log.debug("cumulo reaper: %s orphans not checked: %s", provider, why)
+        return [*done.clusters, *done.orphans]
 
 
 def _default_connect() -> Callable[..., Any]:
@@ -387,7 +399,7 @@ def _read_ledgers(records: list[ClusterRecord], *, timeout: float = 2.0) -> dict
 
     async def one(rec: ClusterRecord) -> dict[str, Any] | None:
         try:
-            security = get_provider(rec.provider).security(rec) if rec.provider != "address" else None
+            security = get_provider(rec.provider).security(rec)
         except CumuloError:
             return None
         return await fetch_ledger_async(rec.address or "", security, timeout=timeout)
@@ -400,22 +412,36 @@ def _read_ledgers(records: list[ClusterRecord], *, timeout: float = 2.0) -> dict
 
 def _stop_elsewhere(rec: ClusterRecord, registry: Registry) -> None:
     """Stop a cluster another process started, through its provider, as `cumulo down` does."""
-    from ..inventory import stop_record
+    from ..inventory import stop_record, who
 
     registry.event(rec.id, "stop-requested", "stop requested from JupyterLab")
-    asyncio.run(stop_record(rec, registry))
+    asyncio.run(stop_record(rec, registry, why=who("stopped from JupyterLab")))
 
 
 def _jsonable(value: Any) -> Any:
-    """Turn pandas/numpy scalars, timestamps and NaN into plain JSON values."""
+    """Turn pandas/numpy scalars, timestamps, NaN and ±inf into plain JSON values (non-finite -> None).
+
+    JSON has no NaN or Infinity: json.dumps would write them as bare words that the
+    sidebar's JSON.parse rejects, so a number that is not finite is shown as unknown.
+    """
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [_jsonable(v) for v in value]
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def to_json(data: Any) -> str:
+    """The JSON text of a reply: the one place the server turns data into JSON.
+
+    Values go through :func:`_jsonable` first (NaN and ±inf become null), and
+    ``allow_nan=False`` makes any that still slipped through an error here rather
+    than an ``Infinity`` that breaks the sidebar.
+    """
+    return json.dumps(_jsonable(data), allow_nan=False)

@@ -8,13 +8,18 @@ Closing such a cluster disconnects; the scheduler keeps running.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from distributed.security import Security
 
 from .. import config
 from ..exceptions import InsecureAddress, SpecError
-from ..registry import ClusterRecord, Registry
+from ..registry import ClusterRecord
 from ..spec import ClusterSpec, is_loopback_host, parse_address
 from .base import Deployment, Provider
+
+if TYPE_CHECKING:
+    from ..lifecycle import Checkpoint
 
 __all__ = ["AddressProvider", "security_from"]
 
@@ -54,15 +59,13 @@ class AddressProvider(Provider):
 
     name = "address"
     owns_scheduler = False
-
-    def __init__(self, security: Security | None = None, allow_insecure: bool | None = None) -> None:
-        self._security = security
-        self._allow_insecure = allow_insecure
+    launchable_from_server = False  # it attaches to someone else's scheduler: connect from a notebook
+    can_scale = False
 
     def check(self, address: str, security: Security | None) -> None:
         """Refuse addresses that would be unsafe or cannot work, saying what to do instead."""
         scheme, host, _ = parse_address(address)
-        allow = self._allow_insecure
+        allow = self.allow_insecure
         if allow is None:
             allow = bool(config.get("connect.allow-insecure-remote"))
         if scheme == "tcp" and not is_loopback_host(host) and not allow:
@@ -78,14 +81,24 @@ class AddressProvider(Provider):
                 "or set cumulo.tls.ca-file/cert/key"
             )
 
-    async def launch(self, spec: ClusterSpec, *, cluster_id: str, registry: Registry) -> Deployment:
+    async def preflight(self, spec: ClusterSpec) -> None:
         if not spec.address:
             raise SpecError("the address provider needs an address, e.g. connect('tcp://127.0.0.1:8786')")
-        self.check(spec.address, self._security)
-        return Deployment(spec.address, security=self._security)
+        self.check(spec.address, self.security_for_address())
+        from ..spec import probe_loopback  # a refused loopback port fails now, not after connect.timeout
 
-    async def stop(self, record: ClusterRecord, registry: Registry) -> None:
+        probe_loopback(spec.address)
+
+    async def launch(self, spec: ClusterSpec, *, cluster_id: str, checkpoint: Checkpoint) -> Deployment:
+        assert spec.address is not None  # preflight checked it
+        return Deployment(spec.address, security=self.security_for_address())
+
+    async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
         """Nothing to stop: the scheduler belongs to whoever started it."""
 
+    def security_for_address(self) -> Security | None:
+        """The user's TLS, else the cumulo.tls.* config."""
+        return self.user_security if self.user_security is not None else security_from(None)
+
     def security(self, record: ClusterRecord) -> Security | None:
-        return self._security if self._security is not None else security_from(None)
+        return self.security_for_address()
