@@ -38,7 +38,8 @@ from .exceptions import (
 )
 from .lifecycle import Checkpoint, Lifecycle
 from .names import new_name
-from .providers import Deployment, Provider, get_provider, known_providers
+from .providers import DEFAULT as DEFAULT_PROVIDER
+from .providers import Deployment, Provider, get_provider, known_providers, provider_for_address
 from .providers import provider_class as get_provider_class
 from .providers.address import security_from
 from .registry import ClusterRecord, Registry
@@ -131,11 +132,11 @@ def connect(
 
 def _resolve_target(target: str | None) -> tuple[str, str | None]:
     if target is None:
-        return "local", None
+        return DEFAULT_PROVIDER, None
     if not isinstance(target, str):
         raise SpecError(f"connect() target must be a string, not {type(target).__name__}")
     if "://" in target:
-        return "address", target
+        return provider_for_address(target), target
     if ":" in target and target.rsplit(":", 1)[-1].isdigit():
         raise SpecError(f"{target!r} has no scheme: write 'tcp://{target}' (or 'tls://{target}' with certificates)")
     if target in known_providers():
@@ -312,7 +313,7 @@ class Cluster(SyncMethodMixin):
                 self.lifecycle.lost(record, self._provider, f"owner process {record.owner_pid} exited")
                 raise ClusterNotFound(
                     f"cluster {record.name!r} stopped with the process that started it (pid {record.owner_pid}); "
-                    f"start a new one with cumulo.connect('local', name={record.name!r})."
+                    f"start a new one with cumulo.connect({record.provider!r}, name={record.name!r})."
                 ) from exc
             raise ConnectError(
                 f"cluster {record.name!r} is registered as running at {record.address} but does not answer: "

@@ -8,23 +8,40 @@ from typing import Any
 from ..exceptions import SpecError
 from .base import Deployment, Orphan, Provider
 
-__all__ = ["Deployment", "Orphan", "Provider", "get_provider", "known_providers", "provider_class",
-           "register_provider"]
+__all__ = ["DEFAULT", "Deployment", "Orphan", "Provider", "get_provider", "known_providers", "provider_class",
+           "provider_for_address", "register_provider"]
+
+#: The provider connect() uses when given no target: a cluster on this machine.
+DEFAULT = "local"
 
 _BUILTIN = {
     "local": "cumulo.providers.local:LocalProvider",
     "address": "cumulo.providers.address:AddressProvider",
     "lambda": "cumulo.providers.lambda_cloud:LambdaProvider",
 }
+#: Address schemes (``scheme://...``) and the provider that attaches to or launches on them.
+_SCHEMES = {"tcp": "address", "tls": "address"}
 _registered: dict[str, type[Provider]] = {}
 
 
-def register_provider(name: str, cls: type[Provider] | str) -> None:
-    """Make a provider available to connect() under ``name`` (a class or 'module:Class')."""
+def register_provider(name: str, cls: type[Provider] | str, *, schemes: tuple[str, ...] = ()) -> None:
+    """Make a provider available to connect() under ``name`` (a class or 'module:Class'), and for
+    targets written ``scheme://...`` with one of ``schemes``."""
     if isinstance(cls, str):
         _BUILTIN[name] = cls
     else:
         _registered[name] = cls
+    for scheme in schemes:
+        _SCHEMES[scheme] = name
+
+
+def provider_for_address(address: str) -> str:
+    """The provider for a ``scheme://...`` target; SpecError naming the schemes known otherwise."""
+    scheme = address.split("://", 1)[0]
+    if scheme not in _SCHEMES:
+        raise SpecError(f"unknown address scheme {scheme!r} in {address!r}; known: "
+                        + ", ".join(f"{s}://" for s in sorted(_SCHEMES)))
+    return _SCHEMES[scheme]
 
 
 def known_providers() -> list[str]:
