@@ -11,14 +11,28 @@ other and to the test. Terminating kills the process group.
 
 Fault modes (attributes of ``Emulator.faults``, set by tests):
   no_capacity        set of instance type names with no capacity anywhere
-  rate_limit_burst   the next N requests get 429
+  rate_limit_burst   the next N requests get 429 (JSON error body, Retry-After)
+  cloudflare_429     the next N requests get 429 as Lambda's edge sends it: a text body ("error code: 1015"),
+                     no Retry-After
   server_errors      the next N requests get 500
   stuck_booting      instances never leave booting
   terminate_failures the next N terminate requests get 500
   fail_launch_at     the Nth launch request (1-based) answers insufficient-capacity
   launch_500_after_create  launches create instances, then answer 500
+  launch_500         the next N launch requests answer 500 without creating anything
   launch_delay       seconds a launch waits after creating instances, before answering
   echo_credentials   401 answers quote the Authorization header back (a careless server)
+  ssh_key_500_after_create  POST /ssh-keys stores the key, then answers 500
+
+``forget(id)`` terminates an instance and drops it from every answer, as Lambda
+stops listing instances some time after they terminate: GET /instances/{id}
+answers 404 and a terminate naming it is refused as a whole (400).
+
+Launch follows the documented API: one instance per request (``quantity``
+above 1 is refused, as other Lambda clients report) and exactly one existing
+SSH key name. SSH keys can be added (``POST /ssh-keys`` with ``name`` and
+``public_key``, or without a public key to have one generated) and deleted
+(``DELETE /ssh-keys/{id}``).
 """
 
 from __future__ import annotations
@@ -61,13 +75,16 @@ class Faults:
 
     no_capacity: set[str] = field(default_factory=set)
     rate_limit_burst: int = 0
+    cloudflare_429: int = 0
     server_errors: int = 0
     stuck_booting: bool = False
     terminate_failures: int = 0
     fail_launch_at: int | None = None
     launch_500_after_create: bool = False
+    launch_500: int = 0
     launch_delay: float = 0.0
     echo_credentials: bool = False
+    ssh_key_500_after_create: bool = False
 
 
 @dataclass
@@ -83,6 +100,8 @@ class Instance:
     changed: float = field(default_factory=time.monotonic)
     pgid: int | None = None
     workdir: Path | None = None
+    listed: bool = True
+    ssh_key_names: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         cents, desc, vcpus, mem, gpus = PRICES[self.type_name]
@@ -90,7 +109,7 @@ class Instance:
         return {
             "id": self.id, "name": self.name, "status": self.status,
             "ip": self.ip if up else None, "private_ip": self.ip if up else None,
-            "hostname": f"{self.ip.replace('.', '-')}-emulated", "ssh_key_names": ["emulator-key"],
+            "hostname": f"{self.ip.replace('.', '-')}-emulated", "ssh_key_names": list(self.ssh_key_names),
             "file_system_names": [], "is_reserved": False,
             "region": {"name": self.region, "description": REGIONS[self.region]},
             "instance_type": {"name": self.type_name, "description": desc, "price_cents_per_hour": cents,
@@ -112,6 +131,7 @@ class Emulator:
         self.instances: dict[str, Instance] = {}
         self.firewall: list[dict[str, Any]] = [
             {"protocol": "tcp", "port_range": [22, 22], "source_network": "0.0.0.0/0", "description": "SSH"}]
+        #: A key someone else on the account registered (a colleague's): cumulo must never pick it on its own.
         self.ssh_keys = [{"id": "k1", "name": "emulator-key", "public_key": "ssh-ed25519 AAAA emulator"}]
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.launches = 0
@@ -170,6 +190,19 @@ class Emulator:
         with self._lock:
             return [i for i in self.instances.values() if i.status != "terminated"]
 
+    def forget(self, instance_id: str) -> None:
+        """Terminate an instance at once and stop listing it (Lambda forgets terminated instances)."""
+        with self._lock:
+            inst = self.instances[instance_id]
+        self._kill(inst)
+        with self._lock:
+            inst.status, inst.changed, inst.listed = "terminated", time.monotonic(), False
+
+    def listed(self) -> list[Instance]:
+        """Instances the API still shows."""
+        with self._lock:
+            return [i for i in self.instances.values() if i.listed]
+
     def running_process_groups(self) -> list[int]:
         """Process groups of instances that still have a live process."""
         with self._lock:
@@ -213,7 +246,7 @@ class Emulator:
         env = dict(os.environ)
         env.update({
             "CUMULO_ROOT": str(inst.workdir), "CUMULO_BIND_HOST": inst.ip,
-            "CUMULO_DASHBOARD_ADDRESS": f"{inst.ip}:0",
+            "CUMULO_DASHBOARD_PORT": "0",
             "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
         })
         env.pop("LAMBDA_API_KEY", None)  # an instance never sees the user's key
@@ -267,6 +300,9 @@ class Emulator:
         if self.faults.rate_limit_burst > 0:
             self.faults.rate_limit_burst -= 1
             return self._error(429, "global/too-many-requests", "Too many requests.")
+        if self.faults.cloudflare_429 > 0:
+            self.faults.cloudflare_429 -= 1
+            return 429, "error code: 1015", {}
         is_launch = route == "/instance-operations/launch"
         if now - self._last_request < self.request_interval or \
                 (is_launch and now - self._last_launch < self.launch_interval):
@@ -278,14 +314,22 @@ class Emulator:
         if method == "GET" and route == "/instance-types":
             return 200, {"data": self._types()}, {}
         if method == "GET" and route == "/instances":
-            return 200, {"data": [i.to_json() for i in self.instances.values()]}, {}
+            return 200, {"data": [i.to_json() for i in self.instances.values() if i.listed]}, {}
         if method == "GET" and route.startswith("/instances/"):
             inst = self.instances.get(route.rsplit("/", 1)[1])
-            if inst is None:
+            if inst is None or not inst.listed:
                 return self._error(404, "global/object-does-not-exist", "Specified instance does not exist.")
             return 200, {"data": inst.to_json()}, {}
         if method == "GET" and route == "/ssh-keys":
-            return 200, {"data": self.ssh_keys}, {}
+            return 200, {"data": [dict(k) for k in self.ssh_keys]}, {}
+        if method == "POST" and route == "/ssh-keys":
+            return self._add_key(body or {})
+        if method == "DELETE" and route.startswith("/ssh-keys/"):
+            key_id = route.rsplit("/", 1)[1]
+            if not any(k["id"] == key_id for k in self.ssh_keys):
+                return self._error(404, "global/not-found", "The requested resource was not found.")
+            self.ssh_keys = [k for k in self.ssh_keys if k["id"] != key_id]
+            return 200, {"data": {}}, {}
         if method == "GET" and route == "/firewall-rules":
             return 200, {"data": [dict(r) for r in self.firewall]}, {}
         if method == "PUT" and route == "/firewall-rules":
@@ -296,6 +340,10 @@ class Emulator:
             return 200, {"data": self.firewall}, {}
         if method == "POST" and is_launch:
             self._last_launch = now
+            if self.faults.launch_500 > 0:
+                self.faults.launch_500 -= 1
+                self.launches += 1
+                return self._error(500, "global/internal-error", "Something went wrong.")
             return self._launch(body or {})
         if method == "POST" and route == "/instance-operations/terminate":
             if self.faults.terminate_failures > 0:
@@ -325,6 +373,9 @@ class Emulator:
             return self._error(400, "global/invalid-parameters", "Exactly one existing SSH key name is required.")
         if not isinstance(quantity, int) or quantity < 1:
             return self._error(400, "global/invalid-parameters", "quantity must be a positive integer.")
+        if quantity > 1:
+            return self._error(400, "global/invalid-parameters", "Requested too many instances.",
+                               "Input should be less than or equal to 1")
         if type_name in self.faults.no_capacity or self.faults.fail_launch_at == self.launches:
             return self._error(400, "instance-operations/launch/insufficient-capacity",
                                "Not enough capacity to fulfill launch request.",
@@ -338,7 +389,7 @@ class Emulator:
             ip = f"{self._net}.{self._next_host}"
             self._next_host += 1
             self.instances[iid] = Instance(iid, str(body.get("name") or ""), type_name, region, ip,
-                                           str(body.get("user_data") or ""))
+                                           str(body.get("user_data") or ""), ssh_key_names=list(keys))
             ids.append(iid)
         if self.faults.launch_500_after_create:
             return self._error(500, "global/internal-error", "Something went wrong.")
@@ -346,7 +397,7 @@ class Emulator:
 
     def _terminate(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         ids = body.get("instance_ids") or []
-        missing = [i for i in ids if i not in self.instances]
+        missing = [i for i in ids if i not in self.instances or not self.instances[i].listed]
         if missing:
             return self._error(400, "global/invalid-parameters", f"Unknown instance(s): {', '.join(missing)}")
         out = []
@@ -356,6 +407,28 @@ class Emulator:
                 inst.status, inst.changed = "terminating", time.monotonic()
             out.append(inst.to_json())
         return 200, {"data": {"terminated_instances": out}}, {}
+
+
+    def _add_key(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        name, public = body.get("name"), body.get("public_key")
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            return self._error(400, "global/invalid-parameters", "name must be 1 to 64 characters.")
+        if any(k["name"] == name for k in self.ssh_keys):
+            return self._error(400, "global/invalid-parameters", "SSH key name already in use.")
+        key: dict[str, Any] = {"id": uuid.uuid4().hex, "name": name}
+        if public is None:
+            key["public_key"] = f"ssh-ed25519 AAAAgenerated{uuid.uuid4().hex} {name}"
+            answer = {**key, "private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nemulated\n"}
+        elif not isinstance(public, str) or not public.startswith(("ssh-ed25519 ", "ssh-rsa ", "ecdsa-")) \
+                or len(public) > 4096:
+            return self._error(400, "global/invalid-parameters", "public_key is not a valid SSH public key.")
+        else:
+            key["public_key"] = public
+            answer = dict(key)
+        self.ssh_keys.append(key)
+        if self.faults.ssh_key_500_after_create:
+            return self._error(500, "global/internal-error", "Something went wrong.")
+        return 200, {"data": answer}, {}
 
 
 def _live_groups() -> set[int]:
@@ -390,9 +463,10 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         status, payload, headers = self.emu.handle(method, self.path, self.headers.get("Authorization"), body)
-        data = json.dumps(payload).encode()
+        text = isinstance(payload, str)
+        data = (payload if text else json.dumps(payload)).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in headers.items():
             self.send_header(k, v)
@@ -407,6 +481,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
 
 
 def main() -> None:

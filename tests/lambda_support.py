@@ -1,22 +1,34 @@
-"""Fixtures for the Lambda provider tests: an emulator per test, config pointing at it, orphan checks.
+"""Fixtures for the Lambda provider tests: an emulator per test, config pointing at it, and the invariants.
 
 Import the fixtures into a test module (``from .lambda_support import ...``);
 ``no_orphans`` is autouse there: after every test the emulator must hold no
-instance that is not terminated, no instance process may still run, and every
+instance that is not terminated, no instance process may still run, no
+cumulo firewall rule or SSH key may be left on the account, and every
 instance the registry knows must be recorded as terminated.
+
+:func:`start` and :func:`close` drive the provider the way connect() and
+close() do, through cumulo.lifecycle (preflight, then a ``starting`` row, a
+checkpoint, launch; on failure the lifecycle's abandon), so that provider
+tests need no cluster object. :func:`check_agreement` is the invariant the
+fault matrix checks after each fault.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dask
 import pytest
 
-from cumulo.registry import Registry
+from cumulo.lifecycle import Checkpoint, Lifecycle
+from cumulo.providers.base import Deployment
+from cumulo.providers.lambda_cloud import LambdaProvider
+from cumulo.registry import ClusterRecord, Registry
+from cumulo.spec import ClusterSpec
 
 from .lambda_emulator import Emulator
 
@@ -61,9 +73,83 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+@dataclass
+class Started:
+    """A Lambda cluster started through the lifecycle, as connect() would."""
+
+    registry: Registry
+    record: ClusterRecord
+    checkpoint: Checkpoint
+    provider: LambdaProvider
+    deployment: Deployment
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+async def start(spec: ClusterSpec, *, provider: LambdaProvider | None = None, registry: Registry | None = None,
+                name: str = "t") -> Started:
+    """preflight -> begin (row) -> checkpoint -> launch; a failed launch is abandoned by the lifecycle and re-raised."""
+    provider = provider or LambdaProvider()
+    registry = registry or Registry()
+    life = Lifecycle(registry)
+    await provider.preflight(spec)
+    record = life.begin(name, provider, spec.to_dict())
+    checkpoint = life.checkpoint(record, provider)
+    try:
+        deployment = await provider.launch(spec, cluster_id=record.id, checkpoint=checkpoint)
+    except BaseException as exc:
+        await life.abandon(record, provider, exc, checkpoint=checkpoint)
+        raise
+    life.running(record.id)
+    return Started(registry, record, checkpoint, provider, deployment)
+
+
+async def close(started: Started, *, why: str = "closed by the test") -> None:
+    """Stop through the lifecycle with the owner's deployment (the row closes only on a confirmed stop)."""
+    await Lifecycle(started.registry).stop(started.registry.get(started.id), started.provider, why=why,
+                                           deployment=started.deployment)
+
+
+async def stop_from_row(registry: Registry, cluster_id: str, provider: LambdaProvider | None = None) -> None:
+    """Stop as another process would (`cumulo down`): the row and its recorded resources only."""
+    provider = provider or LambdaProvider()
+    await Lifecycle(registry).stop(registry.get(cluster_id), provider, why="cumulo down")
+
+
+def check_agreement(emu: Emulator, registries: Iterable[Registry]) -> None:
+    """The emulator, its firewall and SSH keys, and the registries' resources agree; nothing bills unseen.
+
+    - every instance Lambda lists as not terminated is recorded in an *open* row of some registry;
+    - every instance a registry records as terminated is terminating or terminated at Lambda (or unlisted);
+    - every cumulo firewall rule and SSH key on the account belongs to an open row.
+    """
+    registries = list(registries)
+    open_rows = {r.id for reg in registries for r in reg.list(include_closed=False)}
+    resources = [r for reg in registries for r in reg.resources(provider="lambda")]
+    open_instances = {r.resource_id for r in resources if r.kind == "instance" and r.cluster_id in open_rows}
+    for inst in emu.listed():
+        if inst.status != "terminated":
+            assert inst.id in open_instances, f"{inst.name} ({inst.id}, {inst.status}) bills unseen"
+    listed = {i.id: i for i in emu.listed()}
+    for r in resources:
+        if r.kind == "instance" and r.state == "terminated" and r.resource_id in listed:
+            assert listed[r.resource_id].status in ("terminating", "terminated"), \
+                f"recorded terminated but {listed[r.resource_id].status}: {r.resource_id}"
+    open_names = {r.resource_id for r in resources if r.cluster_id in open_rows}
+    for rule in emu.firewall:
+        desc = str(rule.get("description") or "")
+        if desc.startswith("cumulo-"):
+            assert desc in open_names, f"firewall rule {desc} of no open cluster"
+    for key in emu.ssh_keys:
+        if key["name"].startswith("cumulo-"):
+            assert key["name"] in open_names, f"ssh key {key['name']} of no open cluster"
+
+
 @pytest.fixture(autouse=True)
 def no_orphans(emulator: Emulator) -> Iterator[None]:
-    """After each test: nothing left billing at the emulator, and the registry agrees."""
+    """After each test: nothing left billing at the emulator or on its account, and the registry agrees."""
     yield
     live = [(i.id, i.name, i.status) for i in emulator.live()]
     groups = emulator.running_process_groups()
@@ -71,9 +157,13 @@ def no_orphans(emulator: Emulator) -> Iterator[None]:
     not_terminated = [(r.resource_id, r.state) for r in registry.resources(provider="lambda")
                       if r.kind == "instance" and r.state != "terminated"]
     known = {r.resource_id for r in registry.resources(provider="lambda") if r.kind == "instance"}
-    unrecorded = [i for i in emulator.instances if i not in known and emulator.instances[i].name.startswith("cumulo-")
-                  and any(r.resource_id == emulator.instances[i].name for r in registry.resources(provider="lambda"))]
+    launches = {r.resource_id for r in registry.resources(provider="lambda") if r.kind == "launch"}
+    unrecorded = [i for i, inst in emulator.instances.items() if i not in known and inst.name in launches]
+    rules = [r["description"] for r in emulator.firewall if str(r.get("description")).startswith("cumulo-")]
+    keys = [k["name"] for k in emulator.ssh_keys if k["name"].startswith("cumulo-")]
     assert not live, f"instances left running at the emulator: {live}"
     assert not groups, f"instance processes still running: {groups}"
     assert not not_terminated, f"registry holds instances not recorded as terminated: {not_terminated}"
     assert not unrecorded, f"instances launched by a recorded request but never recorded: {unrecorded}"
+    assert not rules, f"cumulo firewall rules left on the account: {rules}"
+    assert not keys, f"cumulo ssh keys left on the account: {keys}"

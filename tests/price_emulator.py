@@ -2,7 +2,9 @@
 
 Only the response shapes cumulo.catalog reads are emulated (see DESIGN.md for
 Lambda's; Azure's is ``{"Items": [...], "NextPageLink": ...}``). ``fail`` makes
-every request answer HTTP 500, to check that a failed refresh keeps old data.
+every request answer HTTP 500, to check that a failed refresh keeps old data;
+``echo`` makes a refused key come back inside the error message (a careless
+server), to check that cumulo redacts it before printing or caching anything.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class PriceEmulator:
 
     def __init__(self) -> None:
         self.fail = False
+        self.echo = False
         self.requests: list[str] = []
         emu = self
 
@@ -80,9 +83,11 @@ class PriceEmulator:
                     return self._send(500, {"error": {"code": "global/unknown", "message": "emulated outage"}})
                 url = urlsplit(self.path)
                 if url.path == "/lambda/api/v1/instance-types":
-                    if self.headers.get("Authorization") != f"Bearer {KEY}":
+                    auth = self.headers.get("Authorization")
+                    if auth != f"Bearer {KEY}":
+                        echoed = f" (received {auth})" if emu.echo else ""
                         return self._send(401, {"error": {"code": "global/invalid-api-key",
-                                                          "message": "API key was invalid"}})
+                                                          "message": f"API key was invalid{echoed}"}})
                     return self._send(200, {"data": LAMBDA_TYPES})
                 if url.path == "/azure/api/retail/prices":
                     page = int(parse_qs(url.query).get("page", ["0"])[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import stat
 from pathlib import Path
 
 import dask
@@ -171,6 +172,27 @@ def test_refresh_without_key_or_network(monkeypatch: pytest.MonkeyPatch) -> None
     assert "lambda" in report.failed and "azure" in report.failed
     assert KEY not in report.text()
     assert len(catalog.prices()) == len(catalog.snapshot())
+
+
+def test_refresh_redacts_an_echoed_key_and_caches_privately(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cumulo prices --refresh` against a server that echoes the refused key: printed and cached redacted, 0600."""
+    wrong = "wrong_price_key_0123456789abcd"
+    monkeypatch.setenv("LAMBDA_API_KEY", wrong)
+    with PriceEmulator() as emu, dask.config.set({"cumulo.catalog.lambda-url": emu.lambda_url,
+                                                  "cumulo.catalog.azure-url": emu.azure_url}):
+        emu.echo = True
+        parser = argparse.ArgumentParser()
+        catalog.add_cli(parser.add_subparsers())
+        args = parser.parse_args(["prices", "--refresh"])
+        assert args.func(args) == 0
+    out = capsys.readouterr()
+    assert "lambda: FAILED" in out.out and "received Bearer ****abcd" in out.out, out.out
+    cache = tmp_path / "prices-cache.json"
+    for text in (out.out, out.err, cache.read_text()):
+        assert wrong not in text
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
 
 
 def test_cli_table_sorted(capsys: pytest.CaptureFixture[str]) -> None:

@@ -112,8 +112,8 @@ def test_cumulo_down_stops_a_lambda_cluster_from_the_registry_alone(emulator: Em
 
     cluster = cumulo.connect("lambda", name="downme", gpu="A10", workers=2)
     try:
-        stopped = stop("downme")  # what `cumulo down downme` runs, as another process would
-        assert [r.name for r in stopped] == ["downme"]
+        report = stop("downme")  # what `cumulo down downme` runs, as another process would
+        assert [r.name for r in report.stopped] == ["downme"] and not report.failed
         assert not emulator.live()
         assert Registry().latest("downme").state == "closed"
     finally:

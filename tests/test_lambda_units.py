@@ -1,4 +1,5 @@
-"""Pieces of the Lambda provider on their own: credentials, the HTTP client, shape choice, bootstrap, TLS."""
+"""Pieces of the Lambda provider on their own: credentials, the HTTP client, shape choice, bootstrap, TLS,
+names, the firewall source address and the per-cluster SSH key."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from cumulo.exceptions import (
     CapacityError, CredentialsError, ProviderError, QuotaError, RateLimited, SpecError,
 )
 from cumulo.http import ApiClient, ErrorMapping, parse_retry_after
-from cumulo.providers.lambda_api import LAMBDA_ERRORS, InstanceType, choose_instance_type
+from cumulo.providers.lambda_cloud import LAMBDA_ERRORS, InstanceType, choose_instance_type
+from cumulo.providers.lambda_cloud import names, network
+from cumulo.providers.lambda_cloud.sshkey import new_key_pair
 from cumulo.tlscerts import create_cluster_tls, load_cluster_tls, remove_cluster_tls
 
 KEY = "secret_unit_key_abcdefghijklmnop_WXYZ"
@@ -283,3 +286,61 @@ def test_key_from_keyring_when_importable(monkeypatch: pytest.MonkeyPatch, tmp_p
     with dask.config.set({"cumulo.lambda.api-key-file": str(tmp_path / "missing")}):
         secret = lambda_api_key()
     assert secret.reveal() == KEY and secret.source == "keyring cumulo-lambda/default"
+
+
+def test_dashboards_listen_on_loopback_only(tmp_path: Path) -> None:
+    """Fault 11: the worker dashboard listened on all interfaces without TLS; only the TLS port may face out."""
+    tls = create_cluster_tls("d45h", directory=tmp_path)
+    head = user_data("head", cluster_id="d45h", tls=tls)
+    worker = user_data("worker", cluster_id="d45h", tls=tls, scheduler_host="10.0.0.5")
+    sched_line = next(ln for ln in head.splitlines() if "dask scheduler" in ln)
+    assert '--dashboard-address "127.0.0.1:${CUMULO_DASHBOARD_PORT:-8787}"' in sched_line
+    for script in (head, worker):
+        line = next(ln for ln in script.splitlines() if "cuda worker tls://" in ln)
+        assert "--dashboard-address 127.0.0.1:0" in line, line
+        assert "0.0.0.0" not in script and "CUMULO_DASHBOARD_ADDRESS" not in script
+    # and the shell really expands the scheduler's address to loopback, whatever the port variable says
+    out = subprocess.run(["bash", "-c", 'CUMULO_DASHBOARD_PORT=0; echo "127.0.0.1:${CUMULO_DASHBOARD_PORT:-8787}"'],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "127.0.0.1:0"
+
+
+def test_names_carry_the_installation() -> None:
+    assert names.instance_name("0a1b2c3d", "feedbeef0001", "head") == "cumulo-0a1b2c3d-feedbeef0001-head"
+    parsed = names.parse("cumulo-0a1b2c3d-feedbeef0001-worker-2")
+    assert parsed == names.CumuloName("0a1b2c3d", "feedbeef0001", "worker-2")
+    assert names.parse(names.key_name("0a1b2c3d", "feedbeef0001")) == names.CumuloName("0a1b2c3d", "feedbeef0001", "")
+    assert names.parse(names.rule_name("0a1b2c3d", "c1")).role == "scheduler-tls"
+    legacy = names.parse("cumulo-feedbeef0000-head")
+    assert legacy is not None and legacy.installation is None and legacy.cluster_id == "feedbeef0000"
+    assert names.parse("someone-elses-box") is None
+
+
+@pytest.mark.parametrize("address", ["192.168.1.23", "10.1.2.3", "172.20.0.9", "100.64.12.1", "169.254.3.4", None])
+def test_behind_nat_refuses_without_client_cidr(monkeypatch: pytest.MonkeyPatch, address: str | None) -> None:
+    """Fault 10: a private or unknown source address is refused; the message says what to set."""
+    monkeypatch.setattr(network, "outgoing_address", lambda host: address)
+    with pytest.raises(SpecError, match=r"cumulo.lambda.client-cidr to '<your public IP>/32'"):
+        network.client_cidr("https://cloud.lambdalabs.com/api/v1")
+    with dask.config.set({"cumulo.lambda.client-cidr": "203.0.113.7/32"}):
+        assert network.client_cidr("https://cloud.lambdalabs.com/api/v1") == "203.0.113.7/32"
+
+
+def test_public_and_loopback_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(network, "outgoing_address", lambda host: "203.0.113.9")
+    assert network.client_cidr("https://cloud.lambdalabs.com/api/v1") == "203.0.113.9/32"
+    monkeypatch.setattr(network, "outgoing_address", lambda host: "127.0.0.1")
+    assert network.client_cidr("http://127.0.0.1:4567/api/v1") == "127.0.0.1/32", "the emulator's loopback"
+    with pytest.raises(SpecError, match="only loopback"):
+        network.client_cidr("https://cloud.lambdalabs.com/api/v1")
+    with dask.config.set({"cumulo.lambda.client-cidr": "not a network"}):
+        with pytest.raises(SpecError, match="not a network"):
+            network.client_cidr("https://cloud.lambdalabs.com/api/v1")
+
+
+def test_ssh_key_pair_is_private(tmp_path: Path) -> None:
+    path, public = new_key_pair(tmp_path, comment="cumulo-0a1b2c3d-feedbeef0001")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert public.startswith("ssh-ed25519 ") and public.endswith(" cumulo-0a1b2c3d-feedbeef0001")
+    assert "PRIVATE" not in public

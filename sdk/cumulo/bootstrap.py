@@ -18,9 +18,12 @@ instance boots. It
 Two environment variables let a test harness run the same script on one
 machine: ``CUMULO_ROOT`` (default /opt/cumulo) and ``CUMULO_BIND_HOST`` (the
 address to listen on; by default all interfaces for the scheduler and the
-interface facing the scheduler for workers). The dashboard listens on the
-instance's loopback only (reach it through ``ssh -L``); ``CUMULO_DASHBOARD_ADDRESS``
-overrides that.
+interface facing the scheduler for workers). Only the scheduler's TLS port
+faces the network: the scheduler's and the workers' dashboards (plain HTTP,
+no authentication) listen on the instance's loopback only; reach them through
+``ssh -L 8787:localhost:8787``. ``CUMULO_DASHBOARD_PORT`` changes the
+scheduler dashboard's port (the test harness uses 0: any free port), never
+its address.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ __all__ = ["BootstrapOptions", "user_data"]
 _EOF = "CUMULO_PEM_EOF"
 #: dask-cuda for GPU workers: the RAPIDS release whose dask pin matches cumulo's core dask range.
 DASK_CUDA = "dask-cuda[cu12]>=26.10,<26.12"
+#: Where the dashboards listen on an instance: never a public interface (they have no TLS, no login).
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ def user_data(
     if role in ("head", "scheduler"):
         lines.append(
             f"nohup dask scheduler --protocol tls --port {port} $HOST_ARGS $TLS "
-            '--dashboard-address "${CUMULO_DASHBOARD_ADDRESS:-127.0.0.1:8787}" &\n'
+            f'--dashboard-address "{LOOPBACK}:${{CUMULO_DASHBOARD_PORT:-8787}}" &\n'
             'echo "cumulo: scheduler started (pid $!)"'
         )
     if runs_worker:
@@ -141,7 +146,7 @@ def user_data(
         lines.append(_probe(opts))
         lines.append(
             f"nohup {opts.worker_command} tls://{target}:{port} $HOST_ARGS $TLS "
-            f"--death-timeout {int(opts.death_timeout)} {opts.worker_args} &\n"
+            f"--dashboard-address {LOOPBACK}:0 --death-timeout {int(opts.death_timeout)} {opts.worker_args} &\n"
             'echo "cumulo: worker started (pid $!)"'
         )
     lines.append('echo "cumulo: bootstrap done"')

@@ -2,10 +2,11 @@
 
 Money is data: every row names its ``source`` and ``as_of`` date. The snapshot
 (``data/prices.csv``) ships with cumulo; ``refresh()`` asks Lambda's
-``GET /instance-types`` (needs your Lambda API key) and Azure's retail prices
-API (no key) through httpx and caches what it got, with a timestamp, in the
-user data directory. A failed source keeps its last good data and the failure
-is reported, never hidden. Live rows replace snapshot rows of the same
+``GET /instance-types`` (needs your Lambda API key; through the Lambda
+provider's own client, so the key is redacted as everywhere else) and Azure's
+retail prices API (no key, through httpx) and caches what it got, with a
+timestamp, in the user data directory (mode 600). A failed source keeps its
+last good data and the failure is reported, never hidden. Live rows replace snapshot rows of the same
 (provider, instance_type, region).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,6 @@ _SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
 _AZURE_EXTRA_SHAPES = {
     "Standard_ND96isr_H200_v5": ("H200", 8, 141, 96, 1850),
 }
-_GPU_RE = re.compile(r"\b(GH200|H200|H100|A100|A10G?|L40S|L4|T4|A6000|V100|B200)\b", re.I)
 
 
 def snapshot() -> pd.DataFrame:
@@ -114,47 +114,11 @@ class RefreshReport:
         return "\n".join(lines)
 
 
-def _model(description: str, memory_gb: float | None) -> str | None:
-    m = _GPU_RE.search(description)
-    if not m:
-        return None
-    name = m.group(1).upper()
-    if name == "A100" and memory_gb:
-        return f"A100-{int(memory_gb)}GB"
-    return name
-
-
 def _fetch_lambda(client: Any, today: str) -> list[dict[str, Any]]:
-    from .credentials import lambda_api_key
+    """Lambda's live prices, through the provider's own API client (and so its key handling and redaction)."""
+    from .providers.lambda_cloud.prices import price_rows
 
-    base = str(config.get("catalog.lambda-url")).rstrip("/")
-    key = lambda_api_key()
-    resp = client.get(f"{base}/instance-types", headers={"Authorization": f"Bearer {key.reveal()}"})
-    if resp.status_code != 200:
-        try:
-            err = resp.json()["error"]
-            why = f"{err.get('code')}: {err.get('message')}"
-        except Exception:
-            why = f"HTTP {resp.status_code}"
-        raise ProviderError(f"Lambda /instance-types answered {why}")
-    rows = []
-    for name, entry in resp.json()["data"].items():
-        it = entry["instance_type"]
-        specs = it.get("specs", {})
-        gpus = int(specs.get("gpus") or 0)
-        desc = it.get("description", "")
-        mem = re.search(r"(\d+)\s*GB", desc)
-        mem_gb = float(mem.group(1)) if mem else None
-        model = _model(desc, mem_gb)
-        if not gpus or model is None:
-            continue
-        rows.append({
-            "provider": "lambda", "instance_type": name, "gpu_model": model, "gpu_count": gpus,
-            "gpu_memory_gb": mem_gb, "vcpus": specs.get("vcpus"), "ram_gb": specs.get("memory_gib"),
-            "on_demand_per_hour": it["price_cents_per_hour"] / 100.0, "spot_per_hour": None,
-            "region": "all", "source": f"{base}/instance-types", "as_of": today,
-        })
-    return rows
+    return price_rows(today)
 
 
 def _fetch_azure(client: Any, today: str) -> list[dict[str, Any]]:
@@ -230,12 +194,20 @@ def refresh(*, sources: tuple[str, ...] = ("lambda", "azure")) -> RefreshReport:
             cache.setdefault("sources", {})[src] = {"fetched": time.time(), "rows": len(rows)}
     cache["rows"] = [r for rows in rows_by_source.values() for r in rows]
     cache["written"] = time.time()
+    _write_cache(cache)
+    return report
+
+
+def _write_cache(cache: dict[str, Any]) -> None:
+    """Replace the cache file atomically; it is the user's alone (mode 600), like every file cumulo writes."""
     path = _cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(cache, indent=1, sort_keys=True))
+    os.chmod(tmp, 0o600)
     tmp.replace(path)
-    return report
 
 
 def freshness() -> list[str]:

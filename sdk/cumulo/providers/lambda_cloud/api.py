@@ -1,26 +1,32 @@
-"""Lambda Cloud's REST API v1, as typed calls over cumulo's careful HTTP client.
+"""Lambda Cloud's REST API v1, as typed calls over cumulo's careful HTTP client: the one Lambda client.
 
 Only the endpoints cumulo uses: instance types (with prices and regions that
-have capacity now), launch, list, terminate, SSH keys and firewall rules.
-Shapes follow Lambda's public documentation (see ../shared/DESIGN.md,
-"Facts about the outside world"); errors come back as cumulo exceptions via
-:data:`LAMBDA_ERRORS`.
+have capacity now), launch, list, get, terminate, SSH keys (list, add, delete)
+and firewall rules. Shapes follow Lambda's public documentation (see
+../shared/DESIGN.md, "Facts about the outside world"); errors come back as
+cumulo exceptions via :data:`LAMBDA_ERRORS`. Every request, the price refresh's
+included, goes through :class:`cumulo.http.ApiClient`, so pacing, retries and
+the scrubbing of the API key from every message hold everywhere.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
+import asyncio
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from dask.utils import parse_timedelta
 
-from .. import config
-from ..credentials import Secret, lambda_api_key
-from ..exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
-from ..http import DEFAULT_HINTS, ApiClient, ErrorMapping
+from ... import config
+from ...credentials import Secret, lambda_api_key
+from ...exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
+from ...http import DEFAULT_HINTS, ApiClient, ErrorMapping
+from .shapes import InstanceType, parse_instance_types
 
-__all__ = ["LAMBDA_ERRORS", "InstanceType", "LambdaApi", "choose_instance_type"]
+__all__ = ["LAMBDA_ERRORS", "LambdaApi", "blocking"]
+
+T = TypeVar("T")
 
 LAMBDA_ERRORS = ErrorMapping(
     provider="Lambda Cloud",
@@ -41,111 +47,33 @@ LAMBDA_ERRORS = ErrorMapping(
 )
 
 
-@dataclass(frozen=True)
-class InstanceType:
-    """One Lambda instance type with its price and the regions that have capacity right now."""
-
-    name: str
-    description: str
-    price_per_hour: float
-    vcpus: int
-    memory_gib: int
-    gpus: int
-    regions: tuple[str, ...]
-
-    @property
-    def tokens(self) -> set[str]:
-        """Lower-case parts of the name ("gpu_8x_a100_80gb_sxm4" -> {"gpu", "8x", "a100", "80gb", "sxm4"})."""
-        return set(self.name.lower().split("_"))
-
-    def summary(self) -> str:
-        """One line for the offer shown before launch."""
-        return (f"{self.name} ({self.description or f'{self.gpus} GPU'}, {self.vcpus} vCPU, "
-                f"{self.memory_gib} GiB) at ${self.price_per_hour:.2f}/h")
-
-
-def _parse_types(data: dict[str, Any]) -> dict[str, InstanceType]:
-    out = {}
-    for name, entry in data.items():
-        it = entry.get("instance_type", {})
-        specs = it.get("specs", {})
-        out[name] = InstanceType(
-            name=it.get("name", name),
-            description=it.get("description", ""),
-            price_per_hour=float(it.get("price_cents_per_hour", 0)) / 100.0,
-            vcpus=int(specs.get("vcpus", 0)),
-            memory_gib=int(specs.get("memory_gib", 0)),
-            gpus=int(specs.get("gpus", 0)),
-            regions=tuple(r["name"] for r in entry.get("regions_with_capacity_available", [])),
-        )
-    return out
-
-
-def _gpu_tokens(gpu: str) -> set[str]:
-    return {t for t in re.split(r"[\s_\-]+", gpu.strip().lower()) if t}
-
-
-def choose_instance_type(
-    types: dict[str, InstanceType],
-    *,
-    gpu: str | None,
-    instance_type: str | None,
-    gpus_per_instance: int | None,
-    region: str | None,
-) -> tuple[InstanceType, str]:
-    """Pick the cheapest matching instance type with capacity, and its region.
-
-    Raises SpecError when nothing matches the request at all, and CapacityError
-    naming the regions and shapes that do have capacity when the match has none.
-    """
-    if instance_type:
-        if instance_type not in types:
-            raise SpecError(f"Lambda has no instance type {instance_type!r}; known: {', '.join(sorted(types))}")
-        candidates = [types[instance_type]]
-    elif gpu:
-        want = _gpu_tokens(gpu) | {f"{gpus_per_instance or 1}x"}
-        candidates = [t for t in types.values() if want <= t.tokens]
-        if not candidates:
-            models = sorted({tok for t in types.values() for tok in t.tokens} - {"gpu"} - {f"{n}x" for n in range(1, 17)})
-            raise SpecError(
-                f"no Lambda instance type has {gpus_per_instance or 1}x {gpu}; GPU models offered: "
-                f"{', '.join(models)} (or pass instance_type=, one of {', '.join(sorted(types))})"
-            )
-    else:
-        raise SpecError("say which GPU you want: connect('lambda', gpu='A100') or instance_type='gpu_1x_a100'")
-    usable = [(t.price_per_hour, t.name, t) for t in candidates if (region in t.regions if region else t.regions)]
-    if usable:
-        best = min(usable)[2]
-        return best, region or best.regions[0]
-    # Nothing matched has capacity where asked: say where there is some.
-    where = region or "any region"
-    lines = []
-    for t in sorted(candidates, key=lambda t: t.price_per_hour):
-        if t.regions:
-            lines.append(f"{t.name} has capacity in {', '.join(t.regions)}")
-    others = sorted((t for t in types.values() if t.regions and t not in candidates), key=lambda t: t.price_per_hour)
-    if others:
-        lines.append("shapes with capacity now: " + ", ".join(
-            f"{t.name} (${t.price_per_hour:.2f}/h; {', '.join(t.regions)})" for t in others[:6]))
-    names = ", ".join(t.name for t in candidates)
-    raise CapacityError(
-        f"no capacity for {names} in {where} right now. "
-        + ("; ".join(lines) + ". " if lines else "No shape has capacity anywhere right now. ")
-        + "Pass region= or instance_type= accordingly, or try again later."
-    )
+def _not_found(exc: ProviderError) -> bool:
+    return getattr(exc, "status", None) == 404
 
 
 class LambdaApi:
-    """The Lambda Cloud API endpoints cumulo uses, configured from ``cumulo.lambda.*``."""
+    """The Lambda Cloud API endpoints cumulo uses, configured from ``cumulo.lambda.*``.
 
-    def __init__(self, secret: Secret | None = None, *, base_url: str | None = None) -> None:
+    ``base_url``, ``timeout`` and ``max_retries`` override the config (the price
+    refresh uses ``cumulo.catalog.*``). Building one looks up the API key, so a
+    missing key is a CredentialsError here, before any request.
+    """
+
+    def __init__(
+        self,
+        secret: Secret | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> None:
         self.secret = secret or lambda_api_key()
         self.client = ApiClient(
-            base_url or config.get("lambda.base-url"),
+            base_url or str(config.get("lambda.base-url")),
             secret=self.secret,
             errors=LAMBDA_ERRORS,
-            max_retries=int(config.get("lambda.max-retries")),
-            timeout=float(parse_timedelta(config.get("lambda.request-timeout"))),
+            max_retries=int(config.get("lambda.max-retries")) if max_retries is None else max_retries,
+            timeout=float(parse_timedelta(config.get("lambda.request-timeout"))) if timeout is None else timeout,
             min_interval=float(config.get("lambda.request-interval")),
             intervals={"/instance-operations/launch": float(config.get("lambda.launch-interval"))},
         )
@@ -159,38 +87,82 @@ class LambdaApi:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
 
+    # -- instance types and instances ----------------------------------------------------------
+
     async def instance_types(self) -> dict[str, InstanceType]:
         """Every instance type with its price and the regions with capacity now (capacity is not reserved)."""
-        return _parse_types((await self.client.request("GET", "/instance-types"))["data"])
+        return parse_instance_types((await self.client.request("GET", "/instance-types"))["data"])
 
-    async def launch(
-        self, *, region: str, instance_type: str, name: str, quantity: int, ssh_key: str, user_data: str
-    ) -> list[str]:
-        """Launch ``quantity`` instances named ``name``; their ids. Never retried after it may have applied."""
+    async def launch(self, *, region: str, instance_type: str, name: str, ssh_key: str, user_data: str) -> list[str]:
+        """Launch one instance named ``name``; its id(s). Never retried after it may have applied.
+
+        One instance per request: Lambda's launch endpoint refuses ``quantity`` above 1.
+        """
         body = {
             "region_name": region,
             "instance_type_name": instance_type,
             "ssh_key_names": [ssh_key],
             "file_system_names": [],
-            "quantity": quantity,
+            "quantity": 1,
             "name": name,
             "user_data": user_data,
         }
-        return list((await self.client.request("POST", "/instance-operations/launch", json=body))["data"]["instance_ids"])
+        data = await self.client.request("POST", "/instance-operations/launch", json=body)
+        return list(data["data"]["instance_ids"])
 
     async def instances(self) -> list[dict[str, Any]]:
         """All instances of the account (any status Lambda still lists)."""
         return list((await self.client.request("GET", "/instances"))["data"])
 
+    async def instance(self, instance_id: str) -> dict[str, Any] | None:
+        """One instance by id; None when Lambda no longer knows it (terminated long ago)."""
+        try:
+            return dict((await self.client.request("GET", f"/instances/{instance_id}"))["data"])
+        except ProviderError as exc:
+            if _not_found(exc):
+                return None
+            raise
+
     async def terminate(self, instance_ids: list[str]) -> list[dict[str, Any]]:
-        """Ask Lambda to terminate instances (safe to repeat: retried on 5xx and timeouts)."""
+        """Ask Lambda to terminate instances (safe to repeat: retried on 5xx and timeouts).
+
+        Lambda refuses the whole request if one id is unknown to it: pass only
+        ids it lists as not terminated.
+        """
         body = {"instance_ids": list(instance_ids)}
         data = await self.client.request("POST", "/instance-operations/terminate", json=body, idempotent=True)
         return list(data["data"].get("terminated_instances", []))
 
+    # -- SSH keys ------------------------------------------------------------------------------
+
+    async def ssh_keys(self) -> list[dict[str, Any]]:
+        """The account's SSH keys: dicts with id, name and public_key."""
+        return [dict(k) for k in (await self.client.request("GET", "/ssh-keys"))["data"]]
+
     async def ssh_key_names(self) -> list[str]:
         """Names of the SSH keys registered with the account."""
-        return [k["name"] for k in (await self.client.request("GET", "/ssh-keys"))["data"]]
+        return [str(k["name"]) for k in await self.ssh_keys()]
+
+    async def add_ssh_key(self, name: str, public_key: str) -> dict[str, Any]:
+        """Register a public key under ``name``; the stored key (id, name, public_key).
+
+        Not retried after a 5xx or timeout (it may have applied): the caller
+        finds the key by name at teardown.
+        """
+        data = await self.client.request("POST", "/ssh-keys", json={"name": name, "public_key": public_key})
+        return dict(data["data"])
+
+    async def delete_ssh_key(self, key_id: str) -> bool:
+        """Delete an SSH key by id; False if Lambda did not know it (already deleted)."""
+        try:
+            await self.client.request("DELETE", f"/ssh-keys/{key_id}")
+        except ProviderError as exc:
+            if _not_found(exc):
+                return False
+            raise
+        return True
+
+    # -- firewall ------------------------------------------------------------------------------
 
     async def firewall_rules(self) -> list[dict[str, Any]]:
         """The account's inbound firewall rules."""
@@ -199,3 +171,17 @@ class LambdaApi:
     async def set_firewall_rules(self, rules: list[dict[str, Any]]) -> None:
         """Replace the account's inbound firewall rules (PUT replaces the whole list)."""
         await self.client.request("PUT", "/firewall-rules", json={"data": rules})
+
+
+def blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an API coroutine from synchronous code (the CLI, the price refresh), even inside a notebook.
+
+    With no running loop it uses ``asyncio.run``; inside one (a kernel's cell)
+    it runs the coroutine on a fresh loop in a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
