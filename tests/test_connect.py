@@ -33,7 +33,7 @@ def test_default_local_cluster_runs_a_dataframe_job_and_closes() -> None:
         assert dask.config.get("dataframe.backend") == "pandas"
         info = cluster.info()
         assert info["workers"] == 2 and info["threads"] == 2 and info["gpus"] == 0
-        assert cluster.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert cluster.client.scheduler.address.startswith("tls://127.0.0.1:")  # per-cluster TLS by default
         df = dd.from_dict({"k": [i % 3 for i in range(300)], "v": list(range(300))}, npartitions=6)
         totals = df.groupby("k").v.sum().compute()
         assert totals.to_dict() == {k: sum(v for v in range(300) if v % 3 == k) for k in range(3)}

@@ -242,7 +242,7 @@ def test_real_local_cluster_from_the_server(registry: Registry) -> None:
         cluster = manager.wait_launch("real", timeout=120)
         assert cluster is not None, manager.list(live=False)
         row = manager.list()["clusters"][0]
-        assert row["state"] == "running" and row["owned_by"] == "server" and row["address"].startswith("tcp://")
+        assert row["state"] == "running" and row["owned_by"] == "server" and row["address"].startswith("tls://")
         assert registry.find_open("real").owner_pid == os.getpid()  # the server process owns it
         manager.scale("real", {"workers": 2})
         wait_for(lambda: len(cluster.client.scheduler_info(n_workers=-1)["workers"]) == 2, timeout=60,

@@ -116,7 +116,7 @@ def test_reattach_by_name_from_another_process(registry_path: Path) -> None:
                              text=True, env={**os.environ})
     try:
         address = owner.stdout.readline().strip()
-        assert address.startswith("tcp://127.0.0.1:"), address
+        assert address.startswith("tls://127.0.0.1:"), address
         cluster = cumulo.connect(name="etl")
         assert cluster.client.scheduler.address == address
         assert not cluster.owner

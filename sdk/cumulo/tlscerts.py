@@ -10,6 +10,11 @@ Files live under ``<user data dir>/cumulo/tls/<cluster id>/`` (override with
 ``directory=``), the directory mode 700 and every file mode 600. They are never
 written to the registry. The scheduler's and workers' keys travel to the
 instances inside their bootstrap (see bootstrap.py); the client key stays here.
+Local clusters (local_security.py) use the same files for the same reason.
+
+The folders are checked before anything is written into them: a certificate
+folder must be a real directory owned by the user, and its parent must not let
+other users swap it (owned by the user, or sticky like /tmp).
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,7 +36,8 @@ from distributed.security import Security
 
 from .exceptions import CredentialsError
 
-__all__ = ["ROLES", "ClusterTLS", "create_cluster_tls", "default_directory", "load_cluster_tls", "remove_cluster_tls"]
+__all__ = ["ROLES", "ClusterTLS", "create_cluster_tls", "default_directory", "load_cluster_tls", "private_folder",
+           "remove_cluster_tls"]
 
 #: Certificate roles: the scheduler, every worker, and the user's client.
 ROLES = ("scheduler", "worker", "client")
@@ -67,18 +76,48 @@ class ClusterTLS:
 
     def security(self, role: str = "client") -> Security:
         """A ``distributed.security.Security`` for ``role`` that refuses unencrypted links."""
-        for path in (self.ca_file, self.cert_file(role), self.key_file(role)):
+        return self.security_for([role])
+
+    def security_for(self, roles: Iterable[str], *, in_memory: bool = False) -> Security:
+        """One Security holding the certificates of several ``roles`` (e.g. an in-process scheduler
+        with its workers and client), refusing unencrypted links.
+
+        ``in_memory`` loads the PEM text instead of naming the files, so that
+        whoever holds the object keeps working if the folder is removed.
+        """
+        roles = list(roles)
+        for role in roles:
+            if role not in ROLES:
+                raise ValueError(f"unknown TLS role {role!r}; one of {', '.join(ROLES)}")
+        self._require([self.ca_file, *(p for r in roles for p in (self.cert_file(r), self.key_file(r)))])
+
+        def value(path: Path) -> str:
+            return path.read_text() if in_memory else str(path)
+
+        kwargs = {"tls_ca_file": value(self.ca_file)}
+        for role in roles:
+            kwargs[f"tls_{role}_cert"] = value(self.cert_file(role))
+            kwargs[f"tls_{role}_key"] = value(self.key_file(role))
+        return Security(require_encryption=True, **kwargs)
+
+    def dask_config(self, role: str = "client") -> dict[str, Any]:
+        """The ``distributed.comm.*`` settings with which any Dask process of this user reaches
+        the cluster as ``role`` (for ``dask.config.set`` or a YAML file in a DASK_CONFIG folder)."""
+        self._require([self.ca_file, self.cert_file(role), self.key_file(role)])
+        return {
+            "distributed.comm.require-encryption": True,
+            "distributed.comm.tls.ca-file": str(self.ca_file),
+            f"distributed.comm.tls.{role}.cert": str(self.cert_file(role)),
+            f"distributed.comm.tls.{role}.key": str(self.key_file(role)),
+        }
+
+    def _require(self, paths: Iterable[Path]) -> None:
+        for path in paths:
             if not path.exists():
                 raise CredentialsError(
                     f"the TLS file {path} of cluster {self.cluster_id} is missing; the cluster cannot be reached "
                     "securely from here. Stop it with `cumulo down` and start a new one."
                 )
-        kwargs = {
-            "tls_ca_file": str(self.ca_file),
-            f"tls_{role}_cert": str(self.cert_file(role)),
-            f"tls_{role}_key": str(self.key_file(role)),
-        }
-        return Security(require_encryption=True, **kwargs)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -89,7 +128,7 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.chmod(path, 0o600)
@@ -104,9 +143,7 @@ def create_cluster_tls(
     living longer needs new certificates (and a restart).
     """
     root = Path(directory) if directory is not None else default_directory()
-    folder = root / cluster_id
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
+    folder = private_folder(root, cluster_id)
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=valid_days)
 
@@ -145,6 +182,46 @@ def create_cluster_tls(
         ))
     del ca_key  # never stored: nothing more can be signed for this cluster
     return tls
+
+
+def _refuse(path: Path, why: str) -> CredentialsError:
+    return CredentialsError(
+        f"refusing to keep TLS keys in {path}: {why}. Choose a folder only you can write "
+        "(cumulo.local.certs-dir / cumulo.lambda.certs-dir), or fix its owner and mode."
+    )
+
+
+def private_folder(root: str | os.PathLike[str], name: str) -> Path:
+    """``root/name`` as a directory only this user can enter (mode 700), made if missing.
+
+    ``root`` is created mode 700 when missing; when it exists it must be owned
+    by the user or be sticky (like /tmp), so that no other user can replace
+    ``name`` under it. ``name`` must be a real directory owned by the user.
+    CredentialsError otherwise.
+    """
+    root = Path(root)
+    if not root.exists():
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = root.stat()
+    mine = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    if not stat.S_ISDIR(info.st_mode):
+        raise _refuse(root, "it is not a directory")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        raise _refuse(root, f"other users may write it (mode {stat.filemode(info.st_mode)})")
+    if not mine and not info.st_mode & stat.S_ISVTX:
+        raise _refuse(root, f"it belongs to another user (uid {info.st_uid})")
+    folder = root / name
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise _refuse(folder, "it is not a directory (a symbolic link?)")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise _refuse(folder, f"it belongs to another user (uid {info.st_uid})")
+    os.chmod(folder, 0o700)
+    return folder
 
 
 def load_cluster_tls(cluster_id: str, *, directory: str | os.PathLike[str] | None = None) -> ClusterTLS:

@@ -1,0 +1,91 @@
+"""Worker preload: remove provider secrets from a local worker process before it takes work.
+
+Local workers are processes spawned by the notebook's kernel, so they start
+with its environment, LAMBDA_API_KEY included. Distributed's nanny can add
+variables to a worker's environment but never remove one, so local clusters
+load this file as a worker preload (see local_security.worker_scrub_options).
+Its ``dask_setup`` runs inside every worker process after the worker listens
+and before it registers with the scheduler, so no task ever runs with the
+secrets present. It
+
+  - deletes every variable whose name matches one of the given patterns
+    (fnmatch, case-sensitive) from ``os.environ``, hence from what any child
+    process of the worker inherits;
+  - on Linux, also blanks those entries in the process's initial environment
+    block, which is what ``/proc/<pid>/environ`` shows and which unsetenv()
+    leaves in place.
+
+It is loaded by path, not as ``cumulo._worker_scrub``, and imports nothing
+of cumulo: importing it does nothing; only ``dask_setup(worker)`` acts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fnmatch
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+__all__ = ["dask_setup", "scrub"]
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _blank_initial_environ(patterns: list[str]) -> int:
+    """Overwrite matching ``NAME=value`` entries of the initial environment block with zero bytes.
+
+    The block lies between the kernel-reported env_start and env_end (fields 50
+    and 51 of /proc/self/stat); nothing else points into an entry once its
+    variable has been unset. Every write is checked against the bytes read back
+    first, so a layout this code does not expect leaves memory untouched.
+    Returns how many entries were blanked.
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            raw = f.read()
+        fields = raw[raw.rindex(b")") + 2:].split()
+        start, end = int(fields[47]), int(fields[48])
+        with open("/proc/self/environ", "rb") as f:
+            block = f.read()
+    except (OSError, ValueError, IndexError):
+        return 0
+    if not start or end - start < len(block):
+        return 0
+    blanked, offset = 0, 0
+    for entry in block.split(b"\0"):
+        name = entry.split(b"=", 1)[0].decode("utf-8", "surrogateescape")
+        if entry and b"=" in entry and _matches(name, patterns):
+            address = start + offset
+            if ctypes.string_at(address, len(entry)) == entry:
+                ctypes.memset(address, 0, len(entry))
+                blanked += 1
+        offset += len(entry) + 1
+    return blanked
+
+
+def scrub(patterns: Iterable[str]) -> list[str]:
+    """Remove the variables matching ``patterns`` from this process; return the names removed."""
+    patterns = [p for p in patterns if p]
+    removed = sorted(name for name in list(os.environ) if _matches(name, patterns))
+    for name in removed:
+        os.environ.pop(name, None)
+    try:
+        _blank_initial_environ(patterns)
+    except Exception:  # never let the extra step stop the removal above from counting
+        pass
+    return removed
+
+
+@click.command()
+@click.argument("patterns", nargs=-1)
+def dask_setup(worker: Any, patterns: tuple[str, ...]) -> None:
+    """Preload entry point: ``patterns`` come from the preload's argv (local_security)."""
+    scrub(patterns)
