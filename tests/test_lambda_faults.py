@@ -178,3 +178,104 @@ def test_two_registries_on_one_account(emulator: Emulator, tmp_path: Path) -> No
     run(go())
     assert _state(a, "mine") == "closed" and _state(b, "theirs") == "closed"
     check_agreement(emulator, [a, b])
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_two_reapers_at_once(emulator: Emulator) -> None:
+    """The CLI's and the server's reapers sweep the same abandoned cluster at the same moment: one
+    confirmed stop, no instance left, no false alarm, and the registry and the account agree."""
+    import threading
+    import time
+
+    from cumulo import reaper
+
+    registry = Registry()
+    started = run(start(_spec(workers=2), registry=registry, name="abandoned"))
+    registry.update(started.id, owner_pid=_dead_pid(), lease_seconds=1.0, heartbeat=time.time() - 600)
+    barrier = threading.Barrier(2)
+    results: list[reaper.Sweep] = []
+
+    def sweep() -> None:
+        barrier.wait()
+        results.append(reaper.sweep(Registry(registry.path)))
+
+    threads = [threading.Thread(target=sweep) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(results) == 2
+    acted = [r for sweep_ in results for r in sweep_.clusters if r.name == "abandoned"]
+    assert acted and not [r for r in acted if r.failed], [r.text() for r in acted]
+    assert registry.get(started.id).state == "closed"
+    assert emulator.wait_idle(10) and emulator.live() == []
+    check_agreement(emulator, [registry])
+
+
+_KILLED_KERNEL = """
+import asyncio, json, sys
+import dask
+from cumulo.lifecycle import Lifecycle
+from cumulo.providers.lambda_cloud import LambdaProvider
+from cumulo.registry import Registry
+from cumulo.spec import ClusterSpec
+dask.config.set(json.loads(sys.argv[1]))
+provider, spec = LambdaProvider(), ClusterSpec(provider="lambda", gpu="A10", workers=2)
+life = Lifecycle(Registry())
+async def main():
+    await provider.preflight(spec)
+    record = life.begin("killed", provider, spec.to_dict())
+    print(record.id, flush=True)
+    await provider.launch(spec, cluster_id=record.id, checkpoint=life.checkpoint(record, provider))
+asyncio.run(main())
+"""
+
+
+def test_kernel_sigkill_mid_launch_is_reaped_after_the_grace(emulator: Emulator, tmp_path: Path) -> None:
+    """A kernel killed while its head boots leaves a 'starting' row and a billing instance; the reaper
+    (as the CLI and the server run it) waits out the lease grace, then stops it, confirmed."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cumulo import reaper
+
+    from .lambda_support import fast_config
+
+    emulator.boot_seconds = 60  # still booting when the kernel dies
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_KERNEL, json.dumps(fast_config(emulator, tmp_path))],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    try:
+        cid = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        registry = Registry()
+        deadline = time.monotonic() + 60
+        while not [r for r in registry.resources(cluster_id=cid) if r.kind == "instance"]:
+            assert time.monotonic() < deadline, "the head was never recorded"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert registry.get(cid).state == "starting" and emulator.live()
+    check_agreement(emulator, [registry])  # it bills, but it is visible: an open row in `cumulo ls`
+    emulator.boot_seconds = 0.3
+    with dask.config.set({"cumulo.guards.lease-grace": "60s"}):
+        assert [r.name for r in reaper.sweep(registry).clusters] == []  # within the grace: maybe just slow
+        registry.update(cid, heartbeat=time.time() - 120)
+        done = reaper.sweep(registry).clusters
+    assert [(r.name, r.action) for r in done] == [("killed", "stopped")]
+    assert "died while it was starting" in done[0].reason
+    assert registry.get(cid).state == "closed"
+    assert emulator.wait_idle(10) and emulator.live() == []
+    check_agreement(emulator, [registry])
