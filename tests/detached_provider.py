@@ -19,7 +19,7 @@ from pathlib import Path
 
 from distributed.core import rpc
 
-from cumulo.lifecycle import Checkpoint
+from cumulo.checkpoint import Checkpoint
 from cumulo.providers import Deployment, Provider, register_provider
 from cumulo.registry import ClusterRecord
 from cumulo.spec import ClusterSpec

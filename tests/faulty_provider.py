@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from cumulo.exceptions import ProviderError, SpecError, TerminateError
-from cumulo.lifecycle import Checkpoint
+from cumulo.checkpoint import Checkpoint
 from cumulo.providers import Deployment, Orphan, Provider, register_provider
 from cumulo.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec

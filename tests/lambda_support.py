@@ -24,7 +24,8 @@ from typing import Any
 import dask
 import pytest
 
-from cumulo.lifecycle import Checkpoint, Lifecycle
+from cumulo.checkpoint import Checkpoint
+from cumulo.lifecycle import Lifecycle
 from cumulo.providers.base import Deployment
 from cumulo.providers.lambda_cloud import LambdaProvider
 from cumulo.registry import ClusterRecord, Registry

@@ -26,7 +26,7 @@ from distributed.security import Security
 import cumulo
 from cumulo import local_security
 from cumulo.exceptions import CredentialsError, SpecError
-from cumulo.lifecycle import Checkpoint
+from cumulo.checkpoint import Checkpoint
 from cumulo.providers.local import LocalDeployment, LocalProvider
 from cumulo.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec

@@ -36,7 +36,8 @@ from .exceptions import (
     ProviderError,
     SpecError,
 )
-from .lifecycle import Checkpoint, Lifecycle
+from .checkpoint import Checkpoint
+from .lifecycle import Lifecycle
 from .names import new_name
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import Deployment, Provider, get_provider, known_providers, provider_for_address

@@ -1,154 +1,33 @@
 """The one owner of a cluster row's state: every start, stop, loss and reap goes through here.
 
-States and the moves between them (anything else is refused)::
-
-                 +-----------------------------------------------+
-                 |                                               v
-    starting --> running --> closing --> closed             (final states:
-       |            |  ^        |   \\                        closed, failed, lost)
-       |            |  |        |    +--> lost
-       |            |  +--------+ (stop of a scheduler we do not own failed: still running)
-       |            +--> lost   (nothing bills independently, and the scheduler is gone)
-       |                        v
-       +--> failed       stop-failed  <--+   open: "cleanup failed, resources may still bill";
-       |    (start failed,   |  |        |   shown everywhere with a Stop button and
-       |     nothing bills)  |  +--> closing (retried by every reaper, `cumulo down`, Stop)
-       +--> stop-failed -----+
-            (start failed and so did its cleanup)
+The states and the table of allowed moves are drawn in :mod:`cumulo.states`.
 
 A row closes (``closed``/``failed``/``lost``) only after the provider confirms
 that nothing bills; a cleanup that raised leaves it ``stop-failed``. The first
 final state sticks: another process may have closed the row meanwhile.
 
 Providers never write rows. While they launch or stop they report through a
-:class:`Checkpoint` (billable resources, the scheduler's address, the price),
-which the lifecycle persists, as dask-gateway's backends yield checkpoints that
-their base class stores.
+:class:`~cumulo.checkpoint.Checkpoint` (billable resources, the scheduler's
+address, the price), which the lifecycle persists.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint import Checkpoint
 from .exceptions import CumuloError
+from .states import FINAL, OPEN, TRANSITIONS, State, allowed_from
 
 if TYPE_CHECKING:
     from .providers.base import Deployment, Provider
-    from .registry import ClusterRecord, Registry, ResourceRecord
+    from .registry import ClusterRecord, Registry
 
 __all__ = ["Checkpoint", "FINAL", "Lifecycle", "OPEN", "State", "TRANSITIONS"]
 
 logger = logging.getLogger("cumulo")
-
-
-class State(str, enum.Enum):
-    """A cluster row's state. A ``str`` so that it is stored and compared as its value."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    CLOSING = "closing"
-    STOP_FAILED = "stop-failed"
-    CLOSED = "closed"
-    FAILED = "failed"
-    LOST = "lost"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def is_open(self) -> bool:
-        """Whether something may still run (and bill) for a row in this state."""
-        return self in OPEN
-
-    @property
-    def label(self) -> str:
-        """How the state reads to a user (the one that matters says it may bill)."""
-        return "stop failed: may still bill" if self is State.STOP_FAILED else self.value
-
-
-#: States in which resources may still run and bill.
-OPEN = frozenset({State.STARTING, State.RUNNING, State.CLOSING, State.STOP_FAILED})
-#: States that are never left: nothing runs or bills.
-FINAL = frozenset({State.CLOSED, State.FAILED, State.LOST})
-
-#: Which state may follow which.
-TRANSITIONS: Mapping[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.RUNNING, State.CLOSING, State.FAILED, State.STOP_FAILED, State.LOST}),
-    State.RUNNING: frozenset({State.CLOSING, State.LOST, State.STOP_FAILED}),
-    State.CLOSING: frozenset({State.CLOSED, State.FAILED, State.LOST, State.STOP_FAILED, State.RUNNING}),
-    State.STOP_FAILED: frozenset({State.CLOSING, State.CLOSED, State.FAILED, State.LOST}),
-    State.CLOSED: frozenset(),
-    State.FAILED: frozenset(),
-    State.LOST: frozenset(),
-}
-
-
-def allowed_from(to: State) -> frozenset[State]:
-    """The states from which ``to`` may be entered."""
-    return frozenset(s for s, nxt in TRANSITIONS.items() if to in nxt)
-
-
-class Checkpoint:
-    """What a provider reports while it launches or stops one cluster; the lifecycle persists it.
-
-    A provider records each billable resource *before* it can bill (``resource``),
-    then its state as it changes, and facts of the row it is allowed to set: the
-    scheduler's address and the price. ``started`` tells the lifecycle whether
-    anything was ever reported, i.e. whether a failed start left anything behind.
-    """
-
-    def __init__(self, registry: Registry, cluster_id: str, provider: str) -> None:
-        self._registry = registry
-        self.cluster_id = cluster_id
-        self.provider = provider
-        self.started = False
-
-    def resource(self, kind: str, resource_id: str, *, state: str, meta: dict[str, Any] | None = None) -> None:
-        """Record a billable thing (an instance, a firewall rule, a process) of this cluster."""
-        self.started = True
-        self._registry.add_resource(self.cluster_id, self.provider, kind, resource_id, state=state, meta=meta)
-
-    def resource_state(self, resource_id: str, state: str) -> None:
-        """A recorded resource changed state (e.g. 'active', 'terminated')."""
-        self._registry.update_resource(self.provider, resource_id, state=state)
-
-    def resources(self, kind: str | None = None) -> list[ResourceRecord]:
-        """This cluster's recorded resources at this provider (of one kind, when given)."""
-        found = self._registry.resources(cluster_id=self.cluster_id, provider=self.provider)
-        return [r for r in found if kind is None or r.kind == kind]
-
-    def launched(self) -> None:
-        """Something that needs stopping now runs (for providers whose processes are not resources)."""
-        self.started = True
-
-    def address(self, address: str) -> None:
-        """The scheduler's address, known before the cluster is running (so others can reach it)."""
-        self._registry.update(self.cluster_id, address=address)
-
-    def rate(self, rate_per_hour: float) -> None:
-        """The provider's price for this cluster, recorded before anything bills."""
-        self._registry.update(self.cluster_id, rate_per_hour=rate_per_hour)
-
-    def event(self, kind: str, message: str) -> None:
-        """A line in the cluster's event log."""
-        self._registry.event(self.cluster_id, kind, message)
-
-    @property
-    def installation_id(self) -> str:
-        """The registry's installation id, which providers put in the names of what they create."""
-        return self._registry.installation_id
-
-    @property
-    def known(self) -> bool:
-        """Whether the registry has a row for this cluster (orphan sweeps reach clusters it never saw)."""
-        try:
-            self._registry.get(self.cluster_id)
-        except KeyError:
-            return False
-        return True
 
 
 class Lifecycle:

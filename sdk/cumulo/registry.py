@@ -30,7 +30,7 @@ from typing import Any
 
 from . import config
 from .exceptions import RegistryError, SpecError
-from .lifecycle import FINAL, OPEN
+from .states import FINAL, OPEN
 
 __all__ = ["ClusterRecord", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION"]
 

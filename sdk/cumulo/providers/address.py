@@ -19,7 +19,7 @@ from ..spec import ClusterSpec, is_loopback_host, parse_address
 from .base import Deployment, Provider
 
 if TYPE_CHECKING:
-    from ..lifecycle import Checkpoint
+    from ..checkpoint import Checkpoint
 
 __all__ = ["AddressProvider", "security_from"]
 

@@ -39,7 +39,7 @@ from ..registry import ClusterRecord, Registry
 from ..spec import ClusterSpec
 
 if TYPE_CHECKING:
-    from ..lifecycle import Checkpoint
+    from ..checkpoint import Checkpoint
 
 __all__ = ["Deployment", "Orphan", "Provider", "shutdown_scheduler"]
 

@@ -27,7 +27,7 @@ from ..spec import ClusterSpec, parse_address
 from .base import Deployment, Orphan, Provider, shutdown_scheduler
 
 if TYPE_CHECKING:
-    from ..lifecycle import Checkpoint
+    from ..checkpoint import Checkpoint
 
 __all__ = ["LocalDeployment", "LocalProvider", "gpu_count"]
 

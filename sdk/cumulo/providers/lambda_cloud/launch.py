@@ -35,7 +35,7 @@ from .sshkey import new_key_pair
 from .teardown import GONE
 
 if TYPE_CHECKING:
-    from ...lifecycle import Checkpoint
+    from ...checkpoint import Checkpoint
 
 __all__ = ["Launcher"]
 

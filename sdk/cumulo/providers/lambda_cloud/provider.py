@@ -32,7 +32,7 @@ from .settings import PROVIDER, Say, certs_dir
 from .teardown import teardown
 
 if TYPE_CHECKING:
-    from ...lifecycle import Checkpoint
+    from ...checkpoint import Checkpoint
 
 __all__ = ["LambdaDeployment", "LambdaProvider"]
 

@@ -25,7 +25,7 @@ from .names import cluster_prefixes, key_name, rule_name
 from .settings import certs_dir, seconds
 
 if TYPE_CHECKING:
-    from ...lifecycle import Checkpoint
+    from ...checkpoint import Checkpoint
 
 __all__ = ["GONE", "remove_firewall_rules", "remove_ssh_keys", "teardown", "terminate_confirmed"]
 
