@@ -168,3 +168,25 @@ def no_orphans(emulator: Emulator) -> Iterator[None]:
     assert not unrecorded, f"instances launched by a recorded request but never recorded: {unrecorded}"
     assert not rules, f"cumulo firewall rules left on the account: {rules}"
     assert not keys, f"cumulo ssh keys left on the account: {keys}"
+
+
+#: A kernel that launches a 2-worker cluster named argv[2] with config argv[1], printing the row id first:
+#: tests SIGKILL it part way through the launch.
+KILLED_LAUNCH = """
+import asyncio, json, sys
+import dask
+from cumulo.lifecycle import Lifecycle
+from cumulo.providers.lambda_cloud import LambdaProvider
+from cumulo.registry import Registry
+from cumulo.spec import ClusterSpec
+dask.config.set(json.loads(sys.argv[1]))
+spec = ClusterSpec(provider="lambda", gpu="A10", workers=2)
+provider = LambdaProvider()
+life = Lifecycle(Registry())
+async def main():
+    await provider.preflight(spec)
+    record = life.begin(sys.argv[2], provider, spec.to_dict())
+    print(record.id, flush=True)
+    await provider.launch(spec, cluster_id=record.id, checkpoint=life.checkpoint(record, provider))
+asyncio.run(main())
+"""

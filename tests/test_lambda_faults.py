@@ -220,25 +220,6 @@ def test_two_reapers_at_once(emulator: Emulator) -> None:
     check_agreement(emulator, [registry])
 
 
-_KILLED_KERNEL = """
-import asyncio, json, sys
-import dask
-from cumulo.lifecycle import Lifecycle
-from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.registry import Registry
-from cumulo.spec import ClusterSpec
-dask.config.set(json.loads(sys.argv[1]))
-provider, spec = LambdaProvider(), ClusterSpec(provider="lambda", gpu="A10", workers=2)
-life = Lifecycle(Registry())
-async def main():
-    await provider.preflight(spec)
-    record = life.begin("killed", provider, spec.to_dict())
-    print(record.id, flush=True)
-    await provider.launch(spec, cluster_id=record.id, checkpoint=life.checkpoint(record, provider))
-asyncio.run(main())
-"""
-
-
 def test_kernel_sigkill_mid_launch_is_reaped_after_the_grace(emulator: Emulator, tmp_path: Path) -> None:
     """A kernel killed while its head boots leaves a 'starting' row and a billing instance; the reaper
     (as the CLI and the server run it) waits out the lease grace, then stops it, confirmed."""
@@ -251,10 +232,10 @@ def test_kernel_sigkill_mid_launch_is_reaped_after_the_grace(emulator: Emulator,
 
     from cumulo import reaper
 
-    from .lambda_support import fast_config
+    from .lambda_support import KILLED_LAUNCH, fast_config
 
     emulator.boot_seconds = 60  # still booting when the kernel dies
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_KERNEL, json.dumps(fast_config(emulator, tmp_path))],
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_LAUNCH, json.dumps(fast_config(emulator, tmp_path)), "killed"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
     try:
         cid = proc.stdout.readline().strip()  # type: ignore[union-attr]

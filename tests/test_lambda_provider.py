@@ -32,7 +32,7 @@ from cumulo.spec import ClusterSpec
 
 from .lambda_emulator import Emulator
 from .lambda_support import (  # noqa: F401  (fixtures)
-    close, emulator, fast_config, no_orphans, run, start, stop_from_row,
+    KILLED_LAUNCH, close, emulator, fast_config, no_orphans, run, start, stop_from_row,
 )
 
 
@@ -427,30 +427,11 @@ def test_sweep_terminates_a_closed_rows_running_instance(emulator: Emulator) -> 
     run(go())
 
 
-_KILLED_LAUNCH = """
-import asyncio, json, sys
-import dask
-from cumulo.lifecycle import Lifecycle
-from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.registry import Registry
-from cumulo.spec import ClusterSpec
-dask.config.set(json.loads(sys.argv[1]))
-spec = ClusterSpec(provider="lambda", gpu="A10", workers=2)
-provider = LambdaProvider()
-life = Lifecycle(Registry())
-async def main():
-    await provider.preflight(spec)
-    record = life.begin("doomed", provider, spec.to_dict())
-    print(record.id, flush=True)
-    await provider.launch(spec, cluster_id=record.id, checkpoint=life.checkpoint(record, provider))
-asyncio.run(main())
-"""
-
-
 def test_kernel_killed_mid_launch_is_stopped_from_its_row(emulator: Emulator, tmp_path: Path) -> None:
     """SIGKILL while the launch request is in flight: the id was never recorded, the name is enough."""
     emulator.faults.launch_delay = 20
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_LAUNCH, json.dumps(fast_config(emulator, tmp_path))],
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_LAUNCH, json.dumps(fast_config(emulator, tmp_path)),
+                             "doomed"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
     try:
         cid = proc.stdout.readline().strip()  # type: ignore[union-attr]
