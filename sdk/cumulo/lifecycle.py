@@ -112,7 +112,7 @@ class Lifecycle:
         is ``stop-failed`` (it may still bill) unless the scheduler is not ours,
         and the error is raised.
         """
-        self._move(record.id, State.CLOSING, event=None)
+        self._move(record.id, State.CLOSING, note=why, event=None)  # who is stopping it, for the owner to see
         try:
             if deployment is not None:
                 await deployment.close()
@@ -123,7 +123,7 @@ class Lifecycle:
             if provider.owns_scheduler:
                 self._move(record.id, State.STOP_FAILED, note=message)
             else:
-                self._move(record.id, State.RUNNING, note=None, event=("stop-failed", message))
+                self._move(record.id, State.RUNNING, note="", event=("stop-failed", message))  # still running: clear "stopping"
             raise
         if not provider.owns_scheduler:
             why = f"{why}; detached, the scheduler was started outside cumulo"
