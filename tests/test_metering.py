@@ -36,9 +36,12 @@ def boom(i: int) -> None:
     raise ValueError("expected")
 
 
+MAX_CELLS = 50
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    with dask.config.set({"cumulo.cost.sample-interval": "0.2s"}), LocalCluster(
+    with dask.config.set({"cumulo.cost.sample-interval": "0.2s", "cumulo.cost.ledger-cells": MAX_CELLS}), LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0,
         dashboard_address="127.0.0.1:0",
     ) as lc:
@@ -88,34 +91,104 @@ def test_install_is_idempotent_and_history_survives_reattach(cluster, client: Cl
         assert seen["started"] == metering.fetch_ledger(client)["started"]
 
 
+def _tagged(tag: str):  # noqa: ANN202
+    """What cumulo.cellcost puts around each graph a notebook cell submits."""
+    return dask.annotate(cumulo_cell=tag)
+
+
+def _cells(client: Client, kernel: str | None = None) -> dict[str, dict]:
+    ledger = metering.fetch_ledger(client, cells=True, kernel=kernel)
+    return {c["tag"]: c for c in ledger["cells"]}
+
+
 def test_bounded_memory(client: Client) -> None:
     client.gather(client.map(lambda i: i, range(3000), pure=False))
-    for i in range(300):
-        client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": f"m{i}"})
+    before = metering.fetch_ledger(client)["cell_summary"]["earlier"]["submitted"]
+    for i in range(MAX_CELLS + 10):
+        with _tagged(f"bounded/{i}"):
+            client.gather(client.submit(lambda x: x, i, pure=False))
 
     def sizes(dask_scheduler):  # noqa: ANN001
         p = dask_scheduler.plugins["cumulo-ledger"]
-        return {"marks": len(p.marks), "samples": len(p.samples), "max_samples": p.max_samples,
-                "workers": len(p.workers), "slots": sorted(vars(p))}
+        return {"cells": len(p.cells), "ended": len(p.ended), "samples": len(p.samples),
+                "max_samples": p.max_samples, "workers": len(p.workers), "slots": sorted(vars(p))}
 
-    s = wait_for(lambda: (r := client.run_on_scheduler(sizes)) and r["marks"] == 256 and r, what="marks trimmed")
+    s = client.run_on_scheduler(sizes)
+    assert s["cells"] == MAX_CELLS and s["ended"] <= 1024
     assert s["samples"] <= s["max_samples"]
     assert s["workers"] == 2
     # no attribute of the plugin holds per-task state
-    assert not any("task" in name and name not in ("tasks_done", "tasks_erred", "left_task_seconds")
-                   for name in s["slots"]), s["slots"]
+    assert not any("task" in name and name not in ("tasks_submitted", "tasks_done", "tasks_erred",
+                                                   "left_task_seconds") for name in s["slots"]), s["slots"]
+    # the oldest cells were folded into "earlier cells": nothing is lost from the sums
+    ledger = metering.fetch_ledger(client, cells=True)
+    kept = [c for c in ledger["cells"] if c["tag"].startswith("bounded/")]
+    assert len(kept) == MAX_CELLS and kept[-1]["tag"] == f"bounded/{MAX_CELLS + 9}"
+    assert ledger["cell_summary"]["earlier"]["submitted"] >= before + 10
+    _assert_adds_up(ledger)
 
 
-def test_samples_and_cell_marks(client: Client) -> None:
-    client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": "cell-1"})
-    wait_for(lambda: "since_mark" in metering.fetch_ledger(client, mark="cell-1"), what="mark arrives")
+def _assert_adds_up(ledger: dict) -> None:
+    rows = [*ledger["cells"], ledger["cell_summary"]["outside"], ledger["cell_summary"]["earlier"]]
+    if ledger.get("other_kernels"):
+        rows.append(ledger["other_kernels"])
+    t = ledger["totals"]
+    assert sum(r["submitted"] for r in rows) == t["tasks_submitted"]
+    assert sum(r["finished"] for r in rows) == t["tasks_done"]
+    assert sum(r["erred"] for r in rows) == t["tasks_erred"]
+    assert sum(r["running"] for r in rows) == t["tasks_running"]
+    assert sum(r["task_seconds"] for r in rows) == pytest.approx(t["task_seconds"], abs=1e-6)
+
+
+def test_cells_are_charged_whenever_their_work_finishes(client: Client) -> None:
+    with _tagged("kernel-a/1"):
+        futures = client.map(nap, range(4), pure=False)  # submitted by cell 1, awaited later
+    client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": "kernel-a/1", "start": 1.0, "end": 2.0,
+                               "execution_count": 7})
+    first = client.sync(client.scheduler.cumulo_cell, tag="kernel-a/1", timeout=5)
+    assert first["seen"] and first["cell"]["submitted"] == 4 and first["cell"]["running"] >= 2
+    assert first["cell"]["execution_count"] == 7 and first["cell"]["wall"] == 1.0
+    with _tagged("kernel-b/1"):
+        client.gather(client.map(nap, range(2), pure=False))  # another kernel's cell meanwhile
+    client.gather(futures)
+    cells = _cells(client, kernel="kernel-a")
+    a = cells["kernel-a/1"]
+    assert (a["submitted"], a["finished"], a["running"], a["erred"]) == (4, 4, 0, 0)
+    assert 4 * SLEEP <= a["task_seconds"] <= 4 * (SLEEP + JITTER)
+    assert a["busy_seconds"] == pytest.approx(a["task_seconds"])  # one thread per worker
+    assert a["kernel"] == "kernel-a" and a["last"] >= a["first"]
+    assert "kernel-b/1" not in cells
+    ledger = metering.fetch_ledger(client, kernel="kernel-a")
+    assert ledger["other_kernels"]["finished"] >= 2
+    _assert_adds_up(ledger)
+    # a cell that submitted nothing: no row, and the RPC says so once the mark is in
+    client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": "kernel-a/2"})
+    nothing = client.sync(client.scheduler.cumulo_cell, tag="kernel-a/2", timeout=5)
+    assert nothing == {"cell": None, "seen": True, "now": nothing["now"]}
+    late = client.sync(client.scheduler.cumulo_cell, tag="kernel-a/never", timeout=0.1)
+    assert late["seen"] is False and late["cell"] is None
+
+
+def test_cancelled_and_failed_work_leaves_the_running_count(client: Client) -> None:
+    with _tagged("kernel-c/1"):
+        slow = client.map(nap, range(6), pure=False)
+        bad = client.map(boom, range(2), pure=False)
+    wait_for(lambda: _cells(client).get("kernel-c/1", {}).get("finished", 0) >= 1, what="a task done")
+    client.cancel(slow)
+    client.gather(bad, errors="skip")
+    del slow, bad
+    cell = wait_for(lambda: (c := _cells(client)["kernel-c/1"])["running"] == 0 and c, what="nothing running")
+    assert cell["submitted"] == 8 and cell["erred"] == 2 and 1 <= cell["finished"] < 6
+    _assert_adds_up(metering.fetch_ledger(client, cells=True))
+
+
+def test_samples(client: Client) -> None:
     client.gather(client.map(nap, range(2), pure=False))
-    ledger = wait_for(lambda: (x := metering.fetch_ledger(client, mark="cell-1", samples=5))["samples"] and x,
-                      what="a sample")
-    since = ledger["since_mark"]
-    assert since["tasks_done"] == 2
-    assert 2 * SLEEP <= since["task_seconds"] <= 2 * (SLEEP + JITTER)
-    assert ledger["samples"][-1]["workers"] == 2 and ledger["samples"][-1]["gpu_util"] is None
+    ledger = wait_for(lambda: (x := metering.fetch_ledger(client, samples=5))["samples"] and x, what="a sample")
+    last = ledger["samples"][-1]
+    assert last["workers"] == 2 and last["gpu_util"] is None and last["worker_gpu_util"] is None
+    assert last["power_w"] is None and 0 <= last["busy_workers"] <= 2
+    assert ledger["energy"] is False and ledger["totals"]["energy_j"] is None
 
 
 def test_worker_leaving_keeps_its_history() -> None:
@@ -153,7 +226,7 @@ def test_plugin_runs_on_a_scheduler_without_cumulo(tmp_path: Path) -> None:
         try:
             assert metering.install(c)
             ledger = metering.fetch_ledger(c)
-            assert ledger["version"] == 1 and ledger["workers"] == ()
+            assert ledger["version"] == 2 and ledger["workers"] == ()
             assert c.run_on_scheduler(lambda: "cumulo" in sys.modules and sys.modules["cumulo"] is None)
         finally:
             c.close()

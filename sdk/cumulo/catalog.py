@@ -265,7 +265,13 @@ def run_cli(args: argparse.Namespace) -> int:
         report = refresh()
         print(report.text())
     frame = prices(gpu=args.gpu, provider=args.provider, region=args.region)
-    print(format_table(frame))
+    table = format_table(frame)
+    if not frame.empty:  # each price with where it comes from, as a column beside its date
+        rows = table.splitlines()
+        width = max(len(r) for r in rows)
+        sources = ["source", *(str(v) if isinstance(v, str) and v else "-" for v in frame["source"])]
+        table = "\n".join(f"{r.ljust(width)}  {s}" for r, s in zip(rows, sources))
+    print(table)
     for line in freshness():
         print(line)
     print("Prices are public on-demand list prices per instance-hour (USD); check `source` before relying on one.")

@@ -1,41 +1,101 @@
-"""One quiet line after each notebook cell that used a cluster: wall time, busy seconds, cost.
+"""Charge each notebook cell for the work it submitted, and one quiet line after cells that did.
 
 IPython ``pre_run_cell`` / ``post_run_cell`` hooks, registered by ``%load_ext
-cumulo`` or on connect (``cumulo.widgets.cell-line-on-connect``). Before a
-cell, each tracked cluster gets a *mark* on the client's batched stream (a
-message, no round trip); the ledger on the scheduler snapshots its counters
-when the mark arrives. After the cell, a cluster whose stream carried nothing
-else was not touched: nothing is printed and nothing is asked (the common case
-costs microseconds). Otherwise one RPC returns the counters since the mark.
+cumulo`` or on connect (``cumulo.widgets.cell-line-on-connect``).
 
-The busy seconds are the cluster's, not only this kernel's: on a cluster shared
-with other kernels, their work during this cell is counted too.
+Attribution. Every graph a cell submits (``compute``, ``persist``, ``submit``,
+``map``, ``dask.compute`` through the default client: they all go through
+``Client._graph_to_futures``) is sent under ``dask.annotate(cumulo_cell=TAG)``,
+``TAG`` = ``"<kernel>/<n>"``, so every task of it carries the cell on the
+scheduler, where the ledger (:mod:`cumulo._ledger`) adds up its task-seconds,
+GPU-seconds, energy and task counts *whenever* they finish: work submitted in
+one cell and awaited in another is charged to the cell that submitted it.
+
+The annotation is applied at submission only, not for the whole cell: dask's
+legacy graph layers copy the annotations in force when they are *built*, so a
+cell-wide annotation would charge the cell that built a collection rather than
+the one that computed it, stop dask from fusing layers built in different
+cells, and make dask-dataframe warn about annotations it ignores. The current
+cell lives in a context variable: a thread started by a cell (or a script with
+no cell at all) submits untagged work, which the ledger counts under
+"outside cells".
+
+The line. A cell that submitted nothing prints nothing and costs a few
+microseconds (no message, no round trip). After a cell that did, a
+``cumulo-cell-mark`` goes on the client's batched stream (behind the cell's
+graphs) and one RPC, answered once that mark has arrived, returns the cell's
+figures; work still running is reported as such ("… 8 tasks still running"),
+without waiting for it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import html
 import itertools
 import os
+import socket
 import time
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 from . import config
-from .metering import fetch_ledger, rates
+from ._ledger import CELL_ANNOTATION
+from .metering import cell_spend, fetch_cell
 
-__all__ = ["cell_cost", "loaded", "register", "track", "tracked", "unregister"]
+__all__ = ["current_cell", "history", "kernel_id", "loaded", "register", "track", "tracked", "unregister"]
 
-_tracked: weakref.WeakSet[Any] = weakref.WeakSet()
-_pending: list[tuple[Any, str, int]] = []
-_started: list[float] = [0.0, 0.0]  # perf_counter, time.time at pre_run_cell
-_counter = itertools.count()
+#: Clusters followed by the hooks (weak references: a list is cheaper to walk than a WeakSet, per cell).
+_tracked: list[weakref.ref[Any]] = []
 _registered: weakref.WeakSet[Any] = weakref.WeakSet()
+_counter = itertools.count(1)
+#: The tag of the cell running in this context (None outside cells, and in threads a cell starts).
+_CELL: contextvars.ContextVar[str | None] = contextvars.ContextVar("cumulo_cell", default=None)
+#: Clients that submitted a graph during the current cell (weak references).
+_submitted: list[weakref.ref[Any]] = []
+_running: dict[str, Any] = {}
+_history: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_reported: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+_kernel: list[str] = []
+_limit = [10000]
+
+
+def kernel_id() -> str:
+    """This kernel's name in cell tags: its Jupyter kernel id (first 8 characters) or host, and pid.
+
+    The pid makes a restarted kernel (same Jupyter id) a new kernel for the ledger,
+    whose cell numbers start again.
+    """
+    if not _kernel:
+        ident = None
+        try:
+            from ipykernel.connect import get_connection_file
+
+            name = os.path.basename(get_connection_file())
+            if name.startswith("kernel-") and name.endswith(".json"):
+                ident = name[len("kernel-"):-len(".json")][:8]
+        except Exception:  # not in a Jupyter kernel
+            ident = None
+        _kernel.append(f"{ident or socket.gethostname()}-{os.getpid()}".replace("/", "_"))
+    return _kernel[0]
+
+
+def current_cell() -> str | None:
+    """The tag of the notebook cell running in this context, or None (outside cells, or in a thread)."""
+    return _CELL.get()
+
+
+def history() -> dict[str, dict[str, Any]]:
+    """The cells this kernel ran, by tag: execution count, start and end (epoch seconds), wall (s)."""
+    return dict(_history)
 
 
 def track(cluster: Any) -> None:
     """Follow ``cluster`` in per-cell lines; registers the IPython hooks if running in IPython."""
-    _tracked.add(cluster)
+    _tracked[:] = [r for r in _tracked if r() is not None and r() is not cluster]
+    _tracked.append(weakref.ref(cluster))
     try:
         from IPython import get_ipython
     except ImportError:
@@ -47,7 +107,7 @@ def track(cluster: Any) -> None:
 
 def tracked() -> list[Any]:
     """Clusters followed by the per-cell hooks in this process."""
-    return list(_tracked)
+    return [c for c in (r() for r in _tracked) if c is not None]
 
 
 def loaded() -> bool:
@@ -56,101 +116,142 @@ def loaded() -> bool:
 
 
 def register(ip: Any) -> None:
-    """Add the hooks to an IPython shell (idempotent)."""
+    """Add the hooks to an IPython shell and tag graphs submitted from its cells (idempotent)."""
     if ip in _registered:
         return
+    _limit[0] = int(config.get("cost.max-cells", 10000))
+    _install_tagging()
     ip.events.register("pre_run_cell", _pre_run_cell)
     ip.events.register("post_run_cell", _post_run_cell)
     _registered.add(ip)
 
 
 def unregister(ip: Any) -> None:
-    """Remove the hooks from an IPython shell."""
+    """Remove the hooks from an IPython shell (graphs are no longer tagged once no shell has them)."""
     for name, fn in (("pre_run_cell", _pre_run_cell), ("post_run_cell", _post_run_cell)):
         try:
             ip.events.unregister(name, fn)
         except ValueError:
             pass
     _registered.discard(ip)
+    _CELL.set(None)
 
 
-def _usage(cluster: Any) -> Any:
-    return getattr(cluster, "_cumulo_usage", None)
+def _install_tagging() -> None:
+    """Wrap ``Client._graph_to_futures`` (the one door of submit, map, compute, persist and get) once."""
+    from distributed import Client
+
+    original = Client._graph_to_futures
+    if getattr(original, "__cumulo_tagging__", False):
+        return
+
+    @functools.wraps(original)
+    def _graph_to_futures(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tag = _CELL.get()
+        if tag is None:
+            return original(self, *args, **kwargs)
+        import dask
+
+        if not any(r() is self for r in _submitted):
+            _submitted.append(weakref.ref(self))
+        with dask.annotate(**{CELL_ANNOTATION: tag}):
+            return original(self, *args, **kwargs)
+
+    _graph_to_futures.__cumulo_tagging__ = True  # type: ignore[attr-defined]
+    Client._graph_to_futures = _graph_to_futures  # type: ignore[method-assign]
 
 
 def _pre_run_cell(info: Any = None) -> None:
-    _pending.clear()
-    _started[0] = time.perf_counter()
-    _started[1] = time.time()
-    for cluster in list(_tracked):
-        usage = _usage(cluster)
-        client = getattr(cluster, "client", None)
-        if cluster.status != "running" or usage is None or not usage.installed or client is None:
-            continue
-        comm = getattr(client, "scheduler_comm", None)
-        if comm is None or (getattr(client, "_scheduler_identity", None) or {}).get("id") != usage.scheduler_id:
-            continue  # a scheduler without our ledger would drop the stream on an unknown message
-        mark = f"{os.getpid()}-{next(_counter)}"
-        count = comm.message_count
-        try:
-            client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": mark})
-        except Exception:
-            continue
-        _pending.append((cluster, mark, count))
+    tag = f"{kernel_id()}/{next(_counter)}"
+    _submitted.clear()
+    _running.clear()
+    _running.update(tag=tag, t0=time.perf_counter(), start=time.time())
+    _CELL.set(tag)
 
 
-def cell_cost(cluster: Any, since: dict[str, Any], wall: float) -> tuple[float | None, str]:
-    """Cost of one cell from the counters since its mark: (dollars or None, basis)."""
-    usage = _usage(cluster)
-    rec = usage.record() if usage is not None else getattr(cluster, "_record", None)
-    rate = getattr(rec, "rate_per_hour", None) if rec is not None else None
-    if rate is not None:
-        return rate * wall / 3600.0, "estimate"
-    per_worker, per_gpu = rates()
-    if per_worker is None and per_gpu is None:
-        return None, "none"
-    amount = (since.get("worker_seconds") or 0.0) / 3600.0 * (per_worker or 0.0)
-    amount += (since.get("gpu_seconds") or 0.0) / 3600.0 * (per_gpu or 0.0)
-    return amount, "estimate"
+def _remember(tag: str, execution_count: int | None, start: float, end: float, wall: float) -> None:
+    _history[tag] = {"execution_count": execution_count, "start": start, "end": end, "wall": wall}
+    while len(_history) > _limit[0]:
+        _history.popitem(last=False)
 
 
 def _post_run_cell(result: Any = None) -> None:
-    if not _pending:
+    _CELL.set(None)
+    if not _running:
         _report_guards()
         return
-    wall = time.perf_counter() - _started[0]
-    pending = list(_pending)
-    _pending.clear()
-    for cluster, mark, count in pending:
-        comm = getattr(getattr(cluster, "client", None), "scheduler_comm", None)
-        if comm is None or comm.message_count - count <= 1:
-            continue  # only our own mark went out: the cell did not touch this cluster
-        try:
-            ledger = fetch_ledger(cluster.client, mark=mark, timeout=5.0)
-        except Exception:
-            continue
-        since = ledger.get("since_mark")
-        if not since or not (since["tasks_done"] or since["tasks_erred"]):
-            continue
-        cost, kind = cell_cost(cluster, since, wall)
-        row = {
-            "execution_count": getattr(result, "execution_count", None),
-            "start": _started[1], "wall": wall, "tasks": since["tasks_done"] + since["tasks_erred"],
-            "task_seconds": since["task_seconds"], "gpu_seconds": since["gpu_busy_seconds"],
-            "cost": cost, "cost_kind": kind,
-        }
-        _usage(cluster).record_cell(row)
-        if config.get("widgets.cell-line"):
-            _show(_line(cluster.name, row, since))
+    wall = time.perf_counter() - _running["t0"]
+    tag, start = _running["tag"], _running["start"]
+    end = time.time()
+    _running.clear()
+    count = getattr(result, "execution_count", None)
+    _remember(tag, count, start, end, wall)
+    if _submitted:  # the common case (a cell that submitted nothing) stops here
+        clients = [c for c in (r() for r in _submitted) if c is not None]
+        _submitted.clear()
+        for cluster in tracked():
+            _after_cell(cluster, clients, tag, count, start, end, wall)
     _report_guards()
 
 
-def _line(name: str, row: dict[str, Any], since: dict[str, Any]) -> str:
-    parts = [f"cumulo {name}: {row['wall']:.2f}s wall", f"{row['task_seconds']:.1f} task-s on {row['tasks']} tasks"]
-    if since.get("gpu_seconds"):
+def _ours(cluster: Any, client: Any) -> bool:
+    """Whether ``client`` talks to the scheduler ``cluster``'s ledger was installed on."""
+    usage = getattr(cluster, "usage", None)
+    ident = getattr(client, "_scheduler_identity", None) or {}
+    return usage is not None and usage.scheduler_id is not None and ident.get("id") == usage.scheduler_id
+
+
+def _after_cell(cluster: Any, clients: list[Any], tag: str, count: int | None, start: float, end: float,
+                wall: float) -> None:
+    client = getattr(cluster, "client", None)
+    usage = getattr(cluster, "usage", None)
+    if cluster.status != "running" or client is None or usage is None or not usage.installed:
+        return
+    mine = [c for c in clients if _ours(cluster, c)]
+    if not mine:
+        return
+    mark = {"op": "cumulo-cell-mark", "mark": tag, "start": start, "end": end, "execution_count": count}
+    for c in mine:  # behind the cell's graphs on each stream they went out on
+        try:
+            c._send_to_scheduler(dict(mark))
+        except Exception:
+            continue
+    try:
+        row = fetch_cell(client, tag, wait=2.0, timeout=5.0)
+    except Exception:  # never let the line break a cell
+        return
+    if not row or not row.get("submitted"):
+        return
+    usage.record_cell(row)
+    if config.get("widgets.cell-line"):
+        try:
+            rec = usage.record()
+        except Exception:
+            rec = None
+        _show(line(cluster.name, row, wall, cell_spend(row, rec, int(row.get("workers") or 1))))
+
+
+def line(name: str, row: dict[str, Any], wall: float, spend: Any) -> str:
+    """The per-cell line: wall time, task-seconds on finished tasks, GPU, energy, cost, what still runs."""
+    parts = [f"cumulo {name}: {wall:.2f}s wall"]
+    ended = int(row.get("finished") or 0) + int(row.get("erred") or 0)
+    running = int(row.get("running") or 0)
+    if ended:
+        parts.append(f"{row.get('task_seconds') or 0.0:.1f} task-s on {ended} tasks")
+    else:
+        parts.append(f"{row.get('submitted', 0)} tasks submitted")
+    if row.get("erred"):
+        parts.append(f"{row['erred']} failed")
+    if row.get("gpu_seconds"):
         parts.append(f"{row['gpu_seconds']:.1f} GPU-s busy")
-    parts.append("no rate set" if row["cost"] is None else f"~${row['cost']:.4f} (estimate)")
-    return " · ".join(parts)
+    if row.get("energy_j"):
+        parts.append(f"{row['energy_j'] / 3600.0:.3f} Wh GPU energy")
+    if ended:
+        parts.append("no rate set" if spend.amount is None else f"~${spend.amount:.4f} (estimate)")
+    text = " · ".join(parts)
+    if running:
+        text += f" … {running} tasks still running"
+    return text
 
 
 def _show(text: str) -> None:
@@ -165,8 +266,12 @@ def _show(text: str) -> None:
 
 
 def _report_guards() -> None:
-    for cluster in list(_tracked):
-        guard = getattr(cluster, "_cumulo_guard", None)
-        if guard is not None and guard.tripped is not None and not guard.reported:
-            guard.reported = True
-            _show(f"cumulo: {guard.tripped}")
+    for ref in _tracked:
+        cluster = ref()
+        dog = getattr(cluster, "watchdog", None)
+        if dog is None:
+            continue
+        tripped = getattr(dog, "tripped", None)
+        if tripped is not None and _reported.get(cluster) != id(tripped):
+            _reported[cluster] = id(tripped)
+            _show(f"cumulo: {tripped}")

@@ -1,9 +1,24 @@
-"""The live cost/usage meter: $/h now, spent so far, budget bar, workers and GPUs, sparkline, idle split."""
+"""The live cost/usage meter: spend and $/h, budget bar, busy vs idle workers, GPU use, energy, top cells.
+
+Two layers:
+
+- pure functions of plain data: :func:`meter_model` turns a usage summary, the
+  ledger's samples and its cells into one JSON-able dict; :func:`render_html`
+  and :func:`render_text` draw it (inline SVG sparklines, no scripts), so the
+  same picture works in a notebook, in an HTML export of it and in a terminal;
+- :class:`CostMeter`, the live view: an ``ipywidgets.HTML`` redrawn by a
+  ``PeriodicCallback`` on the cluster's own event loop (the ledger read there
+  is one RPC, awaited, never blocking the kernel), stopped when the cluster
+  closes or ``stop()`` is called; its last frame says how the cluster ended.
+  Where no widget frontend runs (nbconvert, GitHub) the static ``text/html``
+  of the same model is what shows.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import html
-import threading
+import logging
 import time
 from typing import Any
 
@@ -11,11 +26,18 @@ from dask.utils import parse_timedelta
 
 from .. import config
 
-__all__ = ["CostMeter", "in_kernel", "live_bundle", "render_html", "render_text", "sparkline_svg"]
+__all__ = ["CostMeter", "in_kernel", "live_bundle", "meter_model", "render_html", "render_model", "render_text",
+           "sparkline_svg", "top_cells", "workers_svg"]
+
+logger = logging.getLogger("cumulo")
+
+_TOP = 5
 
 
 def _money(v: float | None) -> str:
-    return "no rate set" if v is None else f"${v:,.2f}"
+    if v is None:
+        return "no rate set"
+    return f"${v:,.4f}" if 0 < abs(v) < 1 else f"${v:,.2f}"  # cents hide what a small cluster costs
 
 
 def sparkline_svg(values: list[float | None], *, width: int = 120, height: int = 24, top: float = 100.0,
@@ -31,19 +53,72 @@ def sparkline_svg(values: list[float | None], *, width: int = 120, height: int =
             f"<polyline fill='none' stroke='{color}' stroke-width='1.5' points='{coords}'/></svg>")
 
 
-def _series(samples: list[dict[str, Any]]) -> tuple[str, list[float | None], list[float | None]]:
-    """(label, utilisation %, memory %) series: GPU where NVML reports, else busy threads."""
-    if any(s.get("gpu_util") is not None for s in samples):
-        mem = [None if not s.get("gpu_mem_total") else 100.0 * (s.get("gpu_mem_used") or 0) / s["gpu_mem_total"]
-               for s in samples]
-        return "GPU util / memory", [s.get("gpu_util") for s in samples], mem
-    busy = [None if not s.get("threads") else 100.0 * min(s["processing"], s["threads"]) / s["threads"]
-            for s in samples]
-    return "busy threads", busy, []
+def workers_svg(busy: list[int], total: list[int], *, width: int = 160, height: int = 28) -> str:
+    """Busy (blue) over idle (grey) workers, one bar per sample: where the money went, at a glance."""
+    n = len(total)
+    if n == 0:
+        return f"<svg width='{width}' height='{height}'></svg>"
+    top = max(max(total), 1)
+    w = width / n
+    bars = []
+    for i, (b, t) in enumerate(zip(busy, total)):
+        x = i * w
+        th = (t / top) * (height - 1)
+        bh = (min(b, t) / top) * (height - 1)
+        if th > bh:
+            bars.append(f"<rect x='{x:.1f}' y='{height - th:.1f}' width='{max(w - 0.5, 0.5):.1f}' "
+                        f"height='{th - bh:.1f}' fill='#d1d5db'/>")
+        if bh > 0:
+            bars.append(f"<rect x='{x:.1f}' y='{height - bh:.1f}' width='{max(w - 0.5, 0.5):.1f}' "
+                        f"height='{bh:.1f}' fill='#3b82f6'/>")
+    return (f"<svg width='{width}' height='{height}' style='vertical-align:middle' "
+            f"role='img' aria-label='busy vs idle workers'>{''.join(bars)}</svg>")
 
 
-def render_text(name: str, s: dict[str, Any], *, budget: float | None = None, status: str = "running") -> str:
-    """The meter as one or two plain-text lines (terminals, logs, non-widget frontends)."""
+def meter_model(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | None = None, *,
+                budget: float | None = None, status: str = "running",
+                cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything the meter shows, as plain data (what render_html/render_text draw).
+
+    ``s``: a :meth:`cumulo.metering.Usage.summary`; ``samples``: the ledger's recent
+    samples; ``cells``: rows with ``label``, ``cost``, ``task_seconds``, ``running``
+    (the top few are kept, by cost, else task time).
+    """
+    samples = samples or []
+    spend = s.get("spend")
+    per_worker = [s.get("worker_gpu_util") for s in samples]
+    width = max((len(p) for p in per_worker if p), default=0)
+    top = sorted(cells or [], key=lambda c: ((c.get("cost") or 0.0), c.get("task_seconds") or 0.0), reverse=True)
+    return {
+        "name": name,
+        "status": status,
+        "spend": spend,
+        "rate_per_hour": s.get("rate_per_hour"),
+        "cost_basis": s.get("cost_basis"),
+        "budget": budget,
+        "budget_fraction": (None if not budget or spend is None else min(spend / budget, 1.0)),
+        "workers": s.get("workers"),
+        "threads": s.get("threads"),
+        "gpus": s.get("gpus"),
+        "gpu_model": s.get("gpu_model"),
+        "busy_worker_seconds": s.get("busy_worker_seconds"),
+        "worker_seconds": s.get("worker_seconds"),
+        "idle_spend": s.get("idle_spend"),
+        "energy_wh": s.get("energy_wh"),
+        "power_w": s.get("power_w"),
+        "running_tasks": s.get("tasks_running"),
+        "busy": [int(x.get("busy_workers") or 0) for x in samples],
+        "total": [int(x.get("workers") or 0) for x in samples],
+        "gpu_util": [x.get("gpu_util") for x in samples],
+        "worker_gpu_util": [[(p[i] if p and i < len(p) else None) for p in per_worker] for i in range(width)],
+        "top_cells": top[:_TOP],
+        "updated": time.time(),
+    }
+
+
+def render_text(name: str, s: dict[str, Any], *, budget: float | None = None, status: str = "running",
+                cells: list[dict[str, Any]] | None = None) -> str:
+    """The meter as a few plain-text lines (terminals, logs, non-widget frontends)."""
     rate = s.get("rate_per_hour")
     line = (f"{name} [{status}]: {_money(rate)}{'/h' if rate is not None else ''} now, "
             f"spent {_money(s.get('spend'))}" + (" (estimate)" if s.get("spend") is not None else ""))
@@ -51,95 +126,177 @@ def render_text(name: str, s: dict[str, Any], *, budget: float | None = None, st
         line += f" of ${budget:,.2f} budget"
     if s.get("workers") is not None:
         line += f"; {s['workers']} workers, {s.get('gpus', 0)} GPUs"
+    if s.get("energy_wh") is not None:
+        line += f"; GPU energy {s['energy_wh']:,.3f} Wh"
     idle = s.get("idle_spend")
     if idle is not None and s.get("spend"):
         line += f"\n{_money(idle)} of {_money(s['spend'])} paid for idle {'GPUs' if s.get('gpus') else 'workers'}"
+    for c in (cells or [])[:_TOP]:
+        cost = "" if c.get("cost") is None else f" ~${c['cost']:.4f}"
+        run = f", {c['running']} running" if c.get("running") else ""
+        line += f"\n  {c.get('label')}: {c.get('task_seconds') or 0.0:.1f} task-s{cost}{run}"
     return line
 
 
 def render_html(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | None = None, *,
-                budget: float | None = None, status: str = "running") -> str:
-    """The meter as a small HTML block (what the widget shows)."""
+                budget: float | None = None, status: str = "running",
+                cells: list[dict[str, Any]] | None = None) -> str:
+    """The meter as a small HTML block with inline SVG (what the widget shows, and static exports)."""
+    m = meter_model(name, s, samples, budget=budget, status=status, cells=cells)
+    return render_model(m)
+
+
+def render_model(m: dict[str, Any]) -> str:
+    """Draw a :func:`meter_model` as HTML."""
     esc = html.escape
-    rate = s.get("rate_per_hour")
-    spend = s.get("spend")
+    rate, spend = m["rate_per_hour"], m["spend"]
     if rate is None and spend is None:
         money = ("no rate set <span style='color:#888'>(set cumulo.cost.rate-per-worker-hour or "
                  "rate-per-gpu-hour to see a cost)</span>")
     else:
         money = (f"{esc(_money(rate))}{'/h' if rate is not None else ''} now · spent <b>{esc(_money(spend))}</b>"
-                 + ("" if spend is None else f" <span style='color:#888' title='{esc(str(s.get('cost_basis')))}'>"
+                 + ("" if spend is None else f" <span style='color:#888' title='{esc(str(m['cost_basis']))}'>"
                     "(estimate)</span>"))
-    rows = [f"<b>{esc(name)}</b> <span style='color:#888'>[{esc(status)}]</span>", money]
-    if budget:
-        frac = 0.0 if spend is None else min(spend / budget, 1.0)
+    if m["energy_wh"] is not None:
+        power = "" if m["power_w"] is None else f" · {m['power_w']:,.0f} W now"
+        money += f" · GPU energy <b>{m['energy_wh']:,.3f} Wh</b>{power}"
+    rows = [f"<b>{esc(m['name'])}</b> <span style='color:#888'>[{esc(m['status'])}]</span>", money]
+    if m["budget"]:
+        frac = m["budget_fraction"] or 0.0
         colour = "#16a34a" if frac < 0.5 else ("#d97706" if frac < 0.8 else "#dc2626")
         rows.append(
             f"<div style='width:160px;height:8px;background:#e5e7eb;display:inline-block;vertical-align:middle'>"
             f"<div style='width:{frac * 100:.0f}%;height:8px;background:{colour}'></div></div> "
-            f"{frac:.0%} of ${budget:,.2f} budget")
-    if s.get("workers") is not None:
-        gpu = f"{s.get('gpus', 0)} GPUs" + (f" ({esc(str(s['gpu_model']))})" if s.get("gpu_model") else "")
-        rows.append(f"{s['workers']} workers · {s.get('threads', 0)} threads · {gpu}")
-    if samples:
-        label, util, mem = _series(samples)
-        spark = sparkline_svg(util) + (sparkline_svg(mem, color="#a855f7") if mem else "")
-        rows.append(f"{spark} <span style='color:#888'>{esc(label)}</span>")
-    idle = s.get("idle_spend")
+            f"{frac:.0%} of ${m['budget']:,.2f} budget")
+    if m["workers"] is not None:
+        gpu = f"{m.get('gpus') or 0} GPUs" + (f" ({esc(str(m['gpu_model']))})" if m.get("gpu_model") else "")
+        running = f" · {m['running_tasks']} tasks running" if m.get("running_tasks") else ""
+        rows.append(f"{m['workers']} workers · {m.get('threads') or 0} threads · {gpu}{running}")
+    if m["total"]:
+        busy_now = m["busy"][-1] if m["busy"] else 0
+        rows.append(f"{workers_svg(m['busy'], m['total'])} <span style='color:#888'>workers: "
+                    f"<span style='color:#3b82f6'>busy</span> {busy_now} / idle {m['total'][-1] - busy_now}</span>")
+    if m["worker_gpu_util"]:
+        lines = "".join(sparkline_svg(series, width=60, height=18) for series in m["worker_gpu_util"])
+        rows.append(f"{lines} <span style='color:#888'>GPU utilisation per worker</span>")
+    elif any(v is not None for v in m["gpu_util"]):
+        rows.append(f"{sparkline_svg(m['gpu_util'])} <span style='color:#888'>GPU utilisation</span>")
+    idle = m["idle_spend"]
     if idle is not None and spend:
-        what = "GPUs" if s.get("gpus") else "workers"
+        what = "GPUs" if m.get("gpus") else "workers"
         rows.append(f"{esc(_money(idle))} of {esc(_money(spend))} paid for idle {what}")
-    elif s.get("worker_seconds") is not None:
-        rows.append(f"busy {s['busy_worker_seconds']:.0f} of {s['worker_seconds']:.0f} worker-seconds")
+    elif m.get("worker_seconds") is not None:
+        rows.append(f"busy {m['busy_worker_seconds']:.0f} of {m['worker_seconds']:.0f} worker-seconds")
+    if m["top_cells"]:
+        cells = "".join(
+            f"<tr><td>{esc(str(c.get('label')))}</td><td style='text-align:right'>{_cost(c.get('cost'))}</td>"
+            f"<td style='text-align:right'>{c.get('task_seconds') or 0.0:.1f}</td>"
+            f"<td style='text-align:right'>{c.get('running') or ''}</td></tr>"
+            for c in m["top_cells"])
+        rows.append("<table class='cumulo-top-cells' style='font-size:90%;border-collapse:collapse'>"
+                    "<tr style='color:#888'><td>top cells</td><td>cost</td><td>task-s</td><td>running</td></tr>"
+                    f"{cells}</table>")
     body = "".join(f"<div>{r}</div>" for r in rows)
     return f"<div class='cumulo-meter' style='font-size:90%;line-height:1.5'>{body}</div>"
 
 
+def _cost(v: float | None) -> str:
+    return "-" if v is None else f"${v:.4f}"
+
+
+def top_cells(ledger: dict[str, Any], record: Any) -> list[dict[str, Any]]:
+    """The ledger's top cells (all kernels) and work outside cells, labelled and priced (the meter's rows).
+
+    ``record``: the cluster's registry row (its price), or None.
+    """
+    from ..cellcost import kernel_id
+    from ..metering import cell_spend
+
+    summary = ledger.get("cell_summary") or {}
+    workers = len(ledger.get("workers") or ())
+    me = kernel_id()
+    out = []
+    for c in [*summary.get("top", ()), *(r for r in (summary.get("outside"),) if r and r.get("task_seconds"))]:
+        count = c.get("execution_count")
+        if c.get("kernel") is None:
+            label = str(c.get("tag"))
+        elif c.get("kernel") == me:
+            label = f"[{count}]" if count is not None else f"cell {c.get('seq')}"
+        else:
+            label = f"{c['kernel']} [{count if count is not None else '?'}]"
+        spend = cell_spend(c, record, workers)
+        out.append({"label": label, "cost": spend.amount, "task_seconds": c.get("task_seconds"),
+                    "running": c.get("running")})
+    return out
+
+
 class CostMeter:
-    """A live cost/usage view of one cluster. Display it in a notebook; ``str()`` elsewhere."""
+    """A live cost/usage view of one cluster. Display it in a notebook; ``str()`` elsewhere.
+
+    ``widget()`` builds the live view (an ``ipywidgets.HTML``) and starts its refresh
+    on the cluster's loop every ``interval`` (default ``cumulo.widgets.refresh-interval``).
+    """
 
     def __init__(self, cluster: Any, *, interval: float | str | None = None) -> None:
         self.cluster = cluster
         self.interval = float(parse_timedelta(interval or config.get("widgets.refresh-interval")))
         self.points = int(config.get("widgets.sparkline-points"))
-        self._widget: Any = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.refreshes = 0
+        self._widget: Any = None
+        self._callback: Any = None
+        self._stopped: asyncio.Event | None = None
+        self._final = False
+
+    # -- data -----------------------------------------------------------------------------
 
     def _budget(self) -> float | None:
         rec = getattr(self.cluster, "_record", None)
         return getattr(rec, "budget", None) or getattr(getattr(self.cluster, "spec", None), "budget", None)
 
-    def _data(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        usage = getattr(self.cluster, "_cumulo_usage", None) or getattr(self.cluster, "usage", None)
+    def _usage(self) -> Any:
+        return getattr(self.cluster, "usage", None)
+
+    def _frame(self, ledger: dict[str, Any] | None) -> str:
+        usage = self._usage()
+        s = usage.summary(ledger) if usage is not None else {}
+        samples = list((ledger or {}).get("samples") or [])
+        cells = top_cells(ledger, usage.record()) if ledger is not None and usage is not None else []
+        return render_html(self.cluster.name, s, samples, budget=self._budget(), status=self.cluster.status,
+                           cells=cells)
+
+    def _data(self) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+        usage = self._usage()
         if usage is None or self.cluster.status != "running":
-            return {}, []
+            return {}, [], []
         ledger = usage.ledger(samples=self.points)
-        return usage.summary(ledger), list((ledger or {}).get("samples") or [])
+        cells = top_cells(ledger, usage.record()) if ledger is not None else []
+        return usage.summary(ledger), list((ledger or {}).get("samples") or []), cells
 
     def html(self) -> str:
         """The current view as HTML (one ledger read)."""
         try:
-            s, samples = self._data()
+            s, samples, cells = self._data()
         except Exception as exc:
             return f"<div class='cumulo-meter'>{html.escape(self.cluster.name)}: {html.escape(str(exc))}</div>"
-        return render_html(self.cluster.name, s, samples, budget=self._budget(), status=self.cluster.status)
+        return render_html(self.cluster.name, s, samples, budget=self._budget(), status=self.cluster.status,
+                           cells=cells)
 
     def __str__(self) -> str:
         try:
-            s, _ = self._data()
+            s, _, cells = self._data()
         except Exception as exc:
             return f"{self.cluster.name}: {exc}"
-        return render_text(self.cluster.name, s, budget=self._budget(), status=self.cluster.status)
+        return render_text(self.cluster.name, s, budget=self._budget(), status=self.cluster.status, cells=cells)
 
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
         return self.html()
 
+    # -- the live widget --------------------------------------------------------------------
+
     def widget(self) -> Any:
-        """The ipywidgets.HTML that refreshes itself (started on first call)."""
+        """The ipywidgets.HTML that refreshes itself (its refresh starts on first call)."""
         if self._widget is None:
             import ipywidgets
 
@@ -158,47 +315,105 @@ class CostMeter:
         display(w)
 
     def refresh(self) -> None:
-        """Redraw once (the background thread calls this every interval)."""
+        """Redraw once now, from any thread but the cluster's loop (one blocking ledger read)."""
         if self._widget is not None:
             self._widget.value = self.html()
         self.refreshes += 1
 
+    @property
+    def running(self) -> bool:
+        """Whether the refresh callback is scheduled on the cluster's loop."""
+        return self._callback is not None and self._callback.is_running()
+
     def start(self) -> None:
-        """Start refreshing in a daemon thread; it ends when the cluster closes or stop() is called."""
-        if self._thread is not None:
+        """Start refreshing on the cluster's loop; it stops when the cluster closes or stop() is called."""
+        if self._callback is not None or getattr(self.cluster, "status", None) != "running":
             return
-        self._thread = threading.Thread(target=self._run, name=f"cumulo-meter-{self.cluster.name}", daemon=True)
-        self._thread.start()
+        loop = getattr(self.cluster, "loop", None)
+        if loop is None:
+            return
+        from tornado.ioloop import PeriodicCallback
+
+        self._callback = PeriodicCallback(self._tick, self.interval * 1000)
+        loop.add_callback(self._begin)
+
+    def _begin(self) -> None:
+        """On the loop: start the callback, and a watcher that draws the last frame when it ends."""
+        if self._callback is None or self._final:
+            return
+        self._stopped = asyncio.Event()
+        self._callback.start()
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        # Ends when stop() is called or the cluster is seen closed, or is cancelled when the
+        # cluster's loop shuts down at close: either way, draw how the cluster ended.
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        finally:
+            if self._callback is not None:
+                self._callback.stop()
+            self._last_frame()
 
     def stop(self) -> None:
-        """Stop refreshing."""
-        self._stop.set()
+        """Stop refreshing (the last frame stays)."""
+        if self._stopped is not None:
+            loop = getattr(self.cluster, "loop", None)
+            if loop is not None:
+                try:
+                    loop.add_callback(self._stopped.set)
+                except Exception:  # the loop is gone: so is the callback
+                    pass
+        elif self._callback is not None:
+            self._callback.stop()
+        self._final = True
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.cluster.status != "running":
-                break
-            try:
-                self.refresh()
-            except Exception:
-                time.sleep(self.interval)
-        for _ in range(600):  # let a close in progress finish (bounded), so the last frame says so
-            if self.cluster.status not in ("closing", "running") or self._stop.is_set():
-                break
-            time.sleep(0.05)
-        if self._widget is not None:  # a last frame that says it stopped
-            s = {}
-            rec = None
-            try:
-                rec = self.cluster.registry.get(self.cluster.id)
-                from ..metering import spend_of
+    async def _tick(self) -> None:
+        status = self.cluster.status
+        if status != "running":
+            if status not in ("closing", "starting", "created") and self._stopped is not None:
+                self._stopped.set()  # it ended (closed, lost, failed): the watcher draws the last frame
+            return
+        client = getattr(self.cluster, "client", None)
+        try:
+            ledger = await asyncio.wait_for(client.scheduler.cumulo_ledger(samples=self.points), 5)
+        except Exception as exc:  # a slow or lost scheduler: say so, try again next time
+            ledger = None
+            logger.debug("cumulo meter: no ledger for %r: %s", self.cluster.name, exc)
+        try:
+            if self._widget is not None:
+                self._widget.value = self._frame(ledger)
+            self.refreshes += 1
+        except Exception:
+            logger.debug("cumulo meter: refresh of %r failed", self.cluster.name, exc_info=True)
 
-                sp = spend_of(rec, None)
-                s = {"spend": sp.amount if sp.amount is not None else rec.cost, "rate_per_hour": None}
+    def _last_frame(self) -> None:
+        """A last frame that says how the cluster ended (its registry row: closed, stop failed, ...)."""
+        self._final = True
+        if self._widget is None or self.cluster.status in ("running", "closing"):
+            return  # stopped by hand (the last frame stays), or the loop went while closing
+        s: dict[str, Any] = {}
+        state = self.cluster.status
+        final = getattr(self._usage(), "final", None)
+        if final is not None:  # the ledger as read while the cluster closed
+            try:
+                s = dict(self._usage().summary(final))
             except Exception:
-                pass
-            self._widget.value = render_html(self.cluster.name, s, budget=self._budget(),
-                                             status=getattr(rec, "state", self.cluster.status))
+                s = {}
+        try:
+            rec = self.cluster.registry.get(self.cluster.id)
+            from ..metering import spend_of
+
+            sp = spend_of(rec, None)
+            spend = sp.amount if sp.amount is not None else rec.cost
+            if spend is not None or "spend" not in s:
+                s["spend"] = spend
+            state = rec.state
+        except Exception:
+            pass
+        s["rate_per_hour"] = None  # nothing bills at a rate any more (or the row says it may)
+        self._widget.value = render_html(self.cluster.name, s, budget=self._budget(), status=state)
 
 
 def in_kernel() -> bool:
@@ -225,7 +440,7 @@ def live_bundle(cluster: Any, card_html: str, text: str) -> dict[str, Any]:
 
         meter = CostMeter(cluster)
         box = ipywidgets.VBox([ipywidgets.HTML(value=card_html), meter.widget()])
-        bundle["text/html"] = card_html + meter.html()
+        bundle["text/html"] = card_html + meter._widget.value
         bundle.update({k: v for k, v in box._repr_mimebundle_().items() if k != "text/plain"})
     except Exception:  # a display must never fail because of the meter
         pass
