@@ -259,7 +259,7 @@ def test_env_argument_cannot_hand_a_secret_to_workers() -> None:
     with dask.config.set({"cumulo.local.scrub-env": ["HF_*"]}), pytest.raises(SpecError, match="HF_TOKEN"):
         provider.cluster_kwargs(ClusterSpec(env={"HF_TOKEN": "x"}), gpus=0)
     kwargs = provider.cluster_kwargs(ClusterSpec(env={"OMP_NUM_THREADS": "1"}), gpus=0)
-    assert kwargs["preload"][0].endswith("_worker_scrub.py") and "LAMBDA_API_KEY" in kwargs["preload_argv"][0]
+    assert kwargs["preload"][0].endswith("_local_worker.py") and "LAMBDA_API_KEY" in kwargs["preload_argv"][0]
 
 
 def test_user_worker_preloads_are_kept_after_the_scrub() -> None:
@@ -340,3 +340,53 @@ def test_gpu_local_cluster_is_tls_and_scrubbed_too(certs_root: Path, monkeypatch
         assert all(v["environ"] is None and not v["proc"] for v in seen.values())
         assert set(cluster.client.run(os.getenv, "CUDA_VISIBLE_DEVICES").values()) != {None}
     assert not (certs_root / cluster.id).exists()
+
+
+_INTERRUPTED_KERNEL = """
+import signal, sys
+import cumulo
+
+def main():
+    signal.signal(signal.SIGINT, lambda *a: print("interrupted", flush=True))  # as ipykernel does
+    cluster = cumulo.connect(workers=2, threads_per_worker=1)
+    data = cluster.client.scatter(list(range(100)))
+    print(sorted(w["id"] for w in cluster.client.scheduler_info()["workers"].values()), flush=True)
+    sys.stdin.readline()  # the test interrupts the whole process group here
+    print(sorted(w["id"] for w in cluster.client.scheduler_info()["workers"].values()), flush=True)
+    print(sum(cluster.client.gather(data)), flush=True)
+    cluster.close()
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_kernel_interrupt_does_not_kill_the_local_workers(tmp_path: Path) -> None:
+    """Jupyter interrupts a kernel with SIGINT to its whole process group; the workers used to die of it."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "kernel.py"
+    script.write_text(_INTERRUPTED_KERNEL)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        before = proc.stdout.readline().strip()
+        assert before.startswith("["), before
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.stdout.readline().strip() == "interrupted"
+        import time
+
+        time.sleep(2)  # long enough for a killed worker to be noticed by its scheduler
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        after = proc.stdout.readline().strip()
+        assert after == before, "the workers were replaced: the interrupt killed them"
+        assert proc.stdout.readline().strip() == str(sum(range(100))), "their data survived"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -26,7 +26,7 @@ for single-user machines).
 
 Workers must also not hold the user's provider API keys: a task is arbitrary
 code. Distributed's nanny can set a worker's environment variables but not
-remove inherited ones, so every local worker loads ``_worker_scrub.py`` as a
+remove inherited ones, so every local worker loads ``_local_worker.py`` as a
 preload, which deletes the secret variables before the worker registers with
 the scheduler (see there). This is independent of TLS.
 """
@@ -77,7 +77,7 @@ OWNER_FILE = "owner.json"
 CLIENT_CONFIG_FILE = "dask-client.yaml"
 _ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: The worker preload that removes the secret variables.
-_SCRUB_SCRIPT = Path(__file__).with_name("_worker_scrub.py")
+_SCRUB_SCRIPT = Path(__file__).with_name("_local_worker.py")
 
 
 # -- TLS -------------------------------------------------------------------------------------

@@ -1,4 +1,12 @@
-"""Worker preload: remove provider secrets from a local worker process before it takes work.
+"""Worker preload of local workers: no provider secrets, and a kernel interrupt does not kill them.
+
+Interrupting a Jupyter kernel sends SIGINT to the kernel's whole process
+group, local worker processes included: by default they died of it, losing
+their data, on every "interrupt kernel". ``dask_setup`` makes the worker
+process ignore SIGINT (its nanny stops it with SIGTERM and SIGKILL, never
+SIGINT), so an interrupt stops the cell's Python code, not the cluster.
+
+Secrets.
 
 Local workers are processes spawned by the notebook's kernel, so they start
 with its environment, LAMBDA_API_KEY included. Distributed's nanny can add
@@ -15,7 +23,7 @@ secrets present. It
     block, which is what ``/proc/<pid>/environ`` shows and which unsetenv()
     leaves in place.
 
-It is loaded by path, not as ``cumulo._worker_scrub``, and imports nothing
+It is loaded by path, not as ``cumulo._local_worker``, and imports nothing
 of cumulo: importing it does nothing; only ``dask_setup(worker)`` acts.
 """
 
@@ -24,13 +32,15 @@ from __future__ import annotations
 import ctypes
 import fnmatch
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
 import click
 
-__all__ = ["dask_setup", "scrub"]
+__all__ = ["dask_setup", "ignore_interrupts", "scrub"]
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -89,3 +99,12 @@ def scrub(patterns: Iterable[str]) -> list[str]:
 def dask_setup(worker: Any, patterns: tuple[str, ...]) -> None:
     """Preload entry point: ``patterns`` come from the preload's argv (local_security)."""
     scrub(patterns)
+    ignore_interrupts()
+
+
+def ignore_interrupts() -> bool:
+    """Ignore SIGINT in this worker process (see the module docstring); False where it cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return True
