@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import stat
 from pathlib import Path
@@ -11,6 +10,7 @@ import dask
 import pytest
 
 from cumulo import catalog
+from cumulo.cli import main
 
 from .price_emulator import KEY, PriceEmulator
 
@@ -183,10 +183,7 @@ def test_refresh_redacts_an_echoed_key_and_caches_privately(
     with PriceEmulator() as emu, dask.config.set({"cumulo.catalog.lambda-url": emu.lambda_url,
                                                   "cumulo.catalog.azure-url": emu.azure_url}):
         emu.echo = True
-        parser = argparse.ArgumentParser()
-        catalog.add_cli(parser.add_subparsers())
-        args = parser.parse_args(["prices", "--refresh"])
-        assert args.func(args) == 0
+        assert main(["prices", "--refresh"]) == 0
     out = capsys.readouterr()
     assert "lambda: FAILED" in out.out and "received Bearer ****abcd" in out.out, out.out
     cache = tmp_path / "prices-cache.json"
@@ -196,10 +193,7 @@ def test_refresh_redacts_an_echoed_key_and_caches_privately(
 
 
 def test_cli_table_sorted(capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    catalog.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["prices", "--gpu", "A100"])
-    assert args.func(args) == 0
+    assert main(["prices", "--gpu", "A100"]) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if "A100" in ln]
     per_gpu = [float(ln.split()[4]) for ln in lines]

@@ -12,7 +12,6 @@ last good data and the failure is reported, never hidden. Live rows replace snap
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -26,7 +25,8 @@ from . import config
 from .exceptions import CredentialsError, ProviderError
 
 __all__ = [
-    "COLUMNS", "RefreshReport", "add_cli", "format_table", "freshness", "price_of", "prices", "refresh", "snapshot",
+    "COLUMNS", "RefreshReport", "format_table", "freshness", "price_of", "prices", "refresh", "report_text",
+    "snapshot",
 ]
 
 COLUMNS = [
@@ -248,31 +248,15 @@ def format_table(frame: pd.DataFrame) -> str:
     return show.to_string(index=False)
 
 
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``cumulo prices [--gpu G] [--provider P] [--region R] [--refresh]`` to an argparse CLI."""
-    p = subparsers.add_parser("prices", help="GPU offers and prices, cheapest $/GPU-hour first")
-    p.add_argument("--gpu", help="GPU model, e.g. H100, A100, L4")
-    p.add_argument("--provider", help="lambda, aws, azure or gcp")
-    p.add_argument("--region", help="region, e.g. us-east-1 or eastus")
-    p.add_argument("--refresh", action="store_true", help="fetch live prices (Lambda needs LAMBDA_API_KEY) first")
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Entry point of `cumulo prices`."""
-    if args.refresh:
-        report = refresh()
-        print(report.text())
-    frame = prices(gpu=args.gpu, provider=args.provider, region=args.region)
+def report_text(*, gpu: str | None = None, provider: str | None = None, region: str | None = None) -> str:
+    """The offers as the table `cumulo prices` prints: each price with its source and date, then freshness."""
+    frame = prices(gpu=gpu, provider=provider, region=region)
     table = format_table(frame)
     if not frame.empty:  # each price with where it comes from, as a column beside its date
         rows = table.splitlines()
         width = max(len(r) for r in rows)
         sources = ["source", *(str(v) if isinstance(v, str) and v else "-" for v in frame["source"])]
         table = "\n".join(f"{r.ljust(width)}  {s}" for r, s in zip(rows, sources))
-    print(table)
-    for line in freshness():
-        print(line)
-    print("Prices are public on-demand list prices per instance-hour (USD); check `source` before relying on one.")
-    return 0
+    lines = [table, *freshness(),
+             "Prices are public on-demand list prices per instance-hour (USD); check `source` before relying on one."]
+    return "\n".join(lines)

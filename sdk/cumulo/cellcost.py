@@ -34,18 +34,15 @@ import contextvars
 import functools
 import html
 import itertools
-import os
-import socket
 import time
 import weakref
-from collections import OrderedDict
 from typing import Any
 
-from . import config
+from . import cellhistory, config
 from ._ledger import CELL_ANNOTATION
 from .metering import cell_spend, fetch_cell
 
-__all__ = ["current_cell", "history", "kernel_id", "loaded", "register", "track", "tracked", "unregister"]
+__all__ = ["current_cell", "loaded", "register", "track", "tracked", "unregister"]
 
 #: Clusters followed by the hooks (weak references: a list is cheaper to walk than a WeakSet, per cell).
 _tracked: list[weakref.ref[Any]] = []
@@ -56,40 +53,12 @@ _CELL: contextvars.ContextVar[str | None] = contextvars.ContextVar("cumulo_cell"
 #: Clients that submitted a graph during the current cell (weak references).
 _submitted: list[weakref.ref[Any]] = []
 _running: dict[str, Any] = {}
-_history: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _reported: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-_kernel: list[str] = []
-_limit = [10000]
-
-
-def kernel_id() -> str:
-    """This kernel's name in cell tags: its Jupyter kernel id (first 8 characters) or host, and pid.
-
-    The pid makes a restarted kernel (same Jupyter id) a new kernel for the ledger,
-    whose cell numbers start again.
-    """
-    if not _kernel:
-        ident = None
-        try:
-            from ipykernel.connect import get_connection_file
-
-            name = os.path.basename(get_connection_file())
-            if name.startswith("kernel-") and name.endswith(".json"):
-                ident = name[len("kernel-"):-len(".json")][:8]
-        except Exception:  # not in a Jupyter kernel
-            ident = None
-        _kernel.append(f"{ident or socket.gethostname()}-{os.getpid()}".replace("/", "_"))
-    return _kernel[0]
 
 
 def current_cell() -> str | None:
     """The tag of the notebook cell running in this context, or None (outside cells, or in a thread)."""
     return _CELL.get()
-
-
-def history() -> dict[str, dict[str, Any]]:
-    """The cells this kernel ran, by tag: execution count, start and end (epoch seconds), wall (s)."""
-    return dict(_history)
 
 
 def track(cluster: Any) -> None:
@@ -119,7 +88,7 @@ def register(ip: Any) -> None:
     """Add the hooks to an IPython shell and tag graphs submitted from its cells (idempotent)."""
     if ip in _registered:
         return
-    _limit[0] = int(config.get("cost.max-cells", 10000))
+    cellhistory.limit(int(config.get("cost.max-cells", 10000)))
     _install_tagging()
     ip.events.register("pre_run_cell", _pre_run_cell)
     ip.events.register("post_run_cell", _post_run_cell)
@@ -162,17 +131,11 @@ def _install_tagging() -> None:
 
 
 def _pre_run_cell(info: Any = None) -> None:
-    tag = f"{kernel_id()}/{next(_counter)}"
+    tag = f"{cellhistory.kernel_id()}/{next(_counter)}"
     _submitted.clear()
     _running.clear()
     _running.update(tag=tag, t0=time.perf_counter(), start=time.time())
     _CELL.set(tag)
-
-
-def _remember(tag: str, execution_count: int | None, start: float, end: float, wall: float) -> None:
-    _history[tag] = {"execution_count": execution_count, "start": start, "end": end, "wall": wall}
-    while len(_history) > _limit[0]:
-        _history.popitem(last=False)
 
 
 def _post_run_cell(result: Any = None) -> None:
@@ -185,7 +148,7 @@ def _post_run_cell(result: Any = None) -> None:
     end = time.time()
     _running.clear()
     count = getattr(result, "execution_count", None)
-    _remember(tag, count, start, end, wall)
+    cellhistory.remember(tag, count, start, end, wall)
     if _submitted:  # the common case (a cell that submitted nothing) stops here
         clients = [c for c in (r() for r in _submitted) if c is not None]
         _submitted.clear()

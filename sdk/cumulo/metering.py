@@ -379,7 +379,7 @@ class Usage:
 
     def _refresh_cells(self) -> None:
         """Read this kernel's cells from the ledger now (nothing when the cluster is gone)."""
-        from .cellcost import kernel_id
+        from .cellhistory import kernel_id
 
         if getattr(self._cluster, "status", "running") != "running" or self._cluster.client is None:
             return
@@ -413,7 +413,7 @@ class Usage:
         """
         import pandas as pd
 
-        from .cellcost import history
+        from .cellhistory import history
 
         self._refresh_cells()
         record = self._record()
@@ -457,30 +457,6 @@ class Usage:
             "cost_basis": spend.basis,
             "last_activity": cell.get("last") if (cell.get("finished") or cell.get("erred")) else None,
         }
-
-    def plot(self) -> Any:
-        """Spend over time (busy vs idle) and cost per cell, as bokeh plots (shown inline in a notebook).
-
-        Returns a :class:`cumulo.widgets.report.UsagePlot`; ``.layout`` is the bokeh
-        object, ``.save(path)`` writes it as a standalone HTML file.
-        """
-        from .widgets.report import UsagePlot, figure
-
-        ledger = self.ledger(samples=int(config.get("widgets.sparkline-points", 60)) * 15)
-        summary = self.summary(ledger)
-        name = str(getattr(self._cluster, "name", None) or getattr(getattr(self._cluster, "record", None), "name", ""))
-        layout = figure(name, summary, list((ledger or {}).get("samples") or []), self.cells())
-        return UsagePlot(layout, f"cumulo usage: {name}")
-
-    def report(self, path: str | Any) -> Any:
-        """Write :meth:`plot` to ``path`` as one standalone HTML file (works offline); returns the path."""
-        return self.plot().save(path)
-
-    def widget(self) -> Any:
-        """A live cost/usage widget for this cluster (text outside Jupyter)."""
-        from .widgets import CostMeter
-
-        return CostMeter(self._cluster)
 
     def __repr__(self) -> str:
         try:

@@ -209,7 +209,7 @@ def top_cells(ledger: dict[str, Any], record: Any) -> list[dict[str, Any]]:
 
     ``record``: the cluster's registry row (its price), or None.
     """
-    from ..cellcost import kernel_id
+    from ..cellhistory import kernel_id
     from ..metering import cell_spend
 
     summary = ledger.get("cell_summary") or {}

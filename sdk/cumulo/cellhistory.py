@@ -1,0 +1,55 @@
+"""This kernel's name in the ledger and the cells it ran: shared by the per-cell hooks and the usage rows.
+
+Kept apart from cellcost.py (the IPython hooks) and metering.py (the ledger's
+figures) so that both read it without importing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import OrderedDict
+from typing import Any
+
+__all__ = ["history", "kernel_id", "limit", "remember"]
+
+_history: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_kernel: list[str] = []
+_limit = [10000]
+
+
+def kernel_id() -> str:
+    """This kernel's name in cell tags: its Jupyter kernel id (first 8 characters) or host, and pid.
+
+    The pid makes a restarted kernel (same Jupyter id) a new kernel for the ledger,
+    whose cell numbers start again.
+    """
+    if not _kernel:
+        ident = None
+        try:
+            from ipykernel.connect import get_connection_file
+
+            name = os.path.basename(get_connection_file())
+            if name.startswith("kernel-") and name.endswith(".json"):
+                ident = name[len("kernel-"):-len(".json")][:8]
+        except Exception:  # not in a Jupyter kernel
+            ident = None
+        _kernel.append(f"{ident or socket.gethostname()}-{os.getpid()}".replace("/", "_"))
+    return _kernel[0]
+
+
+def history() -> dict[str, dict[str, Any]]:
+    """The cells this kernel ran, by tag: execution count, start and end (epoch seconds), wall (s)."""
+    return dict(_history)
+
+
+def limit(n: int) -> None:
+    """Keep at most ``n`` cells (``cumulo.cost.max-cells``)."""
+    _limit[0] = n
+
+
+def remember(tag: str, execution_count: int | None, start: float, end: float, wall: float) -> None:
+    """Record one cell as it ran here (the ledger knows its work; this, its clock)."""
+    _history[tag] = {"execution_count": execution_count, "start": start, "end": end, "wall": wall}
+    while len(_history) > _limit[0]:
+        _history.popitem(last=False)
