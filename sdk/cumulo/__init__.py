@@ -24,10 +24,18 @@ __all__ = [
     "clusters",
     "connect",
     "current",
+    "from_notebook",
     "load_ipython_extension",
     "prices",
     "unload_ipython_extension",
 ]
+
+
+def from_notebook(path: Any, *, cluster: str | int | None = None) -> Any:
+    """The cluster spec a shared notebook carries, as a ClusterSpec (see cumulo.share.from_notebook)."""
+    from .share import from_notebook as _from_notebook
+
+    return _from_notebook(path, cluster=cluster)
 
 
 def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> Any:
@@ -37,7 +45,7 @@ def prices(gpu: str | None = None, provider: str | None = None, region: str | No
     return _prices(gpu=gpu, provider=provider, region=region)
 
 
-_SUBMODULES = {"catalog", "datasets", "pipeline", "progress", "train"}
+_SUBMODULES = {"catalog", "datasets", "pipeline", "progress", "run", "share", "train"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,8 @@
-"""The ``cumulo`` command: run the demo, list clusters, stop them.
+"""The ``cumulo`` command: every subcommand (demo, ls, down, reap, usage, prices) lives here.
 
-Subcommands register themselves with ``add_parser(subparsers)``-style
-functions so that other modules (prices, reap, ...) plug in without this file
-growing a branch per feature.
+Each handler is thin: it parses, calls the module that owns the idea
+(inventory, reaper, metering, catalog), and prints. Errors from cumulo's
+hierarchy print their message, not a traceback.
 """
 
 from __future__ import annotations
@@ -11,20 +11,13 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from dask.utils import format_bytes, format_time
 
 from .exceptions import CumuloError
 
-__all__ = ["main", "register_command"]
-
-_extra_commands: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def register_command(add: Callable[[argparse._SubParsersAction], None]) -> None:
-    """Add a subcommand: ``add(subparsers)`` must create a parser and ``set_defaults(func=...)``."""
-    _extra_commands.append(add)
+__all__ = ["build_parser", "main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -149,6 +142,33 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _share(args: argparse.Namespace) -> int:
+    from cumulo.share import share
+
+    print(share(args.notebook, out=args.output, strip_outputs=args.strip_outputs).text())
+    return 0
+
+
+def _run_notebook(args: argparse.Namespace) -> int:
+    from cumulo.run import parse_parameters, run_notebook
+
+    report = run_notebook(args.notebook, on=args.on, parameters=parse_parameters(args.parameter),
+                          out=args.output, timeout=args.timeout, kernel=args.kernel)
+    print(report.text())
+    if report.failure:
+        print(f"cumulo run: {report.failure}", file=sys.stderr)
+    return report.exit_code
+
+
+def _prices(args: argparse.Namespace) -> int:
+    from cumulo import catalog
+
+    if args.refresh:
+        print(catalog.refresh().text())
+    print(catalog.report_text(gpu=args.gpu, provider=args.provider, region=args.region))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog="cumulo", description="Dask clusters from notebooks, with their cost.")
@@ -183,11 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("name", help="cluster name (see `cumulo ls`)")
     usage.set_defaults(func=_usage)
 
-    from . import catalog
+    share = sub.add_parser("share", help="write a copy of a notebook to send: secrets removed, the cluster spec "
+                                         "and the last run's cost embedded (docs/sharing.md)")
+    share.add_argument("notebook", help="the .ipynb file")
+    share.add_argument("-o", "--output", help="where to write the copy (default: NAME.shared.ipynb beside it)")
+    share.add_argument("--strip-outputs", action="store_true", help="drop every output and execution count too")
+    share.set_defaults(func=_share)
 
-    catalog.add_cli(sub)  # cumulo prices [--gpu] [--refresh]
-    for add in _extra_commands:
-        add(sub)
+    run = sub.add_parser("run", help="execute a notebook headless, print its wall time and cost, always tear "
+                                     "down its clusters (docs/sharing.md)")
+    run.add_argument("notebook", help="the .ipynb file")
+    run.add_argument("--on", metavar="SPEC", help="launch every connect() of the notebook on SPEC: 'local', "
+                                                  "'lambda,gpu=A10,workers=2', a .json spec or a shared notebook")
+    run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                     help="set a parameter (after the cell tagged 'parameters'); repeatable")
+    run.add_argument("-o", "--output", help="where to write the executed copy (default: NAME.run.ipynb beside it)")
+    run.add_argument("--timeout", type=float, help="seconds each cell may run (default: no limit)")
+    run.add_argument("--kernel", help="kernel name (default: the notebook's, else python3)")
+    run.set_defaults(func=_run_notebook)
+
+    prices = sub.add_parser("prices", help="GPU offers and prices, cheapest $/GPU-hour first")
+    prices.add_argument("--gpu", help="GPU model, e.g. H100, A100, L4")
+    prices.add_argument("--provider", help="lambda, aws, azure or gcp")
+    prices.add_argument("--region", help="region, e.g. us-east-1 or eastus")
+    prices.add_argument("--refresh", action="store_true", help="fetch live prices (Lambda needs LAMBDA_API_KEY) first")
+    prices.set_defaults(func=_prices)
     return parser
 
 

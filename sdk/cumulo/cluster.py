@@ -75,6 +75,7 @@ def connect(
     registry: Registry | None = None,
     confirm: bool = False,
     keep_alive: bool = False,
+    spec_from: Any = None,
     **spec_fields: Any,
 ) -> Cluster:
     """Attach this notebook to a Dask cluster and return it.
@@ -91,7 +92,14 @@ def connect(
     ``confirm-above-per-hour`` threshold of its provider without asking.
     ``keep_alive=True`` lets the cluster outlive this kernel (no kernel lease;
     budget and idle timeout still apply): stop it later with `cumulo down NAME`.
+    ``spec_from="NOTEBOOK.ipynb"`` (str or os.PathLike) takes the provider and the spec
+    fields a shared notebook carries (arguments given here win) and prints its last run
+    and the current estimate first (cumulo.share.merge_spec_from).
     """
+    if spec_from is not None:
+        from .share import merge_spec_from
+
+        target, spec_fields = merge_spec_from(spec_from, target, spec_fields)
     from ._spawn import check_main_guard
 
     reattach = target is None and name is not None and not spec_fields
@@ -511,11 +519,11 @@ class Cluster(SyncMethodMixin):
 
     @property
     def usage(self) -> Any:
-        """What this cluster used and cost: ``.summary()``, ``.spend()``, ``.cells()``, ``.widget()``."""
-        from .metering import Usage
+        """What this cluster used and cost: ``.summary()``, ``.spend()``, ``.cells()``, ``.widget()``, ``.plot()``."""
+        from .widgets.usage_view import UsageView
 
         if self._usage is None:
-            self._usage = Usage(self)
+            self._usage = UsageView(self)
         return self._usage
 
     def detach(self) -> None:

@@ -1,0 +1,107 @@
+"""The notebook gallery: every notebook has a script, a README entry and a test that executes it.
+
+The dataframes and cost-control notebooks run here through `cumulo run` (which fails on the first
+cell that raises); quickstart, training and lambda_cloud run in their own test files, named below.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cumulo.registry import Registry
+from cumulo.run import run_notebook
+from cumulo.share import Scanner, share
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+EXAMPLES = ROOT / "examples"
+
+#: notebook -> the test that executes it in CI
+EXECUTED_BY = {
+    "quickstart": "tests/test_notebooks_core.py::test_quickstart_notebook_executes",
+    "dataframes": "tests/test_gallery.py::test_dataframes_notebook_runs",
+    "cost_control": "tests/test_gallery.py::test_cost_control_notebook_runs",
+    "training": "tests/test_train.py::test_training_notebook_executes",
+    "lambda_cloud": "tests/test_lambda_notebook.py::test_notebook_against_the_emulator",
+}
+
+
+def outputs(nb: nbformat.NotebookNode) -> str:
+    return "\n".join(
+        str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/html", "")) + o.get("text", "")
+        for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+
+
+def test_every_notebook_has_a_script_a_readme_entry_and_a_test() -> None:
+    readme = (NOTEBOOKS / "README.md").read_text()
+    stems = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    assert stems == sorted(EXECUTED_BY)
+    scanner = Scanner(known=[])
+    for stem in stems:
+        assert (EXAMPLES / f"{stem}.py").exists(), f"examples/{stem}.py is missing"
+        assert f"{stem}.ipynb" in readme and f"examples/{stem}.py" in readme
+        test_file, test_name = EXECUTED_BY[stem].split("::")
+        assert f"def {test_name}(" in (ROOT / test_file).read_text()
+        nb = nbformat.read(str(NOTEBOOKS / f"{stem}.ipynb"), as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:  # shipped clean: no outputs, nothing that looks like a secret
+            assert not cell.get("outputs"), f"{stem}.ipynb is committed with outputs"
+            assert scanner.redact(cell.source, code=cell.cell_type == "code")[1] == [], stem
+    assert "Team clusters" in readme and "not yet" in readme
+
+
+def test_dataframes_notebook_runs(tmp_path: Path) -> None:
+    report = run_notebook(NOTEBOOKS / "dataframes.ipynb", out=tmp_path / "dataframes.ipynb",
+                          parameters={"ROWS": 120_000, "PARTITIONS": 4}, cwd=tmp_path)
+    assert report.ok, report.failure
+    nb = nbformat.read(str(report.out), as_version=4)
+    text = outputs(nb)
+    assert "dataframe backend: pandas" in text  # CPU here; cudf on GPU workers, same cells
+    assert "of 120,000 trips" in text and "(same)" in text
+    assert "borough=Manhattan" in text and "trips_3h_mean" in text
+    assert Registry().latest("dataframes").state == "closed"
+    # what `cumulo share` makes of it: the spec and the run, no secrets to remove
+    shared = share(report.out, out=tmp_path / "dataframes.shared.ipynb")
+    assert shared.secrets == 0
+    meta = nbformat.read(str(shared.out), as_version=4).metadata["cumulo"]
+    assert meta["clusters"][0]["spec"]["provider"] == "local" and meta["last_run"]["status"] == "ok"
+    assert meta["last_run"]["parameters"] == {"ROWS": "120000", "PARTITIONS": "4"}
+
+
+def test_cost_control_notebook_runs(tmp_path: Path) -> None:
+    report = run_notebook(NOTEBOOKS / "cost_control.ipynb", out=tmp_path / "cost_control.ipynb", cwd=tmp_path)
+    assert report.ok, report.failure
+    text = outputs(nbformat.read(str(report.out), as_version=4))
+    assert "(estimate)" in text  # the per-cell line, priced at the configured rate
+    assert "task time x configured rate" in text  # cluster.usage.cells()
+    assert "tiny-budget: closed (budget reached)" in text
+    assert "idle-demo: closed (idle timeout" in text
+    assert "$ cumulo reap --dry-run" in text and "nothing to reap" in text
+    assert "kernel gone" in text and "would stop" in text
+    assert "forgotten 64 h" in text and "3072.0" in text  # 2 workers x $24/h x 64 h
+    for name in ("cost-demo", "tiny-budget", "idle-demo"):
+        assert Registry().latest(name).state == "closed", name
+    assert report.summary["cost"] > 0 and len(report.clusters) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, args, env, expect", [
+    ("quickstart.py", ["--rows", "50000"], {}, "cluster quickstart: closed"),
+    ("dataframes.py", ["--rows", "60000", "--partitions", "3"], {}, "partitioned by borough"),
+    ("cost_control.py", [], {}, "tiny-budget: closed: budget reached"),
+    ("lambda_cloud.py", [], {}, "nothing launched"),
+    ("lambda_cloud.py", [], {"CUMULO_LAMBDA_EMULATOR": "1"}, "instances still billing at the emulator: []"),
+])
+def test_example_scripts_run(tmp_path: Path, script: str, args: list[str], env: dict[str, str], expect: str) -> None:
+    environ = {**os.environ, "DASK_CUMULO__LAMBDA__CERTS_DIR": str(tmp_path / "certs"), **env}
+    environ.pop("LAMBDA_API_KEY", None)
+    proc = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path, env=environ)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert expect in proc.stdout, proc.stdout[-3000:]
