@@ -46,7 +46,7 @@ from .providers.address import security_from
 from .registry import ClusterRecord, Registry
 from .spec import MAX_WORKERS, ClusterSpec
 
-__all__ = ["Cluster", "connect", "current"]
+__all__ = ["Cluster", "close_all", "connect", "current"]
 
 logger = logging.getLogger("cumulo")
 
@@ -684,11 +684,11 @@ def _sizes(identity: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _close_all_at_exit() -> None:
-    """When the interpreter exits, stop the clusters this process started and let go of the others.
+def close_all() -> None:
+    """Stop the clusters this process started and let go of the others (at exit, and `cumulo run`'s teardown).
 
     A cluster this process only re-attached to by name belongs to another
-    process (a kernel, the Jupyter server): exiting must not stop it.
+    process (a kernel, the Jupyter server): this must not stop it.
     """
     for cluster in list(_live):
         if cluster.status == "running" and not cluster._asynchronous:
@@ -701,5 +701,5 @@ def _close_all_at_exit() -> None:
                 logger.exception("could not close cluster %r at exit", cluster.name)
 
 
-atexit.register(_close_all_at_exit)
+atexit.register(close_all)
 

@@ -64,7 +64,7 @@ _EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 _TEARDOWN = """\
 import sys as _cumulo_sys
 if "cumulo.cluster" in _cumulo_sys.modules:
-    _cumulo_sys.modules["cumulo.cluster"]._close_all_at_exit()
+    _cumulo_sys.modules["cumulo.cluster"].close_all()
 """
 
 
