@@ -59,10 +59,16 @@ async def _launch(cluster_id: str, **spec: Any) -> LocalDeployment:
     return dep
 
 
-def _refused(address: str, security: Security | None) -> None:
-    """A client with ``security`` cannot open a connection to ``address`` (it never gets to send work)."""
-    with pytest.raises((OSError, TimeoutError, TypeError, ValueError)):
-        Client(address, security=security, timeout="2s", set_as_default=False)
+async def _refused(address: str, security: Security | None) -> None:
+    """A client with ``security`` cannot open a connection to ``address`` (it never gets to send work).
+
+    An asynchronous client on the test's own loop: a blocking Client started from a
+    helper thread while that loop runs can deadlock in distributed's LoopRunner start.
+    """
+    with pytest.raises((OSError, TimeoutError, asyncio.TimeoutError, TypeError, ValueError)):
+        client = await asyncio.wait_for(
+            Client(address, security=security, timeout="2s", asynchronous=True, set_as_default=False), 30)
+        await client.close()
 
 
 # -- TLS ---------------------------------------------------------------------------------------
@@ -96,17 +102,17 @@ def test_clients_without_the_cluster_credentials_are_refused(certs_root: Path, t
             for address in (dep.address, nanny.worker_address, nanny.address):
                 assert address.startswith("tls://"), address
                 # plain tcp to the TLS port, and a tls:// client without any certificate
-                await asyncio.to_thread(_refused, address.replace("tls://", "tcp://"), None)
-                await asyncio.to_thread(_refused, address, None)
+                await _refused(address.replace("tls://", "tcp://"), None)
+                await _refused(address, None)
             # certificates of another CA (another cluster's, a self-signed set)
             other = create_cluster_tls("other", directory=tmp_path / "elsewhere")
-            await asyncio.to_thread(_refused, dep.address, other.security("client"))
-            await asyncio.to_thread(_refused, dep.address, Security.temporary())
+            await _refused(dep.address, other.security("client"))
+            await _refused(dep.address, Security.temporary())
             # trusting the cluster's CA is not enough: the scheduler checks the client's certificate too
             ca_only = Security(require_encryption=True, tls_ca_file=str(certs_root / "refuse01" / "ca.pem"),
                                tls_client_cert=other.cert_file("client").as_posix(),
                                tls_client_key=other.key_file("client").as_posix())
-            await asyncio.to_thread(_refused, dep.address, ca_only)
+            await _refused(dep.address, ca_only)
             # while the owner's and the folder's credentials work
             async with Client(dep.address, security=dep.security, asynchronous=True) as client:
                 assert await client.submit(sum, [1, 2]) == 3
