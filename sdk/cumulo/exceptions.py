@@ -25,11 +25,19 @@ with ``raise ... from exc`` so that the cause stays inspectable.
     ├── BudgetExceeded            a cluster reached its budget and the configured action ran
     ├── MissingDependency         an optional package (an extra such as `train`) is not installed
     ├── NoGPUWorkers              GPU work was asked for but no worker sees a GPU
+    ├── ShareRefused              a secret `cumulo share` cannot remove safely; nothing was written
     └── RemoteError               code cumulo ran on a worker raised; carries the remote traceback
         └── TrainingError         a training rank raised; names the rank and its worker
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .share import Refusal
 
 __all__ = [
     "BudgetExceeded",
@@ -51,6 +59,7 @@ __all__ = [
     "RateLimited",
     "RegistryError",
     "RemoteError",
+    "ShareRefused",
     "SpecError",
     "TerminateError",
     "TrainingError",
@@ -148,6 +157,18 @@ class MissingDependency(CumuloError, ImportError):
 
 class NoGPUWorkers(CumuloError):
     """GPU work was requested but no worker of the cluster sees a GPU."""
+
+
+class ShareRefused(CumuloError):
+    """A secret sits where it cannot be removed safely; nothing was written. ``refusals`` says where."""
+
+    def __init__(self, path: Path, refusals: list[Refusal]) -> None:
+        self.refusals = refusals
+        lines = "; ".join(r.text() for r in refusals)
+        super().__init__(
+            f"refusing to share {path.name}: {lines}. Nothing was written. Remove that output or "
+            "attachment (or the encoded data) from the notebook, or pass --strip-outputs when it is an "
+            "output, and try again.")
 
 
 class RemoteError(CumuloError):
