@@ -206,7 +206,8 @@ def dask_processes(tmp_path: Path) -> Iterator[DaskProcesses]:
         procs.stop()
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
+    """GPUs NVML reports on this machine (0 without NVML or a driver); `gpu` tests skip at 0."""
     try:
         from distributed.diagnostics import nvml
 
@@ -217,7 +218,7 @@ def _gpu_count() -> int:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip `gpu` tests, with the reason, where NVML reports no GPU (decided once, at collection)."""
-    if _gpu_count() > 0:
+    if gpu_count() > 0:
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU: NVML reports none on this machine")
     for item in items:

@@ -20,7 +20,7 @@ from distributed import Client, LocalCluster
 from cumulo import metering
 from cumulo.registry import ClusterRecord
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, gpu_count, wait_for
 
 SLEEP = 0.4
 JITTER = 0.25
@@ -380,17 +380,7 @@ def test_cli_usage_reads_the_ledger_by_address(capsys: pytest.CaptureFixture[str
     assert main(["usage", "no-such"]) == 1
 
 
-def _gpus() -> int:
-    try:
-        from distributed.diagnostics import nvml
-
-        return int(nvml.device_get_count())
-    except Exception:
-        return 0
-
-
 @pytest.mark.gpu
-@pytest.mark.skipif(_gpus() == 0, reason="NVML reports no GPU on this machine")
 def test_ledger_on_cuda_workers_reports_gpus_and_utilisation() -> None:
     import cumulo
 
@@ -398,8 +388,8 @@ def test_ledger_on_cuda_workers_reports_gpus_and_utilisation() -> None:
         with cumulo.connect() as cluster:
             ledger = wait_for(lambda: (x := cluster.usage.ledger(samples=3))["nvml"] and x, timeout=30,
                               what="an NVML sample")
-            assert sum(w["gpus"] for w in ledger["workers"]) == _gpus()
+            assert sum(w["gpus"] for w in ledger["workers"]) == gpu_count()
             assert all(w["gpu_model"] and w["gpu_memory_total"] for w in ledger["workers"])
             assert ledger["samples"][-1]["gpu_util"] is not None
             assert ledger["totals"]["gpu_util_seconds"] is not None and ledger["totals"]["gpu_seconds"] > 0
-            assert cluster.usage.summary()["gpus"] == _gpus()
+            assert cluster.usage.summary()["gpus"] == gpu_count()
