@@ -10,7 +10,8 @@ with ``raise ... from exc`` so that the cause stays inspectable.
     ├── CredentialsError          missing or refused credentials (never includes the secret)
     ├── ConnectError              a scheduler could not be reached or answered wrongly
     │   ├── ConnectTimeout        ...within the configured timeout
-    │   └── InsecureAddress       a plain tcp:// address off loopback, not explicitly allowed
+    │   ├── InsecureAddress       a plain tcp:// address off loopback, not explicitly allowed
+    │   └── HostKeyRefused        an SSH host's key is unknown or changed (names the fingerprint)
     ├── ClusterNotFound           no open cluster of that name in the registry
     ├── ClusterLost               the cluster's scheduler went away under an attached client
     ├── NotOwner                  an operation only the process that started a cluster can do
@@ -21,7 +22,8 @@ with ``raise ... from exc`` so that the cause stays inspectable.
     │   ├── QuotaError            an account limit was reached
     │   ├── RateLimited           the provider asked us to slow down
     │   ├── LaunchTimeout         an instance or worker did not come up in time
-    │   └── TerminateError        termination could not be confirmed (resources may still bill)
+    │   ├── TerminateError        termination could not be confirmed (resources may still bill)
+    │   └── EnvironmentSyncError  the notebook's environment could not be built on a host (names package, host)
     ├── BudgetExceeded            a cluster reached its budget and the configured action ran
     ├── MissingDependency         an optional package (an extra such as `train`) is not installed
     ├── NoGPUWorkers              GPU work was asked for but no worker sees a GPU
@@ -49,6 +51,8 @@ __all__ = [
     "ConnectTimeout",
     "CredentialsError",
     "CumuloError",
+    "EnvironmentSyncError",
+    "HostKeyRefused",
     "InsecureAddress",
     "LaunchTimeout",
     "MissingDependency",
@@ -87,6 +91,10 @@ class ConnectError(CumuloError, ConnectionError):
     """A scheduler could not be reached, or answered in a way we cannot use."""
 
 
+class HostKeyRefused(ConnectError):
+    """An SSH host presented a key that known_hosts does not vouch for; never accepted silently."""
+
+
 class ConnectTimeout(ConnectError, TimeoutError):
     """A scheduler did not answer within ``cumulo.connect.timeout``."""
 
@@ -121,6 +129,10 @@ class RegistryError(CumuloError):
 
 class ProviderError(CumuloError):
     """A compute backend (local, ssh, gateway, cloud) refused or failed a request."""
+
+
+class EnvironmentSyncError(ProviderError):
+    """The notebook's packages could not be installed where the workers run; names the package and host."""
 
 
 class CapacityError(ProviderError):

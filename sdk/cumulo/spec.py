@@ -204,7 +204,14 @@ class ClusterSpec:
         if self.name is not None:
             validate_name(self.name)
         if self.address is not None:
-            parse_address(self.address)
+            if not isinstance(self.address, str) or "://" not in self.address:
+                parse_address(self.address)  # raises, naming the expected form
+            if self.address.split("://", 1)[0] in _SCHEMES:
+                parse_address(self.address)
+            else:  # ssh://, gateway://: the scheme names a provider, whose preflight reads the target
+                from .providers import provider_for_address
+
+                provider_for_address(self.address)
         if self.workers is not None:
             _positive_int("workers", self.workers, maximum=MAX_WORKERS)
         if self.threads_per_worker is not None:
