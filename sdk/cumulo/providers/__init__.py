@@ -18,9 +18,10 @@ _BUILTIN = {
     "local": "cumulo.providers.local:LocalProvider",
     "address": "cumulo.providers.address:AddressProvider",
     "lambda": "cumulo.providers.lambda_cloud:LambdaProvider",
+    "ssh": "cumulo.providers.ssh:SSHProvider",
 }
 #: Address schemes (``scheme://...``) and the provider that attaches to or launches on them.
-_SCHEMES = {"tcp": "address", "tls": "address"}
+_SCHEMES = {"tcp": "address", "tls": "address", "ssh": "ssh"}
 _registered: dict[str, type[Provider]] = {}
 
 

@@ -1,0 +1,124 @@
+"""A real OpenSSH server on loopback for the ssh:// tests, with a throw-away user.
+
+Needs root (sshd, useradd) and Debian's openssh-server (scripts/test installs it).
+The user's Python is the system's /usr/bin/python3, which has none of the
+test's packages, so whatever the workers import was really installed by cumulo.
+Host and client keys are made for the run; known_hosts holds only this host.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+def why_unavailable() -> str | None:
+    """None when a real sshd can run here; otherwise why the ssh tests skip."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "needs root to run sshd and create a throw-away user"
+    for tool in (SSHD, "/usr/sbin/useradd", "/usr/bin/ssh-keygen"):
+        if not os.path.exists(tool):
+            return f"needs {tool} (apt-get install openssh-server)"
+    return None
+
+
+@dataclass
+class SSHServer:
+    port: int
+    user: str
+    home: Path
+    client_key: Path
+    known_hosts: Path
+    host_public_key: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def target(self) -> str:
+        return f"ssh://{self.user}@127.0.0.1:{self.port}"
+
+    def user_processes(self) -> list[str]:
+        """Command lines of the throw-away user's processes (what a cluster left running)."""
+        out = subprocess.run(["ps", "-u", self.user, "-o", "args="], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if line.strip() and "<defunct>" not in line]
+
+    def kill_user_processes(self) -> None:
+        subprocess.run(["pkill", "-KILL", "-u", self.user], check=False)
+
+
+def start(tmp: Path, port: int) -> SSHServer:
+    """Start sshd on 127.0.0.1:``port`` with a new user; stop with :func:`stop`."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    user = f"cumulo-t{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    subprocess.run(["usermod", "-p", "*", user], check=True)  # unlocked, with no password
+    home = Path(pwd.getpwnam(user).pw_dir)
+    host_key, client_key = tmp / "host_ed25519", tmp / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
+    shutil.chown(ssh_dir, user, user)
+    shutil.chown(ssh_dir / "authorized_keys", user, user)
+    os.chmod(ssh_dir / "authorized_keys", 0o600)
+    # the host's own uv configuration, as its admin would write it: this machine's package index is
+    # reached through a TLS proxy whose CA is in the system store, which uv reads with native-tls
+    uv_conf = home / ".config" / "uv"
+    uv_conf.mkdir(parents=True, exist_ok=True)
+    (uv_conf / "uv.toml").write_text("native-tls = true\n")
+    subprocess.run(["chown", "-R", f"{user}:{user}", str(home / ".config")], check=True)
+    host_public = host_key.with_suffix(".pub").read_text().split()
+    known = tmp / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
+    config = tmp / "sshd_config"
+    config.write_text(f"""ListenAddress 127.0.0.1
+Port {port}
+HostKey {host_key}
+PidFile {tmp / 'sshd.pid'}
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile .ssh/authorized_keys
+AllowUsers {user}
+Subsystem sftp internal-sftp
+""")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp / "sshd.log", "wb"))
+    server = SSHServer(port, user, home, client_key, known, f"{host_public[0]} {host_public[1]}", proc)
+    deadline = time.monotonic() + 10
+    import socket
+
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return server
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    stop(server)
+    raise RuntimeError(f"sshd did not start: {(tmp / 'sshd.log').read_text()[-2000:]}")
+
+
+def stop(server: SSHServer) -> None:
+    """Stop sshd, kill whatever the user still runs, remove the user and its home."""
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(5)
+    server.kill_user_processes()
+    time.sleep(0.2)
+    subprocess.run(["userdel", "-r", "-f", server.user], check=False, capture_output=True)

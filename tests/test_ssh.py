@@ -1,0 +1,200 @@
+"""ssh:// clusters against a real OpenSSH server on loopback, logging in as a throw-away user.
+
+The user's Python (/usr/bin/python3) has none of the test's packages: the
+workers import dask, pandas and cumulo only because cumulo's environment sync
+installed them there. Nothing is left running for the user after each test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+import pandas as pd
+import pytest
+
+import cumulo
+from cumulo import datasets, pipeline
+from cumulo.exceptions import ConnectError, CredentialsError, EnvironmentSyncError, HostKeyRefused, ProviderError
+from cumulo.registry import Registry
+
+from . import sshd
+from .conftest import BIN, free_port, wait_for
+
+pytestmark = [pytest.mark.skipif(sshd.why_unavailable() is not None, reason=str(sshd.why_unavailable())),
+              pytest.mark.timeout(600)]
+
+TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.SSHServer]:
+    srv = sshd.start(tmp_path_factory.mktemp("sshd"), free_port())
+    try:
+        yield srv
+    finally:
+        sshd.stop(srv)
+        out = Path(__file__).resolve().parent.parent / "test-artifacts"
+        out.mkdir(exist_ok=True)
+        (out / "ssh-times.json").write_text(json.dumps(TIMES, indent=1))  # quoted in the issue note
+
+
+def _settings(server: sshd.SSHServer) -> dict[str, object]:
+    settings: dict[str, object] = {"cumulo.ssh.key-file": str(server.client_key),
+                                   "cumulo.ssh.known-hosts": str(server.known_hosts),
+                                   "cumulo.ssh.scheduler-port": 0}
+    if Path("/opt/wheels").is_dir():  # this machine's local-version wheels (torch+cpu), readable by the user
+        settings["cumulo.env.find-links"] = ["/opt/wheels"]
+    else:
+        settings["cumulo.env.exclude"] = ["torch"]
+    return settings
+
+
+def _env_vars(settings: dict[str, object]) -> dict[str, str]:
+    """The same settings for a subprocess (dask reads DASK_CUMULO__... at import)."""
+    out = {}
+    for key, value in settings.items():
+        name = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+        out[name] = json.dumps(value) if isinstance(value, list) else str(value)
+    return out
+
+
+@pytest.fixture
+def ssh(server: sshd.SSHServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[sshd.SSHServer]:
+    settings = _settings(server)
+    for name, value in _env_vars(settings).items():
+        monkeypatch.setenv(name, value)
+    with dask.config.set(settings):
+        yield server
+    left = server.user_processes()
+    server.kill_user_processes()
+    assert not [p for p in left if "sshd" not in p], f"left running on the host: {left}"
+
+
+def _cumulo(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "cumulo"), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_pipeline_reattach_from_another_process_and_down(ssh: sshd.SSHServer) -> None:
+    started = time.monotonic()
+    cluster = cumulo.connect(ssh.target, name="hosts", workers=2, threads_per_worker=1)
+    TIMES["first connect"] = time.monotonic() - started
+    try:
+        assert cluster.address.startswith("tls://127.0.0.1:")
+        # the workers run the synced venv, not the user's bare python
+        pythons = set(cluster.client.run(lambda: __import__("sys").executable).values())
+        assert len(pythons) == 1 and "/.cache/cumulo/envs/" in pythons.pop()
+        assert set(cluster.client.run(lambda: __import__("cumulo").__version__).values()) == {cumulo.__version__}
+        path = ssh.home / "trips"  # written by the workers, as the host's user
+        path.mkdir()
+        shutil.chown(path, ssh.user, ssh.user)
+        datasets.taxi(path, rows=30_000, partitions=4, seed=2, client=cluster.client)
+        result = pipeline.run(path)
+        trips = pd.concat(pd.read_parquet(p) for p in sorted(path.glob("*.parquet")))
+        assert result.rows_in == len(trips) == 30_000
+        assert result.rows_kept == int(((trips.trip_distance > 0) & (trips.fare_amount > 0)).sum())
+        rec = Registry().find_open("hosts")
+        assert rec is not None and rec.provider == "ssh" and rec.state == "running"
+        events = " ".join(m for _, _, m in Registry().events(rec.id))
+        assert "environment built" in events and '"packages"' in events
+        # the link is TLS with this cluster's certificates: a client without them is refused
+        from distributed import Client
+
+        with pytest.raises((OSError, TimeoutError)):
+            Client(cluster.address.replace("tls://", "tcp://"), timeout=3)
+
+        code = ("import cumulo; c = cumulo.connect(name='hosts'); "
+                "print(c.client.submit(lambda x: x * 7, 6).result()); print(c.provider)")
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.split()[:2] == ["42", "ssh"]
+        assert ssh.user_processes(), "re-attaching from another process and exiting must not stop it"
+    except BaseException:
+        cluster.close()
+        raise
+    down = _cumulo("down", "hosts")
+    assert down.returncode == 0, down.stderr
+    wait_for(lambda: not [p for p in ssh.user_processes() if "sshd" not in p], 30, what="processes gone on the host")
+    assert Registry().latest("hosts").state == "closed"
+    assert not (ssh.home / ".cache" / "cumulo" / "clusters" / Registry().latest("hosts").id).exists()
+    cluster.close()  # stopped elsewhere: closing the handle is quiet
+
+
+def test_second_connect_reuses_the_environment(ssh: sshd.SSHServer) -> None:
+    for attempt in ("first", "second"):
+        started = time.monotonic()
+        with cumulo.connect(ssh.target, name=f"reuse-{attempt}") as cluster:
+            TIMES[f"{attempt} connect (reuse test)"] = time.monotonic() - started
+            assert cluster.client.submit(sum, [1, 2, 3]).result() == 6
+            events = " ".join(m for _, _, m in Registry().events(cluster.id))
+    assert "environment reused" in events or "environment updated" in events  # updated: local code was edited
+    assert TIMES["second connect (reuse test)"] < TIMES["first connect (reuse test)"] + 5
+
+
+def test_unknown_host_key_is_refused_with_its_fingerprint(ssh: sshd.SSHServer, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{ssh.port} " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    expected = subprocess.run(["ssh-keygen", "-lf", str(ssh.known_hosts)], capture_output=True, text=True).stdout
+    with dask.config.set({"cumulo.ssh.known-hosts": str(wrong)}):
+        with pytest.raises(HostKeyRefused) as info:
+            cumulo.connect(ssh.target, name="badhost")
+    assert expected.split()[1] in str(info.value)  # the real host key's SHA256 fingerprint
+    assert "ssh-keyscan" in str(info.value)
+    with dask.config.set({"cumulo.ssh.known-hosts": str(tmp_path / "missing")}):
+        with pytest.raises(HostKeyRefused):
+            cumulo.connect(ssh.target, name="nohosts")
+    assert Registry().find_open("badhost") is None and Registry().find_open("nohosts") is None
+
+
+def test_wrong_key_and_unreachable_host(ssh: sshd.SSHServer, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    with dask.config.set({"cumulo.ssh.key-file": str(stranger)}):
+        with pytest.raises(CredentialsError, match="refused every SSH key"):
+            cumulo.connect(ssh.target, name="wrongkey")
+    with pytest.raises(ConnectError, match="cannot reach"):
+        cumulo.connect(f"ssh://{ssh.user}@127.0.0.1:{free_port()}", name="nohost")
+    with dask.config.set({"cumulo.ssh.python": "/no/such/python3"}):
+        with pytest.raises(ProviderError, match="no usable"):
+            cumulo.connect(ssh.target, name="nopython")
+    assert not Registry().list(include_closed=False)
+
+
+def test_a_package_the_index_lacks_fails_before_any_process_starts(ssh: sshd.SSHServer) -> None:
+    missing = "cumulo-no-such-package-zz==1.0"
+    with pytest.raises(EnvironmentSyncError) as info:
+        cumulo.connect(ssh.target, name="nopkg", options={"environment": [missing]})
+    text = str(info.value)
+    assert "cumulo-no-such-package-zz" in text and ssh.user in text
+    assert not ssh.user_processes()
+    rec = Registry().latest("nopkg")
+    assert rec is not None and rec.state == "failed"
+
+
+def test_a_killed_kernel_is_reaped_after_its_lease(ssh: sshd.SSHServer) -> None:
+    code = ("import cumulo, os, sys; c = cumulo.connect(%r, name='orphan'); print('up', flush=True); "
+            "sys.stdin.read()" % ssh.target)
+    owner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "DASK_CUMULO__GUARDS__LEASE_GRACE": "2s"})  # its kernel lease
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        assert ssh.user_processes()
+    finally:
+        owner.kill()  # a kernel killed without closing: nothing stops the cluster in that process
+        owner.wait(10)
+    time.sleep(3)  # the lease runs out
+    reap = _cumulo("reap")
+    assert reap.returncode == 0, reap.stderr
+    assert "orphan" in reap.stdout and "kernel gone" in reap.stdout, reap.stdout
+    wait_for(lambda: not [p for p in ssh.user_processes() if "sshd" not in p], 30, what="processes gone")
+    assert Registry().latest("orphan").state in ("closed", "lost")
