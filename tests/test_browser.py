@@ -2,8 +2,10 @@
 
 Flow: open the sidebar, launch a local cluster from the New cluster form, see
 its card with cost, run a notebook cell that connects to it by name, see the
-status bar count, stop it from the sidebar (confirming the dialog), and check
-the registry says it is closed. Screenshots land in test-artifacts/.
+status bar count, run a cell of work on the cluster and see the card draw its
+busy/idle sparkline and list that cell among its top cells, stop it from the
+sidebar (confirming the dialog), and check the registry says it is closed.
+Screenshots land in test-artifacts/.
 
 Needs /usr/bin/chromium (``apt-get install chromium``; never ``playwright
 install``) and the built front end (``cd extension && jlpm install && jlpm build``,
@@ -87,6 +89,7 @@ def lab(tmp_path: Path, registry_path: Path) -> Iterator[dict[str, Any]]:
         "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
         "DASK_CUMULO__COST__RATE_PER_WORKER_HOUR": "0.5",  # a price for local workers, so the card shows money
+        "DASK_CUMULO__COST__SAMPLE_INTERVAL": "0.5s",  # the ledger samples often enough for a sparkline in seconds
         "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
     }
     log = open(tmp_path / "jupyterlab.log", "wb")
@@ -201,6 +204,25 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     meter_text = meter.inner_text()
     assert meter_text.startswith("1 cluster"), meter_text
     page.locator("#jp-main-statusbar").screenshot(path=str(ARTIFACTS / "statusbar.png"))
+
+    # a second cell runs work on the cluster: the card draws the sparkline and lists the cell among its top cells
+    second = page.locator(".jp-Notebook .jp-Cell").nth(1)
+    second.wait_for(timeout=20_000)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    second.locator(".cm-content").click()
+    page.keyboard.type("import time; c = cluster.client; c.gather(c.map(time.sleep, [0.3] * 10, pure=False))")
+    page.keyboard.press("Shift+Enter")
+    wait_for(lambda: "[2]" in second.locator(".jp-InputPrompt").inner_text(), timeout=60, what="the work cell to run")
+    card.locator(".cumulo-lab-top-cell").first.wait_for(timeout=30_000)
+    card.locator("svg.cumulo-lab-spark-workers rect.cumulo-lab-spark-busy").first.wait_for(timeout=30_000)
+    wait_for(lambda: "[2]" in card.locator(".cumulo-lab-top-cells").inner_text()
+             and "still running" not in card.locator(".cumulo-lab-top").inner_text(), timeout=30,
+             what="the work cell, finished, among the card's top cells")
+    top = card.locator(".cumulo-lab-top").inner_text()
+    assert "Top cells by cost" in top and "task-s" in top and "$" in top, top
+    assert "workers: busy" in card.locator(".cumulo-lab-usage").inner_text()
+    card.screenshot(path=str(ARTIFACTS / "sidebar-usage-card.png"))
+    panel.screenshot(path=str(ARTIFACTS / "sidebar-usage.png"))
     page.screenshot(path=str(ARTIFACTS / "lab.png"))
 
     # clicking the spend meter brings the sidebar back

@@ -42,6 +42,35 @@ export interface ClusterRow {
   progress?: string;
   error?: string | null;
   live?: boolean;
+  /** Recent usage, as the notebook's inline meter draws it; null when closed or unreachable. */
+  sparkline?: Sparkline | null;
+  /** The costliest cells, as the inline meter ranks them; null when closed or unreachable. */
+  top_cells?: TopCell[] | null;
+}
+
+/** The ledger's recent samples, oldest first (cumulo.widgets.meter.usage_series on the server). */
+export interface Sparkline {
+  /** Workers running a task, per sample. */
+  busy: number[];
+  /** Workers alive, per sample. */
+  total: number[];
+  /** Mean GPU utilisation in %, per sample; null where nothing measured it (CPU workers, no NVML). */
+  gpu_util: (number | null)[];
+  /** GPU utilisation in % per worker: one series per worker, each as long as `busy`. */
+  worker_gpu_util: (number | null)[][];
+}
+
+/** One row of the "top cells" list: a notebook cell (or work outside cells) and what it cost. */
+export interface TopCell {
+  /** "<kernel> [7]" for a cell, "outside cells" for work no cell submitted. */
+  label: string;
+  /** Dollars; null means "no rate set" (never shown as $0). */
+  cost: number | null;
+  /** What the cost rests on, e.g. "task time x configured rate". */
+  basis?: string | null;
+  task_seconds: number | null;
+  /** Tasks of the cell still running. */
+  running?: number | null;
 }
 
 export interface Totals {

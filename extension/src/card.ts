@@ -1,7 +1,8 @@
 /** One cluster card: status, provider, size, money, budget bar, and its buttons. */
-import type { ClusterRow } from './api';
+import type { ClusterRow, TopCell } from './api';
 import { h } from './dom';
-import { budgetFraction, canStop, duration, money, rate, size, stateLabel } from './format';
+import { budgetFraction, canStop, cellCost, duration, money, rate, size, stateLabel, taskSeconds } from './format';
+import { usageCharts } from './sparkline';
 
 export interface CardActions {
   scale(row: ClusterRow): void;
@@ -44,6 +45,47 @@ function budgetBar(row: ClusterRow): HTMLElement | null {
       fraction === null ? `budget ${money(row.budget)}` : `${pct}% of ${money(row.budget)}`
     )
   );
+}
+
+/**
+ * The costliest cells, as the notebook's meter ranks them: label, task time and cost (its basis
+ * in the tooltip), then a line for each of them whose tasks still run. Null when the server sent
+ * none (closed, unreachable, or no cell has used the cluster yet).
+ */
+export function topCellsList(cells: TopCell[] | null | undefined): HTMLElement | null {
+  if (!cells || !cells.length) {
+    return null;
+  }
+  const small = (el: HTMLElement): HTMLElement => {
+    el.setAttribute('style', 'font-size: var(--jp-ui-font-size0)');
+    return el;
+  };
+  const cell = (text: string, style: string, className = ''): HTMLTableCellElement => {
+    const td = h('td', { className }, text);
+    td.setAttribute('style', `padding: 0 0 0 6px; white-space: nowrap; ${style}`);
+    return td;
+  };
+  const rows = cells.map(c => {
+    // the label takes what the figures leave, cut with an ellipsis (the whole of it in the tooltip)
+    const label = cell(c.label, 'padding-left: 0; width: 100%; max-width: 0; overflow: hidden; text-overflow: ellipsis', 'cumulo-lab-top-label');
+    label.setAttribute('title', c.label);
+    return h(
+      'tr',
+      { className: 'cumulo-lab-top-cell', title: c.basis ? `cost: ${c.basis}` : undefined },
+      label,
+      cell(taskSeconds(c.task_seconds), 'text-align: right'),
+      cell(cellCost(c.cost), 'text-align: right', 'cumulo-lab-top-cost')
+    );
+  });
+  const table = h('table', { className: 'cumulo-lab-top-cells' }, h('tbody', {}, ...rows));
+  table.setAttribute('style', 'width: 100%; border-collapse: collapse; font-size: var(--jp-ui-font-size0)');
+  const block = h('div', { className: 'cumulo-lab-top' }, small(h('div', { className: 'cumulo-lab-muted' }, 'Top cells by cost')), table);
+  for (const c of cells.filter(x => x.running)) {
+    const n = c.running as number;
+    block.append(small(h('div', { className: 'cumulo-lab-muted cumulo-lab-top-running' }, `${c.label}: ${n} task${n === 1 ? '' : 's'} still running`)));
+  }
+  block.setAttribute('style', 'margin-top: 4px');
+  return block;
 }
 
 function button(label: string, title: string, onClick: () => void, extra = ''): HTMLButtonElement {
@@ -99,6 +141,13 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
   const bar = budgetBar(row);
   if (bar) {
     card.append(bar);
+  }
+  if (!launching) {
+    for (const part of [usageCharts(row.sparkline), topCellsList(row.top_cells)]) {
+      if (part) {
+        card.append(part);
+      }
+    }
   }
   const buttons = h('div', { className: 'cumulo-lab-actions' });
   if (row.dashboard && !launching) {

@@ -18,6 +18,23 @@ export function money(amount: number | null | undefined): string {
   })}`;
 }
 
+/**
+ * What one cell cost, to the 1/100 of a cent as the notebook's meter shows it ("$0.0120"),
+ * "<$0.0001" for less (never a "$0.0000" that reads as free), "no rate set" for null.
+ */
+export function cellCost(amount: number | null | undefined): string {
+  if (amount === null || amount === undefined || Number.isNaN(amount) || amount === 0 || Math.abs(amount) >= 1) {
+    return money(amount);
+  }
+  return Math.abs(amount) < 0.0001 ? '<$0.0001' : `$${amount.toFixed(4)}`;
+}
+
+/** "4.1 task-s", "1.2k task-s": the task time a cell's work took (summed over threads). */
+export function taskSeconds(seconds: number | null | undefined): string {
+  const s = Math.max(0, seconds ?? 0);
+  return s >= 1000 ? `${(s / 1000).toFixed(1)}k task-s` : `${s.toFixed(1)} task-s`;
+}
+
 /** "$2.49/h" or "no rate set". */
 export function rate(perHour: number | null | undefined): string {
   const m = money(perHour);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import type { ClusterRow, Offer } from '../api';
-import { budgetFraction, canStop, connectCode, duration, estimate, isOpen, meterText, money, rate, size, stateLabel } from '../format';
+import { budgetFraction, canStop, cellCost, connectCode, duration, estimate, isOpen, meterText, money, rate, size, stateLabel, taskSeconds } from '../format';
 
 const h100: Offer = {
   provider: 'lambda',
@@ -91,4 +91,15 @@ test('a failed stop reads as what it means: it may still bill', () => {
   assert.equal(stateLabel(row({ state: 'stop-failed', may_bill: true })), 'stop failed: may still bill');
   assert.equal(stateLabel(row({ state: 'running' })), 'running');
   assert.equal(isOpen(row({ state: 'stop-failed' })), true);
+});
+
+test('a cell cost never reads as free when it is only small, and task time reads in task-seconds', () => {
+  assert.equal(cellCost(0.00004), '<$0.0001');
+  assert.equal(cellCost(0.012), '$0.0120');
+  assert.equal(cellCost(0), '$0.00');
+  assert.equal(cellCost(12.5), '$12.50');
+  assert.equal(cellCost(null), 'no rate set');
+  assert.equal(taskSeconds(4.123), '4.1 task-s');
+  assert.equal(taskSeconds(1234), '1.2k task-s');
+  assert.equal(taskSeconds(null), '0.0 task-s');
 });

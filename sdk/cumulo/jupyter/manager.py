@@ -88,7 +88,10 @@ class ClusterManager:
     """The user's clusters as the Jupyter server sees them.
 
     ``connect`` is the function used to launch (``cumulo.connect`` by default,
-    replaceable in tests); ``reap`` the guard sweep (``cumulo.guards.reap``).
+    replaceable in tests); ``reap`` the guard sweep (``cumulo.guards.reap``);
+    ``read_ledgers`` reads the open clusters' ledgers, called as
+    ``read_ledgers(records, samples=n)`` and returning ``{record id: ledger or None}``
+    (by default one RPC to each scheduler, concurrently).
     Launches run on a small thread pool owned by the manager, so that a slow
     provider never blocks the server's event loop.
     """
@@ -99,12 +102,14 @@ class ClusterManager:
         *,
         connect: Callable[..., Any] | None = None,
         reap: Callable[..., Any] | None = None,
+        read_ledgers: Callable[..., dict[str, dict[str, Any] | None]] | None = None,
         max_parallel_launches: int = 2,
         failed_launch_ttl: float = 600.0,
     ) -> None:
         self.registry = registry if registry is not None else Registry()
         self._connect = connect
         self._reap = reap
+        self._read_ledgers = read_ledgers or _read_ledgers
         self._owned: dict[str, Any] = {}
         self._launches: dict[str, Launch] = {}
         self._lock = threading.Lock()
@@ -127,7 +132,8 @@ class ClusterManager:
 
         reconcile(self.registry)  # local clusters whose kernel died are gone: say so
         records = self.registry.list(since=since)
-        ledgers = _read_ledgers([r for r in records if r.is_open]) if live else {}
+        opened = [r for r in records if r.is_open]
+        ledgers = self._read_ledgers(opened, samples=_sparkline_points()) if (live and opened) else {}
         rows = [self._row(r, now=now, since=since, ledger=ledgers.get(r.id)) for r in records]
         names = {r["name"] for r in rows if r["state"] in OPEN_STATES}
         with self._lock:
@@ -179,6 +185,7 @@ class ClusterManager:
             row["gpus"] = sum(int(w.get("gpus") or 0) for w in workers)
             row["gpu_model"] = next((w.get("gpu_model") for w in workers if w.get("gpu_model")), rec.gpu_model)
         row["live"] = ledger is not None
+        row["sparkline"], row["top_cells"] = _usage_pictures(rec, ledger)
         row["age"] = end - rec.created
         if rec.name in self._owned and rec.is_open:
             row["owned_by"] = "server"
@@ -305,7 +312,7 @@ class ClusterManager:
                 raise NotOwner(f"cluster {name!r} is still launching; stop it once its card shows it running")
         rec = self._open(name)
         # the last reading of the ledger, while the scheduler still answers: it becomes the final cost
-        last = _spend(rec, _read_ledgers([rec]).get(rec.id), time.time())
+        last = _spend(rec, self._read_ledgers([rec], samples=0).get(rec.id), time.time())
         cluster = self._owned.pop(name, None)
         if cluster is not None and cluster.status == "running":
             cluster.close()
@@ -350,7 +357,7 @@ class ClusterManager:
         rec = self.registry.latest(validate_name(name))
         if rec is None:
             raise ClusterNotFound(f"no cluster named {name!r} in the registry")
-        ledger = _read_ledgers([rec]).get(rec.id) if rec.is_open else None
+        ledger = self._read_ledgers([rec], samples=_sparkline_points()).get(rec.id) if rec.is_open else None
         row = self._row(rec, now=time.time(), since=day_start(), ledger=ledger)
         events = [{"ts": ts, "kind": kind, "message": msg} for ts, kind, msg in self.registry.events(rec.id)]
         summary = None
@@ -389,8 +396,37 @@ def _spend(rec: ClusterRecord, ledger: dict[str, Any] | None, now: float) -> Any
     return spend_of(rec, ledger, now=now)
 
 
-def _read_ledgers(records: list[ClusterRecord], *, timeout: float = 2.0) -> dict[str, dict[str, Any] | None]:
-    """The ledgers of these clusters' schedulers, read concurrently; None for one that does not answer."""
+def _sparkline_points() -> int:
+    """How many ledger samples a card's sparkline shows: ``cumulo.widgets.sparkline-points``, as the inline meter."""
+    from .. import config
+
+    return max(int(config.get("widgets.sparkline-points") or 0), 0)
+
+
+def _usage_pictures(
+    rec: ClusterRecord, ledger: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """A card's sparkline series and top cells, from the ledger just read, by the inline meter's own code.
+
+    (None, None) for a closed cluster or one whose scheduler did not answer: the
+    card then shows no picture rather than an old or made-up one.
+    """
+    if ledger is None or not rec.is_open:
+        return None, None
+    from ..widgets.meter import rank_cells, top_cells, usage_series
+
+    series = usage_series(ledger.get("samples"), points=_sparkline_points())
+    # the server runs no cells: every cell is labelled with the kernel that ran it
+    return series, rank_cells(top_cells(ledger, rec, mine=False))
+
+
+def _read_ledgers(
+    records: list[ClusterRecord], *, timeout: float = 2.0, samples: int = 0
+) -> dict[str, dict[str, Any] | None]:
+    """The ledgers of these clusters' schedulers, read concurrently; None for one that does not answer.
+
+    ``samples``: how many of the ledger's recent samples each reading carries (for the cards' sparklines).
+    """
     targets = [r for r in records if r.address]
     if not targets:
         return {}
@@ -402,7 +438,7 @@ def _read_ledgers(records: list[ClusterRecord], *, timeout: float = 2.0) -> dict
             security = get_provider(rec.provider).security(rec)
         except CumuloError:
             return None
-        return await fetch_ledger_async(rec.address or "", security, timeout=timeout)
+        return await fetch_ledger_async(rec.address or "", security, timeout=timeout, samples=samples)
 
     async def all_() -> list[dict[str, Any] | None]:
         return list(await asyncio.gather(*(one(r) for r in targets)))

@@ -26,8 +26,8 @@ from dask.utils import parse_timedelta
 
 from .. import config
 
-__all__ = ["CostMeter", "in_kernel", "live_bundle", "meter_model", "render_html", "render_model", "render_text",
-           "sparkline_svg", "top_cells", "workers_svg"]
+__all__ = ["CostMeter", "in_kernel", "live_bundle", "meter_model", "rank_cells", "render_html", "render_model",
+           "render_text", "sparkline_svg", "top_cells", "usage_series", "workers_svg"]
 
 logger = logging.getLogger("cumulo")
 
@@ -75,20 +75,47 @@ def workers_svg(busy: list[int], total: list[int], *, width: int = 160, height: 
             f"role='img' aria-label='busy vs idle workers'>{''.join(bars)}</svg>")
 
 
+def usage_series(samples: list[dict[str, Any]] | None, *, points: int | None = None) -> dict[str, Any]:
+    """The sparkline series drawn from the ledger's samples, oldest first: busy and total workers,
+    mean GPU utilisation (None where nothing measured it) and GPU utilisation per worker.
+
+    The inline meter and the JupyterLab sidebar card both take their series from
+    here, so that the two pictures show the same numbers. ``points`` keeps only
+    the last that many samples (None: all given).
+    """
+    samples = list(samples or [])
+    if points is not None:
+        samples = samples[-points:] if points > 0 else []
+    per_worker = [x.get("worker_gpu_util") for x in samples]
+    width = max((len(p) for p in per_worker if p), default=0)
+    return {
+        "busy": [int(x.get("busy_workers") or 0) for x in samples],
+        "total": [int(x.get("workers") or 0) for x in samples],
+        "gpu_util": [x.get("gpu_util") for x in samples],
+        "worker_gpu_util": [[(p[i] if p and i < len(p) else None) for p in per_worker] for i in range(width)],
+    }
+
+
+def rank_cells(cells: list[dict[str, Any]] | None, *, limit: int = _TOP) -> list[dict[str, Any]]:
+    """The top cells as the meter shows them: by cost, then by task time, at most ``limit``.
+
+    Shared with the JupyterLab sidebar card, so both rank (and cut) the same way.
+    """
+    ranked = sorted(cells or [], key=lambda c: ((c.get("cost") or 0.0), c.get("task_seconds") or 0.0),
+                    reverse=True)
+    return ranked[:max(int(limit), 0)]
+
+
 def meter_model(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | None = None, *,
                 budget: float | None = None, status: str = "running",
                 cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the meter shows, as plain data (what render_html/render_text draw).
 
     ``s``: a :meth:`cumulo.metering.Usage.summary`; ``samples``: the ledger's recent
-    samples; ``cells``: rows with ``label``, ``cost``, ``task_seconds``, ``running``
-    (the top few are kept, by cost, else task time).
+    samples (shaped by :func:`usage_series`); ``cells``: rows with ``label``, ``cost``,
+    ``task_seconds``, ``running`` (the top few are kept by :func:`rank_cells`).
     """
-    samples = samples or []
     spend = s.get("spend")
-    per_worker = [s.get("worker_gpu_util") for s in samples]
-    width = max((len(p) for p in per_worker if p), default=0)
-    top = sorted(cells or [], key=lambda c: ((c.get("cost") or 0.0), c.get("task_seconds") or 0.0), reverse=True)
     return {
         "name": name,
         "status": status,
@@ -107,11 +134,8 @@ def meter_model(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | No
         "energy_wh": s.get("energy_wh"),
         "power_w": s.get("power_w"),
         "running_tasks": s.get("tasks_running"),
-        "busy": [int(x.get("busy_workers") or 0) for x in samples],
-        "total": [int(x.get("workers") or 0) for x in samples],
-        "gpu_util": [x.get("gpu_util") for x in samples],
-        "worker_gpu_util": [[(p[i] if p and i < len(p) else None) for p in per_worker] for i in range(width)],
-        "top_cells": top[:_TOP],
+        **usage_series(samples),
+        "top_cells": rank_cells(cells),
         "updated": time.time(),
     }
 
@@ -204,29 +228,36 @@ def _cost(v: float | None) -> str:
     return "-" if v is None else f"${v:.4f}"
 
 
-def top_cells(ledger: dict[str, Any], record: Any) -> list[dict[str, Any]]:
+def top_cells(ledger: dict[str, Any], record: Any, *, mine: bool = True) -> list[dict[str, Any]]:
     """The ledger's top cells (all kernels) and work outside cells, labelled and priced (the meter's rows).
 
-    ``record``: the cluster's registry row (its price), or None.
+    ``record``: the cluster's registry row (its price), or None. ``mine``: label
+    this process's own kernel's cells by execution count alone ("[7]"); the Jupyter
+    server, which runs no cells, passes False and every cell names its kernel.
+    Each row: ``label``, ``cost`` (None: no rate set), ``basis`` (what the cost
+    rests on), ``task_seconds``, ``running``.
     """
-    from ..cellhistory import kernel_id
     from ..metering import cell_spend
 
     summary = ledger.get("cell_summary") or {}
     workers = len(ledger.get("workers") or ())
-    me = kernel_id()
+    me: str | None = None
+    if mine:
+        from ..cellhistory import kernel_id
+
+        me = kernel_id()
     out = []
     for c in [*summary.get("top", ()), *(r for r in (summary.get("outside"),) if r and r.get("task_seconds"))]:
         count = c.get("execution_count")
         if c.get("kernel") is None:
             label = str(c.get("tag"))
-        elif c.get("kernel") == me:
+        elif me is not None and c.get("kernel") == me:
             label = f"[{count}]" if count is not None else f"cell {c.get('seq')}"
         else:
             label = f"{c['kernel']} [{count if count is not None else '?'}]"
         spend = cell_spend(c, record, workers)
-        out.append({"label": label, "cost": spend.amount, "task_seconds": c.get("task_seconds"),
-                    "running": c.get("running")})
+        out.append({"label": label, "cost": spend.amount, "basis": spend.basis,
+                    "task_seconds": c.get("task_seconds"), "running": c.get("running")})
     return out
 
 
