@@ -122,7 +122,13 @@ class Emulator:
 
     def __init__(self, *, api_key: str = "secret_emulator_key_0123456789abcdef", boot_seconds: float = 0.3,
                  terminate_seconds: float = 0.2, request_interval: float = 0.0, launch_interval: float = 0.0,
-                 retry_after: float = 0.05, max_instances: int = 12) -> None:
+                 retry_after: float = 0.05, max_instances: int = 12, image: str = "bare") -> None:
+        if image not in ("bare", "prepared"):
+            raise ValueError("image is 'bare' (the system's python3 only) or 'prepared' (the test's Python)")
+        #: "bare": an instance has the system's python3 and nothing else, as a fresh cloud image would,
+        #: so whatever its workers import was installed by cumulo. "prepared": the test's own Python is on
+        #: PATH, as an image with dask preinstalled would be (for tests with cumulo.lambda.install-packages off).
+        self.image = image
         self.api_key = api_key
         self.boot_seconds, self.terminate_seconds = boot_seconds, terminate_seconds
         self.request_interval, self.launch_interval = request_interval, launch_interval
@@ -244,10 +250,15 @@ class Emulator:
         script = inst.workdir / "user_data.sh"
         script.write_text(inst.user_data)
         env = dict(os.environ)
+        if self.image == "bare":
+            for name in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYENV_VERSION"):
+                env.pop(name, None)
+            path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        else:
+            path = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.update({
             "CUMULO_ROOT": str(inst.workdir), "CUMULO_BIND_HOST": inst.ip,
-            "CUMULO_DASHBOARD_PORT": "0",
-            "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+            "CUMULO_DASHBOARD_PORT": "0", "PATH": path,
         })
         env.pop("LAMBDA_API_KEY", None)  # an instance never sees the user's key
         # A watchdog in the instance's process group powers it off if the emulator's process dies

@@ -59,8 +59,11 @@ def fast_config(emu: Emulator, tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
-    """A running emulator, LAMBDA_API_KEY set to its key, and cumulo.lambda.* pointing at it."""
-    emu = Emulator().start()
+    """A running emulator, LAMBDA_API_KEY set to its key, and cumulo.lambda.* pointing at it.
+
+    Its instances are a prepared image (the test's Python, packages install off): the environment
+    sync is tested on bare instances in test_lambda_env.py."""
+    emu = Emulator(image="prepared").start()
     monkeypatch.setenv("LAMBDA_API_KEY", emu.api_key)
     try:
         with dask.config.set(fast_config(emu, tmp_path)):

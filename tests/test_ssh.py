@@ -173,7 +173,7 @@ def test_wrong_key_and_unreachable_host(ssh: sshd.SSHServer, tmp_path: Path) -> 
 def test_a_package_the_index_lacks_fails_before_any_process_starts(ssh: sshd.SSHServer) -> None:
     missing = "cumulo-no-such-package-zz==1.0"
     with pytest.raises(EnvironmentSyncError) as info:
-        cumulo.connect(ssh.target, name="nopkg", options={"environment": [missing]})
+        cumulo.connect(ssh.target, name="nopkg", environment=[missing])
     text = str(info.value)
     assert "cumulo-no-such-package-zz" in text and ssh.user in text
     assert not ssh.user_processes()

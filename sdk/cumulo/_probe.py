@@ -10,7 +10,9 @@ from __future__ import annotations
 import platform
 from typing import Any
 
-PACKAGES = ("dask", "distributed", "pandas", "cudf", "dask_cuda", "cumulo")
+#: The packages that decide whether pickled code and data round-trip between client and workers.
+PACKAGES = ("dask", "distributed", "cloudpickle", "msgpack", "numpy", "pandas", "pyarrow", "cudf", "dask_cuda",
+            "cumulo")
 
 
 def _version(module: str) -> str | None:
@@ -55,9 +57,9 @@ def _gpus() -> list[dict[str, Any]]:
         return []
 
 
-def probe() -> dict[str, Any]:
-    """Versions of the packages that must agree, and the GPUs this process uses."""
+def probe(extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Versions of the packages that must agree (and of ``extra`` ones the user named), and this process's GPUs."""
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in PACKAGES:
+    for package in (*PACKAGES, *extra):
         versions[package] = _version(package)
     return {"versions": versions, "gpus": _gpus()}

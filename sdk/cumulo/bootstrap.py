@@ -5,9 +5,14 @@ instance boots. It
 
 1. writes this cluster's CA and the role's certificate and key under
    ``$CUMULO_ROOT/tls`` (mode 600; the script itself runs with ``umask 077``);
-2. installs dask and distributed pinned to the *client's* versions (and
-   dask-cuda for GPU workers) into a venv that still sees the image's packages,
-   unless installing was turned off in config;
+2. installs the notebook's environment (cumulo.envsync's lock, embedded
+   gzip+base64: the client's pins, mapped to RAPIDS/CUDA builds on GPU workers)
+   with uv into a venv of its own; with ``environment="none"`` only dask and
+   distributed pinned to the client's versions (and dask-cuda for GPU
+   workers), in a venv that still sees the image's packages; nothing when
+   installing was turned off in config. Local packages (cumulo itself during
+   development) are not in the script: the client sends them over the
+   cluster's TLS link once the scheduler answers (envsync.ship_wheels);
 3. on workers, runs a GPU probe (``nvidia-smi -L`` must list a GPU) before the
    worker may join; with the probe turned off it says so in its log, never
    silently;
@@ -34,9 +39,13 @@ from dataclasses import dataclass
 import dask
 import distributed
 
+from .exceptions import SpecError
 from .tlscerts import ClusterTLS
 
-__all__ = ["BootstrapOptions", "user_data"]
+__all__ = ["MAX_USER_DATA", "BootstrapOptions", "user_data"]
+
+#: Cloud user-data limit (AWS's, the smallest of the providers cumulo targets): the script must fit.
+MAX_USER_DATA = 16 * 1024
 
 _EOF = "CUMULO_PEM_EOF"
 #: dask-cuda for GPU workers: the RAPIDS release whose dask pin matches cumulo's core dask range.
@@ -56,6 +65,10 @@ class BootstrapOptions:
     install_packages: bool = True
     python: str = "python3"
     death_timeout: int = 300
+    #: The environment's pins, envsync.compact(...) of the CPU and the GPU lock (None: the minimal install).
+    requirements: str | None = None
+    gpu_requirements: str | None = None
+    find_links: tuple[str, ...] = ()
 
 
 def _heredoc(path: str, text: str) -> str:
@@ -67,6 +80,9 @@ def _heredoc(path: str, text: str) -> str:
 def _install(opts: BootstrapOptions, *, gpu_worker: bool) -> str:
     if not opts.install_packages:
         return 'echo "cumulo: package install disabled by configuration (cumulo.lambda.install-packages=false)"\n'
+    locked = opts.gpu_requirements if gpu_worker and opts.gpu_requirements else opts.requirements
+    if locked is not None:
+        return _install_lock(opts, locked, gpu_worker=gpu_worker)
     pkgs = [f"dask=={dask.__version__}", f"distributed=={distributed.__version__}"]
     if gpu_worker:
         pkgs.append(DASK_CUDA)
@@ -76,6 +92,25 @@ def _install(opts: BootstrapOptions, *, gpu_worker: bool) -> str:
         f'echo "cumulo: installing {" ".join(pkgs)} into $CUMULO_ROOT/venv"\n'
         f'{shlex.quote(opts.python)} -m venv --system-site-packages "$CUMULO_ROOT/venv"\n'
         f'"$CUMULO_ROOT/venv/bin/python" -m pip install --quiet {" ".join(shlex.quote(p) for p in pkgs)}\n'
+        'export PATH="$CUMULO_ROOT/venv/bin:$PATH"\n'
+    )
+
+
+def _install_lock(opts: BootstrapOptions, locked: str, *, gpu_worker: bool) -> str:
+    """uv (from the index, into a venv of its own), then the lock into $CUMULO_ROOT/venv; timed in the log."""
+    py = shlex.quote(opts.python)
+    links = "".join(f" --find-links {shlex.quote(link)}" for link in opts.find_links)
+    kind = "GPU" if gpu_worker else "CPU"
+    return (
+        f'echo "cumulo: installing the notebook\'s environment ({kind} lock) into $CUMULO_ROOT/venv"\n'
+        't0=$(date +%s)\n'
+        f'{py} -m venv "$CUMULO_ROOT/uv"\n'
+        '"$CUMULO_ROOT/uv/bin/python" -m pip install --quiet uv\n'
+        f"echo '{locked}' | base64 -d | gunzip > \"$CUMULO_ROOT/requirements.txt\"\n"
+        f'"$CUMULO_ROOT/uv/bin/uv" venv --seed -q -p {py} "$CUMULO_ROOT/venv"\n'
+        f'"$CUMULO_ROOT/uv/bin/uv" pip install -q -p "$CUMULO_ROOT/venv/bin/python"{links} '
+        '-r "$CUMULO_ROOT/requirements.txt"\n'
+        'echo "cumulo: environment installed in $(( $(date +%s) - t0 ))s"\n'
         'export PATH="$CUMULO_ROOT/venv/bin:$PATH"\n'
     )
 
@@ -150,4 +185,11 @@ def user_data(
             'echo "cumulo: worker started (pid $!)"'
         )
     lines.append('echo "cumulo: bootstrap done"')
-    return "\n".join(lines) + "\n"
+    script = "\n".join(lines) + "\n"
+    if len(script.encode()) > MAX_USER_DATA:
+        raise SpecError(
+            f"the first-boot script of the {role} is {len(script.encode())} bytes, over the {MAX_USER_DATA}-byte "
+            "user-data limit: the environment has too many packages to embed. Pass environment=[...] with what "
+            "the workers need, leave packages out with cumulo.env.exclude, or use environment='none' with a "
+            "prepared image")
+    return script

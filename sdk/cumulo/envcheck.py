@@ -4,8 +4,8 @@ Dask pickles functions and data between processes, so a client on one dask
 version talking to workers on another fails in confusing ways. cumulo probes
 every side once on connect (see _probe.py), derives the cluster's GPU shape
 and dataframe backend from it, and reports mismatches as a small table saying
-which side runs which version. ``cumulo.connect.version-check`` chooses warn,
-raise or ignore.
+which side runs which version. ``cumulo.connect.version-check`` chooses raise
+(the default: a gate before any user work), warn or ignore.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ __all__ = ["ClusterFacts", "VersionMismatchWarning", "gather", "mismatches", "mi
 
 cloudpickle.register_pickle_by_value(_probe)
 
-#: Packages that must be the same on every side (python compared as major.minor).
-MUST_MATCH = ("python", "dask", "distributed", "cudf", "cumulo")
+#: Packages that must be the same on every side (python compared as major.minor): those that decide
+#: whether pickled functions and data round-trip. ``cumulo.connect.version-packages`` adds more.
+MUST_MATCH = ("python", "dask", "distributed", "cloudpickle", "msgpack", "numpy", "pandas", "pyarrow", "cudf",
+              "cumulo")
+
+
+def _extra() -> tuple[str, ...]:
+    return tuple(str(p) for p in config.get("connect.version-packages", None) or ())
 
 
 class VersionMismatchWarning(UserWarning):
@@ -61,9 +67,10 @@ class ClusterFacts:
 
 async def gather(client: Client) -> ClusterFacts:
     """Probe the client process, the scheduler and every worker (one round trip each)."""
-    scheduler = await client.run_on_scheduler(_probe.probe)
-    workers = await client.run(_probe.probe)
-    return ClusterFacts(client=_probe.probe(), scheduler=scheduler, workers=workers)
+    extra = _extra()
+    scheduler = await client.run_on_scheduler(_probe.probe, extra)
+    workers = await client.run(_probe.probe, extra)
+    return ClusterFacts(client=_probe.probe(extra), scheduler=scheduler, workers=workers)
 
 
 def _comparable(package: str, version: str | None) -> str | None:
@@ -81,7 +88,7 @@ def mismatches(facts: ClusterFacts) -> dict[str, dict[str, set[str]]]:
     sides = {"client": facts.client, "scheduler": facts.scheduler}
     sides.update({f"worker {addr}": info for addr, info in facts.workers.items()})
     out: dict[str, dict[str, set[str]]] = {}
-    for package in MUST_MATCH:
+    for package in (*MUST_MATCH, *_extra()):
         seen: dict[str, set[str]] = {}
         for side, info in sides.items():
             version = _comparable(package, info["versions"].get(package))
@@ -107,15 +114,16 @@ def mismatch_table(found: dict[str, dict[str, set[str]]]) -> str:
 
 def check(facts: ClusterFacts, *, policy: str | None = None) -> None:
     """Warn or raise per ``cumulo.connect.version-check`` when versions differ."""
-    policy = policy or config.get("connect.version-check", "warn")
+    policy = policy or config.get("connect.version-check", "raise")
     found = mismatches(facts)
     if not found or policy == "ignore":
         return
     message = (
         "client, scheduler and workers run different versions:\n"
         + mismatch_table(found)
-        + "\nInstall the same versions everywhere (e.g. the same cumulo extras and RAPIDS release), "
-        "or set cumulo.connect.version-check to 'ignore'."
+        + "\nResults may not round-trip. Install the same versions everywhere: let cumulo build the workers' "
+        "environment (environment='sync', the default for clusters it launches), or pin these packages "
+        "where the scheduler was started; cumulo.connect.version-check='warn' goes on regardless."
     )
     if policy == "raise":
         raise VersionMismatch(message)

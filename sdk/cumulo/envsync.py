@@ -19,9 +19,12 @@ uv configuration.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import gzip
 import hashlib
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -39,7 +42,8 @@ from packaging.utils import canonicalize_name
 from . import config
 from .exceptions import EnvironmentSyncError, SpecError
 
-__all__ = ["Local", "Lock", "build_wheels", "capture", "from_requirements", "install_script"]
+__all__ = ["Local", "Lock", "build_wheels", "capture", "check_resolvable", "compact", "for_gpu", "from_requirements",
+           "install_script", "lock_for", "prepare", "Prepared", "ship_wheels"]
 
 #: Client-side tools no worker needs; their own dependencies drop out of the lock with them.
 DEFAULT_EXCLUDE = (
@@ -131,8 +135,10 @@ def _requires(dist: metadata.Distribution, extras: set[str], env: dict[str, str]
     return found
 
 
-def capture(*, extra_exclude: tuple[str, ...] = ()) -> Lock:
-    """This interpreter's environment as a Lock (see the module docstring for what is kept)."""
+def capture(*, extra_exclude: tuple[str, ...] = (), roots: tuple[str, ...] | None = None) -> Lock:
+    """This interpreter's environment as a Lock (see the module docstring for what is kept).
+
+    ``roots``: keep only these distributions and what they require (default: every top-level one)."""
     dists: dict[str, metadata.Distribution] = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
@@ -143,7 +149,8 @@ def capture(*, extra_exclude: tuple[str, ...] = ()) -> Lock:
     for name, dist in dists.items():
         needed_by_others |= {n for n, _ in _requires(dist, set(), env)}
     patterns = _exclude_patterns() + tuple(extra_exclude)
-    roots = [n for n in dists if n not in needed_by_others and not _excluded(n, patterns)]
+    if roots is None:
+        roots = tuple(n for n in dists if n not in needed_by_others and not _excluded(n, patterns))
     keep: dict[str, set[str]] = {}
     todo = [(n, frozenset()) for n in roots]
     while todo:
@@ -170,12 +177,12 @@ def capture(*, extra_exclude: tuple[str, ...] = ()) -> Lock:
 
 
 def from_requirements(requirements: list[str] | str | Path) -> Lock:
-    """A Lock from a requirements list or file (``env=[...]`` / ``env="requirements.txt"``); cumulo
+    """A Lock from a requirements list or file (``environment=[...]`` or a file); cumulo
     itself is added at this client's version so that the workers can run cumulo's code."""
     if isinstance(requirements, (str, Path)):
         path = Path(requirements)
         if not path.is_file():
-            raise SpecError(f"env={str(requirements)!r} is neither 'sync', 'none' nor a requirements file that exists")
+            raise SpecError(f"environment={str(requirements)!r}: no such requirements file (or use 'sync' / 'none')")
         lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
     else:
         lines = [str(r).strip() for r in requirements]
@@ -184,15 +191,48 @@ def from_requirements(requirements: list[str] | str | Path) -> Lock:
         try:
             Requirement(line)
         except InvalidRequirement as exc:
-            raise SpecError(f"env entry {line!r} is not a requirement ({exc}); write e.g. 'polars==1.20'") from None
+            raise SpecError(f"environment entry {line!r} is not a requirement ({exc}); write e.g. 'polars==1.20'") \
+                from None
         pins.append(line)
-    synced = capture()
-    core = {"cumulo", "dask", "distributed"}
-    lock = Lock(python=synced.python, find_links=synced.find_links,
-                local=[d for d in synced.local if d.name in core])
+    # cumulo (so that the workers can run its code) with everything it needs, at this client's versions
+    lock = capture(roots=("cumulo", "dask", "distributed", "cloudpickle"))
     named = {canonicalize_name(Requirement(p).name) for p in pins}
-    lock.pins = sorted(pins + [p for p in synced.pins if p.split("==")[0] in core - named])
+    lock.pins = sorted(pins + [p for p in lock.pins if p.split("==")[0] not in named])
+    lock.local = [d for d in lock.local if d.name not in named]
     return lock
+
+
+def lock_for(environment: str | list[str] | None, *, default: str = "sync") -> Lock | None:
+    """The Lock a spec's ``environment=`` asks for (None: 'none', install nothing)."""
+    choice = default if environment is None else environment
+    if choice == "none":
+        return None
+    if choice == "sync":
+        return capture()
+    return from_requirements(choice)
+
+
+#: On GPU workers: the RAPIDS builds matching cumulo's dask range (the `gpu` extra), and the CUDA
+#: builds of packages a CPU client runs as CPU builds.
+RAPIDS = ("cudf-cu12>=26.10,<26.12", "dask-cudf-cu12>=26.10,<26.12", "dask-cuda>=26.10,<26.12")
+_CPU_BUILDS = {"xgboost-cpu": "xgboost"}
+
+
+def for_gpu(lock: Lock) -> Lock:
+    """The lock for GPU workers: RAPIDS added, CPU-only builds swapped for their CUDA builds.
+
+    ``torch==2.13.0+cpu`` becomes ``torch==2.13.0`` (the index's default Linux build is CUDA),
+    ``xgboost-cpu`` becomes ``xgboost``; packages the GPU side already brings stay as pinned."""
+    pins = []
+    for pin in lock.pins:
+        name, _, version = pin.partition("==")
+        if "+cpu" in version:
+            version = version.split("+", 1)[0]
+        pins.append(f"{_CPU_BUILDS.get(name, name)}=={version}")
+    have = {p.split("==")[0] for p in pins}
+    pins += [r for r in RAPIDS if canonicalize_name(Requirement(r).name) not in have]
+    return Lock(python=lock.python, pins=sorted(pins), local=list(lock.local), find_links=list(lock.find_links),
+                left_out=dict(lock.left_out), wheel_digests=dict(lock.wheel_digests))
 
 
 def _wheel_digest(path: Path) -> str:
@@ -289,3 +329,91 @@ printf %s {q(lock.local_digest)} > {marker}
 touch {q(venv + '/.cumulo-ready')}
 echo cumulo-env-built
 """
+
+
+def compact(lock: Lock) -> str:
+    """The pins as gzip+base64 text, small enough for a first-boot script (see bootstrap.py)."""
+    return base64.b64encode(gzip.compress(lock.requirements_text().encode(), mtime=0)).decode()
+
+
+def check_resolvable(lock: Lock, *, platform_tag: str = "x86_64-manylinux_2_28") -> None:
+    """Resolve the pins for Linux x86-64 and the lock's Python without installing anything, so that a
+    package the index lacks (or one with no Linux build) fails before any instance bills, by name.
+
+    Needs uv (the `ssh` extra brings it); without uv the check is skipped with a log line."""
+    uv = _uv()
+    if uv is None:
+        import logging
+
+        logging.getLogger("cumulo").warning("cumulo: uv is not installed; the environment is checked on the workers")
+        return
+    cmd = [uv, "pip", "compile", "-q", "--no-header", "--python-version", lock.python, "--python-platform",
+           platform_tag, "-o", os.devnull, "-"]
+    for link in lock.find_links:
+        cmd[3:3] = ["--find-links", link]
+    done = subprocess.run(cmd, input=lock.requirements_text(), capture_output=True, text=True)
+    if done.returncode != 0:
+        text = (done.stderr or done.stdout).strip()
+        named = _named_package(text)
+        raise EnvironmentSyncError(
+            (f"package {named!r} " if named else "the environment ") + "cannot be installed on Linux x86-64 "
+            f"workers with Python {lock.python} (nothing was launched):\n  " + "\n  ".join(text.splitlines()[-6:])
+            + "\nDrop it (cumulo.env.exclude), pin a version that exists, or pass environment=[...] "
+            "with what the workers need")
+
+
+def _named_package(text: str) -> str | None:
+    """The package a resolver error is about, when it names one."""
+    import re
+
+    for pattern in (r"there is no version of ([A-Za-z0-9_.\-]+)", r"Because ([A-Za-z0-9_.\-]+) was not found",
+                    r"([A-Za-z0-9_.\-]+) was not found in the package registry", r"No matching distribution found for "
+                    r"([A-Za-z0-9_.\-]+)"):
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
+    return None
+
+
+async def ship_wheels(client: Any, wheels: dict[str, bytes], digest: str) -> None:
+    """Install local wheels on every worker, now and on each that joins later (worker plugin by value)."""
+    import cloudpickle
+
+    from . import _wheels
+
+    cloudpickle.register_pickle_by_value(_wheels)
+    await client.register_plugin(_wheels.InstallWheels(wheels, digest))
+
+
+@dataclass
+class Prepared:
+    """An environment ready to send: the lock, its GPU mapping, and the local wheels' bytes."""
+
+    lock: Lock
+    gpu_lock: Lock | None
+    wheels: dict[str, bytes]
+
+    def describe(self) -> dict[str, Any]:
+        """What the registry records (the lock's describe(), plus whether GPU workers get RAPIDS)."""
+        return self.lock.describe() | {"gpu_mapping": self.gpu_lock is not None}
+
+
+def prepare(environment: str | list[str] | None, *, gpu: bool, check: bool = True) -> Prepared | None:
+    """Everything a provider sends for ``environment=`` (None for 'none'): the lock (checked to resolve
+    for Linux x86-64 when ``check``, so that a missing package fails before anything bills), the GPU
+    lock when ``gpu``, and the local packages built into wheels."""
+    import tempfile
+
+    lock = lock_for(environment)
+    if lock is None:
+        return None
+    gpu_lock = for_gpu(lock) if gpu else None
+    if check:
+        for each in (lock, gpu_lock):
+            if each is not None:
+                check_resolvable(each)
+    with tempfile.TemporaryDirectory(prefix="cumulo-wheels-") as tmp:
+        wheels = {w.name: w.read_bytes() for w in build_wheels(lock, Path(tmp))}
+    if gpu_lock is not None:
+        gpu_lock.wheel_digests = dict(lock.wheel_digests)
+    return Prepared(lock, gpu_lock, wheels)

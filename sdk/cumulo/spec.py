@@ -139,6 +139,29 @@ def probe_loopback(address: str, *, timeout: float = 1.0) -> None:
         return
 
 
+def _environment(value: Any) -> str | list[str]:
+    """Check ``environment=``: 'sync', 'none', a requirements file path, or a list of requirement strings."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if isinstance(value, str):
+        value = value.strip()
+        if value in ("sync", "none"):
+            return value
+        if value.endswith(".txt") or "/" in value:
+            return value  # a requirements file: read (and its existence checked) when the lock is made
+        raise SpecError(f"environment={value!r}: use 'sync', 'none', a requirements file such as "
+                        "'requirements.txt', or a list such as ['polars==1.20']")
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        for item in value:
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise SpecError(f"environment entry {item!r} is not a requirement ({exc}); write e.g. "
+                                "'polars==1.20'") from None
+        return [v.strip() for v in value]
+    raise SpecError(f"environment={value!r} must be 'sync', 'none', a requirements file or a list of requirements")
+
+
 def _positive_int(name: str, value: Any, *, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{name}={value!r} must be a whole number between 0 and {maximum}")
@@ -169,6 +192,9 @@ class ClusterSpec:
     workers: worker count (processes for local, instances for cloud).
     gpu: GPU model wanted ("A100", "H100"), None for CPU or "whatever the machine has".
     budget: dollars after which the budget action runs; idle_timeout: seconds.
+    environment: what remote workers run: "sync" (the notebook's packages, the default where
+    a provider installs anything), "none" (the image as it is), a requirements file, or a list
+    of requirements such as ["polars==1.20"] (cumulo.envsync). ``env`` is environment variables.
     options: provider-specific extras (plain data, never secrets).
     """
 
@@ -186,6 +212,7 @@ class ClusterSpec:
     budget: float | None = None
     idle_timeout: float | None = None
     image: str | None = None
+    environment: str | list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -203,6 +230,8 @@ class ClusterSpec:
             raise SpecError(f"spot={self.spot!r} must be True or False (spot=True asks for spot instances)")
         if self.name is not None:
             validate_name(self.name)
+        if self.environment is not None:
+            self.environment = _environment(self.environment)
         if self.address is not None:
             if not isinstance(self.address, str) or "://" not in self.address:
                 parse_address(self.address)  # raises, naming the expected form

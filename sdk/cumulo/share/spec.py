@@ -41,7 +41,7 @@ METADATA_KEY = "cumulo"
 METADATA_VERSION = 1
 #: The ClusterSpec fields a shared notebook carries; never name, address, env or options.
 SPEC_FIELDS = ("provider", "workers", "threads_per_worker", "memory_limit", "gpu", "gpus_per_worker",
-               "instance_type", "region", "spot", "budget", "idle_timeout", "image")
+               "instance_type", "region", "spot", "budget", "idle_timeout", "image", "environment")
 #: Spec fields that describe one provider's hardware: dropped when a spec is used with another provider.
 HARDWARE_FIELDS = ("gpu", "gpus_per_worker", "instance_type", "region", "spot", "image")
 

@@ -18,6 +18,7 @@ everything down (teardown.py); this module only builds up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from distributed.core import rpc
 from distributed.security import Security
 
 from ...bootstrap import BootstrapOptions, user_data
+from ...envsync import Prepared, compact
 from ...exceptions import LaunchTimeout, ProviderError
 from ...tlscerts import ClusterTLS, create_cluster_tls
 from .api import LambdaApi
@@ -45,11 +47,17 @@ _FAILED_BOOT = ("unhealthy", "terminating", "terminated")
 class Launcher:
     """Builds one cluster from a :class:`Plan`; ``run()`` returns the scheduler's address and client TLS."""
 
-    def __init__(self, api: LambdaApi, checkpoint: Checkpoint, plan: Plan, say: Say) -> None:
+    def __init__(self, api: LambdaApi, checkpoint: Checkpoint, plan: Plan, say: Say,
+                 environment: Prepared | None = None) -> None:
         self.api, self.checkpoint, self.plan, self.say = api, checkpoint, plan, say
         self.cluster_id = checkpoint.cluster_id
         self.installation = checkpoint.installation_id
         self.opts: BootstrapOptions = bootstrap_options()
+        if environment is not None:  # the pins travel in the first-boot script; local wheels later, over TLS
+            self.opts = dataclasses.replace(
+                self.opts, requirements=compact(environment.lock),
+                gpu_requirements=compact(environment.gpu_lock) if environment.gpu_lock else None,
+                find_links=tuple(environment.lock.find_links))
 
     async def run(self) -> tuple[str, Security]:
         """Launch everything and wait until all workers joined; raises on the first failure."""

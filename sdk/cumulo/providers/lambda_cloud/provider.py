@@ -12,12 +12,15 @@ through the lifecycle's Checkpoint.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from distributed.security import Security
 
+from ... import config, envsync
+from ...envsync import Prepared
 from ...exceptions import ProviderError, TerminateError
 from ...registry import ClusterRecord, Registry
 from ...spec import ClusterSpec
@@ -82,8 +85,8 @@ class LambdaProvider(Provider):
     ) -> None:
         super().__init__(security=security, allow_insecure=allow_insecure, progress=progress)
         self._api = api
-        #: The last spec preflight resolved and its plan, re-used by the launch that follows.
-        self._planned: tuple[ClusterSpec, Plan] | None = None
+        #: The last spec preflight resolved, its plan and environment, re-used by the launch that follows.
+        self._planned: tuple[ClusterSpec, Plan, Prepared | None] | None = None
 
     @asynccontextmanager
     async def _session(self) -> AsyncIterator[LambdaApi]:
@@ -108,7 +111,21 @@ class LambdaProvider(Provider):
         refuse_unsupported(spec)
         async with self._session() as api:
             plan = await make_plan(api, spec, self._say())
-        self._planned = (spec, plan)
+        self._planned = (spec, plan, await self._environment(spec))
+
+    async def _environment(self, spec: ClusterSpec) -> Prepared | None:
+        """The notebook's environment for the instances (envsync), checked to resolve before anything bills."""
+        if not config.get("lambda.install-packages") or spec.environment == "none":
+            return None
+        say = self._say()
+        say("preparing the workers' environment (lock, local wheels) ...")
+        gpu = "cuda" in str(config.get("lambda.worker-command"))
+        prepared = await asyncio.to_thread(envsync.prepare, spec.environment, gpu=gpu)
+        if prepared is not None:
+            say(f"environment {prepared.lock.digest}: {len(prepared.lock.pins)} packages"
+                + (f", local {', '.join(sorted(prepared.wheels))}" if prepared.wheels else "")
+                + (" (RAPIDS and CUDA builds on GPU workers)" if gpu else ""))
+        return prepared
 
     async def launch(self, spec: ClusterSpec, *, cluster_id: str, checkpoint: Checkpoint) -> Deployment:
         """Launch the cluster; on any failure terminate what launched (confirmed) and re-raise.
@@ -118,10 +135,15 @@ class LambdaProvider(Provider):
         say = self._say()
         async with self._session() as api:
             planned, self._planned = self._planned, None
-            plan = planned[1] if planned is not None and planned[0] == spec else await make_plan(api, spec, say)
+            if planned is not None and planned[0] == spec:
+                plan, prepared = planned[1], planned[2]
+            else:
+                plan, prepared = await make_plan(api, spec, say), await self._environment(spec)
             checkpoint.rate(plan.rate_per_hour)
+            if prepared is not None:
+                checkpoint.event("environment", json.dumps(prepared.describe()))
             try:
-                address, security = await Launcher(api, checkpoint, plan, say).run()
+                address, security = await Launcher(api, checkpoint, plan, say, prepared).run()
             except BaseException as exc:
                 say(f"launch failed ({type(exc).__name__}); terminating everything that was launched")
                 try:
@@ -132,8 +154,11 @@ class LambdaProvider(Provider):
                         f"{cluster_id} may still be billing: run `cumulo down` or `cumulo reap`, or terminate "
                         f"{PREFIX}{checkpoint.installation_id}-{cluster_id}-* in Lambda's dashboard") from exc
                 raise
-        return LambdaDeployment(address, security=security, provider=self, checkpoint=checkpoint,
-                                rate_per_hour=plan.rate_per_hour)
+        deployment = LambdaDeployment(address, security=security, provider=self, checkpoint=checkpoint,
+                                      rate_per_hour=plan.rate_per_hour)
+        if prepared is not None and prepared.wheels:
+            deployment.local_wheels, deployment.local_digest = prepared.wheels, prepared.lock.local_digest
+        return deployment
 
     async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
         """Terminate a cluster from any process, using only its recorded resources and the API."""

@@ -10,7 +10,6 @@ same platform.
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 import time
 from pathlib import Path
@@ -48,15 +47,6 @@ async def _uv_on_host(session: Session, facts: HostFacts) -> str:
     return target
 
 
-_MISSING = re.compile(r"(?:Because|because) (?:there is no version of |)([A-Za-z0-9_.\-]+)(?:==[^ ]+)? "
-                      r"(?:was not found|(?:is|are) not available|cannot be used)")
-
-
-def _failed_package(text: str) -> str | None:
-    m = _MISSING.search(text) or re.search(r"No solution found[^\n]*\n.*?([A-Za-z0-9_.\-]+)==", text, re.S)
-    return m.group(1) if m else None
-
-
 async def install(session: Session, facts: HostFacts, lock: envsync.Lock, wheels: list[Path], *,
                   staging: Path) -> tuple[str, str, float]:
     """Make the lock's venv on the host; (venv python, 'built' or 'reused', seconds).
@@ -88,7 +78,7 @@ async def install(session: Session, facts: HostFacts, lock: envsync.Lock, wheels
         out = await session.run(script, timeout=timeout + 30, what="installing the notebook's environment")
     except ProviderError as exc:
         text = str(exc)
-        package = _failed_package(text)
+        package = envsync._named_package(text)
         named = f"package {package!r} " if package else "the environment "
         raise EnvironmentSyncError(
             f"{named}could not be installed on {session.host.label} (nothing was started there):\n{text}\n"

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from dask.utils import parse_timedelta
 from distributed.security import Security
@@ -50,13 +50,6 @@ def _certs_dir() -> str | None:
     return config.get("ssh.certs-dir") or None
 
 
-def _env_mode(spec: ClusterSpec) -> Any:
-    mode = spec.options.get("environment", config.get("ssh.env"))
-    if mode not in ("sync", "none") and not isinstance(mode, (list, str)):
-        raise SpecError(f"options={{'environment': {mode!r}}} must be 'sync', 'none', a requirements file or a list")
-    return mode
-
-
 class SSHProvider(Provider):
     """Dask on your own hosts over SSH (see the module docstring)."""
 
@@ -81,7 +74,6 @@ class SSHProvider(Provider):
         if not spec.address:
             raise SpecError("the ssh provider needs hosts: cumulo.connect('ssh://user@gpu1,gpu2')")
         parse_target(spec.address)
-        _env_mode(spec)
         if spec.gpu is not None or spec.instance_type is not None:
             raise SpecError("ssh:// hosts are what they are: leave out gpu= and instance_type= (GPUs are found)")
 
@@ -132,10 +124,9 @@ class SSHProvider(Provider):
     async def _environment(self, spec: ClusterSpec, sessions: list[Session], facts: list[remote.HostFacts],
                            checkpoint: Checkpoint) -> list[str]:
         """The python each host runs Dask with: its own (environment 'none') or the synced venv's."""
-        mode = _env_mode(spec)
-        if mode == "none":
+        lock = envsync.lock_for(spec.environment, default=str(config.get("ssh.env")))
+        if lock is None:  # environment="none": the hosts' python as it is
             return [f.executable for f in facts]
-        lock = envsync.capture() if mode == "sync" else envsync.from_requirements(mode)
         with tempfile.TemporaryDirectory(prefix="cumulo-env-") as tmp:
             started = time.monotonic()
             wheels = envsync.build_wheels(lock, Path(tmp) / "wheels")
