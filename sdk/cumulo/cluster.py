@@ -26,7 +26,7 @@ from distributed import Client
 from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin
 
-from . import config, envcheck
+from . import config, envcheck, envsync
 from .exceptions import (
     ClusterLost,
     ClusterNotFound,
@@ -37,7 +37,7 @@ from .exceptions import (
     SpecError,
 )
 from .checkpoint import Checkpoint
-from .lifecycle import Lifecycle
+from .lifecycle import BY_KERNEL, Lifecycle
 from .names import new_name
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import Deployment, Provider, get_provider, known_providers, provider_for_address
@@ -128,7 +128,9 @@ def connect(
     if name is not None:
         existing = registry.find_open(name)
         if existing is not None:
-            if existing.provider != provider_name or (address and existing.address != address):
+            # an ssh:// or gateway:// target is the spec's address; the row's is the scheduler's
+            if existing.provider != provider_name or (address and address not in (existing.address,
+                                                                                 existing.spec.get("address"))):
                 raise SpecError(
                     f"a {existing.provider} cluster named {name!r} is already open at {existing.address}; "
                     f"attach with cumulo.connect(name={name!r}), stop it with `cumulo down {name}`, "
@@ -301,6 +303,8 @@ class Cluster(SyncMethodMixin):
         try:
             self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, checkpoint=checkpoint)
             await self._connect_client(self._deployment.address, self._deployment.security)
+            if self._deployment.local_wheels:
+                await envsync.ship_wheels(self.client, self._deployment.local_wheels, self._deployment.local_digest)
             await self._describe()
             await self._mark_running()
         except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
@@ -433,7 +437,7 @@ class Cluster(SyncMethodMixin):
     def _loop_runner_alive(self) -> bool:
         return bool(getattr(self._loop_runner, "_started", False))
 
-    async def _close(self, *, why: str = "closed by its kernel", from_loop: bool = False) -> None:
+    async def _close(self, *, why: str = BY_KERNEL, from_loop: bool = False) -> None:
         """Stop (or, for a scheduler not ours, detach from) the cluster through the lifecycle.
 
         ``from_loop``: called by the watchdog on the cluster's own loop, which then

@@ -53,6 +53,13 @@ class Deployment:
 
     #: The provider's price for this deployment in $/hour, when the provider bills (None: no price known).
     rate_per_hour: float | None = None
+    #: Local packages (wheel name -> bytes) the workers still need; the cluster installs them over its
+    #: TLS link once the scheduler answers (envsync.ship_wheels), before the version check.
+    local_wheels: dict[str, bytes] = {}
+    local_digest: str = ""
+    #: Why the lifecycle is stopping this deployment, set just before close() (lifecycle.BY_KERNEL for the
+    #: user's own close); empty when close() is called otherwise.
+    stop_reason: str = ""
 
     def __init__(
         self,
