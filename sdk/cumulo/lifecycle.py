@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Checkpoint", "FINAL", "Lifecycle", "OPEN", "State", "TRANSITIONS"]
 
+#: The reason a kernel gives when its user closes the cluster (cluster.close(), a with block, the kernel's
+#: exit), as opposed to a guard, `cumulo down` or a reaper. A provider may treat it differently (detach).
+BY_KERNEL = "closed by its kernel"
+
 logger = logging.getLogger("cumulo")
 
 
@@ -81,6 +85,7 @@ class Lifecycle:
         started = deployment is not None or (checkpoint is not None and checkpoint.started)
         try:
             if deployment is not None:
+                deployment.stop_reason = why
                 await deployment.close()
             elif started and provider.owns_scheduler:
                 await provider.stop(self.registry.get(record.id), self.checkpoint(record, provider))
@@ -115,6 +120,7 @@ class Lifecycle:
         self._move(record.id, State.CLOSING, note=why, event=None)  # who is stopping it, for the owner to see
         try:
             if deployment is not None:
+                deployment.stop_reason = why
                 await deployment.close()
             elif provider.owns_scheduler:
                 await provider.stop(self.registry.get(record.id), self.checkpoint(record, provider))

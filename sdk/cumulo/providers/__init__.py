@@ -19,9 +19,10 @@ _BUILTIN = {
     "address": "cumulo.providers.address:AddressProvider",
     "lambda": "cumulo.providers.lambda_cloud:LambdaProvider",
     "ssh": "cumulo.providers.ssh:SSHProvider",
+    "gateway": "cumulo.providers.gateway:GatewayProvider",
 }
 #: Address schemes (``scheme://...``) and the provider that attaches to or launches on them.
-_SCHEMES = {"tcp": "address", "tls": "address", "ssh": "ssh"}
+_SCHEMES = {"tcp": "address", "tls": "address", "ssh": "ssh", "gateway": "gateway", "gateway+https": "gateway"}
 _registered: dict[str, type[Provider]] = {}
 
 
