@@ -85,7 +85,7 @@ class Lifecycle:
         started = deployment is not None or (checkpoint is not None and checkpoint.started)
         try:
             if deployment is not None:
-                deployment.stop_reason = why
+                deployment.stop_reason = f"its start failed: {note}"
                 await deployment.close()
             elif started and provider.owns_scheduler:
                 await provider.stop(self.registry.get(record.id), self.checkpoint(record, provider))

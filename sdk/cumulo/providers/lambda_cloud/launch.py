@@ -6,10 +6,11 @@
  2. open the scheduler's TLS port in the firewall for the planned source only;
  3. launch the head (scheduler + one worker) named
     ``cumulo-<installation>-<cluster id>-head``, wait booting -> active
-    (``boot-timeout``) and for the scheduler to answer over TLS;
+    (``boot-timeout``);
  4. launch each other worker in its own request (Lambda launches one instance
-    per request, paced by the HTTP client), named ``...-worker-<n>``; wait for
-    them to be active and to join.
+    per request, paced by the HTTP client), named ``...-worker-<n>``, while the
+    head installs its environment; wait for the scheduler to answer over TLS,
+    then for the workers to be active and to join.
 Each launch request is recorded (kind "launch", by name) before it is sent and
 its instance ids as soon as the answer arrives. On failure the caller tears
 everything down (teardown.py); this module only builds up.
@@ -71,13 +72,16 @@ class Launcher:
         address = f"tls://{info['ip']}:{self.opts.scheduler_port}"
         self.checkpoint.address(address)
         self.say(f"head instance active at {info['ip']}")
-        await self._wait_scheduler(address, security)
+        workers: list[str] = []
         if self.plan.instances > 1:
+            # the workers boot (and install their environment) while the head installs and starts its
+            # scheduler: they retry joining it until their death timeout
             script = user_data("worker", cluster_id=self.cluster_id, tls=tls, options=self.opts,
                                scheduler_host=info.get("private_ip") or info["ip"])
-            workers: list[str] = []
             for n in range(1, self.plan.instances):
                 workers += await self._launch(f"worker-{n}", ssh_key, script)
+        await self._wait_scheduler(address, security)
+        if workers:
             await self._wait_active(workers)
         await self._wait_workers(address, security, hosts=self.plan.instances)
         return address, security
