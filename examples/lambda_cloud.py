@@ -27,11 +27,12 @@ def start_emulator():  # type: ignore[no-untyped-def]
     sys.path.insert(0, str(repo))
     from tests.lambda_emulator import Emulator
 
-    emu = Emulator(boot_seconds=1.0).start()
+    emu = Emulator(boot_seconds=1.0, image="prepared").start()
     os.environ["LAMBDA_API_KEY"] = emu.api_key  # the emulator's own fake key
     dask.config.set({
         "cumulo.lambda.base-url": emu.base_url,
-        # its "instances" are CPU processes here: plain `dask worker`, no GPU probe, nothing installed
+        # its "instances" are CPU processes with this Python (a prepared image): plain `dask worker`, no GPU probe,
+        # nothing installed (tests/test_lambda_env.py runs bare instances with the environment sync)
         "cumulo.lambda.worker-command": "dask worker",
         "cumulo.lambda.worker-args": "--nthreads 1 --no-dashboard",
         "cumulo.lambda.gpu-probe": False,

@@ -380,3 +380,13 @@ def test_the_provider_imports_without_dask_gateway_and_names_the_extra_when_used
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MISSING" in out.stdout and "pip install 'cumulo[gateway]'" in out.stdout
+
+
+def test_cluster_options_come_as_the_gateways_form_and_feed_connect(gateway: GatewayServer, auth: None) -> None:
+    opts = cumulo.gateway_options(gateway.address)
+    assert "worker_cores" in dict(opts) and hasattr(opts, "_widget")  # dask-gateway draws it as a form
+    opts.worker_cores = 1
+    with cumulo.connect(gateway.address, name="formed", workers=1, options=dict(opts)) as cluster:
+        assert cluster.client.submit(lambda: 1 + 1).result() == 2
+    with pytest.raises(cumulo.CumuloError):
+        cumulo.gateway_options(f"gateway://127.0.0.1:{free_port()}")

@@ -8,6 +8,7 @@ through the run's uv cache, and a local wheel sent over TLS).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ import pandas as pd
 import pytest
 
 import cumulo
-from cumulo import bootstrap, datasets, envsync, pipeline
+from cumulo import bootstrap, datasets, envsync, pipeline, train
 from cumulo.exceptions import EnvironmentSyncError, SpecError, VersionMismatch
 from cumulo.registry import Registry
 from cumulo.tlscerts import create_cluster_tls
@@ -70,10 +71,34 @@ def test_bare_instances_get_the_notebooks_environment(emulator: Emulator, tmp_pa
                    for v in versions.values())
         out = datasets.taxi(tmp_path / "trips", rows=20_000, partitions=4, seed=5, client=cluster.client)
         remote = pipeline.run(out)
+        # %%cumulo cells and DDP training pickle cumulo functions by reference: they need cumulo (and torch)
+        # on the workers, which only the environment sync put there
+        import io
+
+        from cumulo.remote_cell import run_cell
+
+        printed = io.StringIO()
+        values = run_cell("import sys\nprint('on', sys.prefix)\nanswer = 6 * 7", cluster, outputs=["answer"],
+                          stdout=printed)
+        assert values["answer"] == 42 and "/venv" in printed.getvalue()
+        if FIND_LINKS:  # torch is in the lock
+            def world() -> int:
+                import torch.distributed as dist
+
+                return dist.get_world_size()
+
+            assert train.torch(world, cluster.client) == [2, 2]
         log = (emulator.instances[next(iter(emulator.instances))].workdir / "bootstrap.log").read_text()
         assert "environment installed in" in log and "CPU lock" in log
         events = " ".join(m for _, _, m in Registry().events(cluster.id))
         assert '"packages"' in events and "cumulo" in events
+        # the card and `cumulo usage` say which environment the workers run
+        assert "Environment" in cluster._repr_html_() and "local cumulo" in cluster._repr_html_()
+        usage = subprocess.run([str(Path(sys.executable).parent / "cumulo"), "usage", "synced"],
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "DASK_CUMULO__LAMBDA__CERTS_DIR":
+                                    str(dask.config.get("cumulo.lambda.certs-dir"))})
+        assert "environment: " in usage.stdout and "packages" in usage.stdout, usage.stdout + usage.stderr
     with cumulo.connect(workers=2) as local:
         here = pipeline.run(out)
         assert local.provider == "local"

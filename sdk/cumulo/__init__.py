@@ -25,6 +25,7 @@ __all__ = [
     "connect",
     "current",
     "from_notebook",
+    "gateway_options",
     "load_ipython_extension",
     "prices",
     "unload_ipython_extension",
@@ -36,6 +37,14 @@ def from_notebook(path: Any, *, cluster: str | int | None = None) -> Any:
     from .share import from_notebook as _from_notebook
 
     return _from_notebook(path, cluster=cluster)
+
+
+def gateway_options(address: str | None = None, **kwargs: Any) -> Any:
+    """A dask-gateway's cluster options as a form to edit in the notebook; pass ``dict(opts)`` as
+    ``connect(address, options=...)`` (see cumulo.providers.gateway.options.cluster_options)."""
+    from .providers.gateway.options import cluster_options
+
+    return cluster_options(address, **kwargs)
 
 
 def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> Any:

@@ -135,6 +135,11 @@ def _usage(args: argparse.Namespace) -> int:
         spend = Spend(rec.cost, rec.rate_per_hour, "last figure recorded by its kernel")
     state = "stop failed: may still bill" if rec.may_bill else rec.state
     print(f"{rec.name} ({rec.provider}, {state}): spend {spend.text()}")
+    from cumulo.envsync import recorded
+
+    environment = recorded(registry, rec.id)
+    if environment:
+        print(f"  environment: {environment}")
     if ledger is None:
         print("  no ledger reachable" + ("" if rec.is_open else " (cluster closed)"))
         return 0

@@ -61,6 +61,12 @@ def cluster_html(cluster: Cluster) -> str:
         ("Dataframe backend", e(cluster.backend)),
         ("Dashboard", dash_html),
     ]
+    if cluster.id:
+        from .envsync import recorded
+
+        environment = recorded(cluster.registry, cluster.id)
+        if environment:
+            rows.append(("Environment", e(environment)))
     body = "".join(
         f'<tr><th style="text-align:left;padding-right:1em">{k}</th><td style="text-align:left">{v}</td></tr>'
         for k, v in rows

@@ -43,7 +43,7 @@ from . import config
 from .exceptions import EnvironmentSyncError, SpecError
 
 __all__ = ["Local", "Lock", "build_wheels", "capture", "check_resolvable", "compact", "for_gpu", "from_requirements",
-           "install_script", "lock_for", "prepare", "Prepared", "ship_wheels"]
+           "install_script", "lock_for", "prepare", "Prepared", "recorded", "ship_wheels"]
 
 #: Client-side tools no worker needs; their own dependencies drop out of the lock with them.
 DEFAULT_EXCLUDE = (
@@ -417,3 +417,21 @@ def prepare(environment: str | list[str] | None, *, gpu: bool, check: bool = Tru
     if gpu_lock is not None:
         gpu_lock.wheel_digests = dict(lock.wheel_digests)
     return Prepared(lock, gpu_lock, wheels)
+
+
+def recorded(registry: Any, cluster_id: str) -> str | None:
+    """The environment a cluster was given, as one line for its card and `cumulo usage` (None: none recorded,
+    e.g. a local cluster, which runs this very environment)."""
+    found = None
+    for _, kind, message in registry.events(cluster_id):
+        if kind == "environment":
+            found = message
+    if found is None:
+        return None
+    try:
+        d = json.loads(found)
+    except ValueError:
+        return None
+    local = f", local {', '.join(d['local'])}" if d.get("local") else ""
+    gpu = ", RAPIDS on GPU workers" if d.get("gpu_mapping") else ""
+    return f"{d.get('digest')} (python {d.get('python')}, {d.get('packages')} packages{local}{gpu})"
