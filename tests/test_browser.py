@@ -14,6 +14,7 @@ or an installed wheel).
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import secrets
@@ -222,6 +223,29 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     assert "Top cells by cost" in top and "task-s" in top and "$" in top, top
     assert "workers: busy" in card.locator(".cumulo-lab-usage").inner_text()
     card.screenshot(path=str(ARTIFACTS / "sidebar-usage-card.png"))
+
+    # the inline meter (an ipywidgets view, refreshed from the kernel) shows what its Python side computes
+    third = page.locator(".jp-Notebook .jp-Cell").nth(2)
+    third.wait_for(timeout=20_000)
+    page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+    third.locator(".cm-content").click()
+    page.keyboard.type("from cumulo.widgets.meter import rank_cells, top_cells; u = cluster.usage; "
+                       "print('PY', [(c['label'], f\"{c['task_seconds']:.1f}\") "
+                       "for c in rank_cells(top_cells(u.ledger(), u.record()))])")
+    page.keyboard.press("Shift+Enter")
+    printed = third.locator(".jp-OutputArea-output")
+    wait_for(lambda: "PY" in " ".join(printed.all_inner_texts()), timeout=60, what="the Python side's top cells")
+    python_side = ast.literal_eval(" ".join(printed.all_inner_texts()).split("PY", 1)[1].strip())  # [(label, "x.y")]
+    widget = page.locator(".jp-Notebook .jp-Cell").first.locator(".cumulo-meter table.cumulo-top-cells")
+
+    def widget_rows() -> list[tuple[str, str]]:
+        rows = [r.split("\t") for r in widget.inner_text().splitlines()[1:]] if widget.count() else []
+        return [(r[0].strip(), r[2].strip()) for r in rows if len(r) >= 3]
+
+    wait_for(lambda: widget_rows()[:len(python_side)] == [tuple(x) for x in python_side], timeout=30,
+             what=f"the inline meter to show the Python side's top cells {python_side}")
+    page.locator(".jp-Notebook .jp-Cell").first.locator(".cumulo-meter").screenshot(
+        path=str(ARTIFACTS / "inline-meter.png"))
     panel.screenshot(path=str(ARTIFACTS / "sidebar-usage.png"))
     page.screenshot(path=str(ARTIFACTS / "lab.png"))
 

@@ -78,7 +78,7 @@ async def install(session: Session, facts: HostFacts, lock: envsync.Lock, wheels
         out = await session.run(script, timeout=timeout + 30, what="installing the notebook's environment")
     except ProviderError as exc:
         text = str(exc)
-        package = envsync._named_package(text)
+        package = envsync.named_package(text)
         named = f"package {package!r} " if package else "the environment "
         raise EnvironmentSyncError(
             f"{named}could not be installed on {session.host.label} (nothing was started there):\n{text}\n"
