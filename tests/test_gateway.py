@@ -390,3 +390,12 @@ def test_cluster_options_come_as_the_gateways_form_and_feed_connect(gateway: Gat
         assert cluster.client.submit(lambda: 1 + 1).result() == 2
     with pytest.raises(cumulo.CumuloError):
         cumulo.gateway_options(f"gateway://127.0.0.1:{free_port()}")
+
+
+def test_the_gateways_options_are_keyword_arguments_of_connect(gateway: GatewayServer, auth: None) -> None:
+    with cumulo.connect(gateway.address, name="kwargs", workers=1, worker_cores=2) as cluster:
+        assert cluster.spec.options["worker_cores"] == 2
+        cores = {w["nthreads"] for w in cluster.client.scheduler_info()["workers"].values()}
+        assert cores == {2}
+    with pytest.raises(SpecError, match="worker_cores"):  # a misspelt option names the ones the gateway has
+        cumulo.connect(gateway.address, name="typo", worker_corse=2)

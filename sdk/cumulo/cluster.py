@@ -92,6 +92,8 @@ def connect(
     ``confirm-above-per-hour`` threshold of its provider without asking.
     ``keep_alive=True`` lets the cluster outlive this kernel (no kernel lease;
     budget and idle timeout still apply): stop it later with `cumulo down NAME`.
+    A provider that takes its own options (a dask-gateway's cluster options) gets the
+    keyword arguments that are not spec fields, e.g. ``connect("gateway://...", worker_cores=2)``.
     ``spec_from="NOTEBOOK.ipynb"`` (str or os.PathLike) takes the provider and the spec
     fields a shared notebook carries (arguments given here win) and prints its last run
     and the current estimate first (cumulo.share.merge_spec_from).
@@ -121,6 +123,13 @@ def connect(
         return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
 
     assert provider_name is not None
+    if get_provider_class(provider_name).takes_own_options:
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(ClusterSpec)}
+        own = {k: spec_fields.pop(k) for k in list(spec_fields) if k not in fields}
+        if own:
+            spec_fields["options"] = {**spec_fields.get("options", {}), **own}
     for flag, value in (("confirm", confirm), ("keep_alive", keep_alive)):
         if value:
             spec_fields["options"] = {**spec_fields.get("options", {}), flag: True}

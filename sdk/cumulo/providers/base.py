@@ -152,6 +152,9 @@ class Provider(abc.ABC):
     can_scale: ClassVar[bool] = True
     #: The provider has resources that can outlive a registry (see sweep_orphans).
     sweeps_orphans: ClassVar[bool] = False
+    #: connect() keyword arguments that are not spec fields are this backend's own options
+    #: (collected into ``spec.options``; the provider's preflight refuses names it does not know).
+    takes_own_options: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -130,6 +130,7 @@ class GatewayProvider(Provider):
     bills_independently = True
     can_scale = True
     sweeps_orphans = False
+    takes_own_options = True  # connect("gateway://...", worker_cores=2): the gateway's own cluster options
 
     def _say(self, message: str) -> None:
         logger.info("%s", message)
