@@ -74,6 +74,9 @@ class SSHProvider(Provider):
         if not spec.address:
             raise SpecError("the ssh provider needs hosts: cumulo.connect('ssh://user@gpu1,gpu2')")
         parse_target(spec.address)
+        env = spec.environment
+        if isinstance(env, str) and env not in ("sync", "none") and not Path(env).is_file():
+            raise SpecError(f"environment={env!r}: no such requirements file (or use 'sync' / 'none')")
         if spec.gpu is not None or spec.instance_type is not None:
             raise SpecError("ssh:// hosts are what they are: leave out gpu= and instance_type= (GPUs are found)")
 
