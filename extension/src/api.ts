@@ -106,10 +106,39 @@ export interface Prices {
   providers: string[];
 }
 
+/** One of a dask-gateway's cluster options, as the server reads its schema. */
+export interface GatewayField {
+  /** The option's name, the key in `options` of a launch. */
+  name: string;
+  label: string;
+  /** integer | float | string | select | bool | mapping (anything else is drawn as text). */
+  kind: string;
+  /** What the gateway proposes; a launch sends what the form holds. */
+  default: unknown;
+  /** Bounds of a number (null: unbounded). */
+  min?: number | null;
+  max?: number | null;
+  /** The values of a select. */
+  choices?: string[] | null;
+}
+
+/** `GET gateway-options?address=...`: a gateway's cluster options and the rate cumulo prices it at. */
+export interface GatewayOptions {
+  /** The gateway as cumulo records it, e.g. "gateway://127.0.0.1:8000". */
+  address: string;
+  fields: GatewayField[];
+  /** cumulo.gateway.rate-per-hour, $/h per cluster; null means "no rate set". */
+  rate_per_hour: number | null;
+}
+
 /** What a launch request may carry: the fields of cumulo's ClusterSpec. */
 export interface LaunchSpec {
   provider: string;
   name?: string;
+  /** The launch target for providers launched on one (gateway://host:port). */
+  address?: string;
+  /** Provider options, e.g. a dask-gateway's cluster options. */
+  options?: Record<string, unknown>;
   workers?: number;
   gpu?: string;
   instance_type?: string;
@@ -126,6 +155,8 @@ export interface ComputeAPI {
   scale(name: string, workers: number): Promise<void>;
   stop(name: string): Promise<ClusterRow>;
   prices(): Promise<Prices>;
+  /** A dask-gateway's cluster options, read by the server with its own credentials. */
+  gatewayOptions?(address: string): Promise<GatewayOptions>;
 }
 
 /** A refusal from the server, with its message (which says what to do next). */
@@ -171,6 +202,10 @@ export class RestAPI implements ComputeAPI {
 
   prices(): Promise<Prices> {
     return this.request<Prices>('prices');
+  }
+
+  gatewayOptions(address: string): Promise<GatewayOptions> {
+    return this.request<GatewayOptions>(`gateway-options?address=${encodeURIComponent(address)}`);
   }
 
   private async request<T>(path: string, init: RequestInit = {}): Promise<T> {

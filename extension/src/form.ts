@@ -1,20 +1,34 @@
 /**
  * The "New cluster" form: provider, GPU type from the price list (with $/h
  * beside each), count, spot, budget, idle timeout; the estimate is shown
- * before anything launches.
+ * before anything launches. For a dask-gateway the GPU type and spot give way
+ * to the gateway's address and its own cluster options (gatewayform.ts).
  */
-import type { LaunchSpec, Offer, Prices } from './api';
+import type { GatewayOptions, LaunchSpec, Offer, Prices } from './api';
+import { RestAPI } from './api';
 import { h } from './dom';
 import { estimate, Estimate, rate } from './format';
+import { gatewayEstimate, GatewaySection } from './gatewayform';
+
+/** The provider whose form is the gateway's address and options instead of the price list. */
+export const GATEWAY = 'gateway';
 
 export interface FormCallbacks {
   /** Launch; resolve when the server accepted the request (it then launches in the background). */
   submit(spec: LaunchSpec, est: Estimate): Promise<void>;
   cancel(): void;
+  /** Read a dask-gateway's cluster options (default: the server's `gateway-options` endpoint). */
+  gatewayOptions?(address: string): Promise<GatewayOptions>;
 }
 
 function field(label: string, input: HTMLElement, hint = ''): HTMLElement {
   return h('label', { className: 'cumulo-lab-field' }, h('span', {}, label), input, hint ? h('small', { className: 'cumulo-lab-muted' }, hint) : null);
+}
+
+/** Show or hide a row: `hidden` alone loses to the rows' own `display: flex`, so the style says it too. */
+function show(el: HTMLElement, shown: boolean): void {
+  el.hidden = !shown;
+  el.style.display = shown ? '' : 'none';
 }
 
 /** Offers of one provider, cheapest per hour first. */
@@ -33,8 +47,19 @@ export function specFrom(values: {
   spot: boolean;
   budget: string;
   idle: string;
+  /** The launch target (a gateway's address). */
+  address?: string;
+  /** Provider options (a gateway's cluster options). */
+  options?: Record<string, unknown>;
 }): LaunchSpec {
   const spec: LaunchSpec = { provider: values.provider };
+  const address = (values.address ?? '').trim();
+  if (address) {
+    spec.address = address;
+  }
+  if (values.options) {
+    spec.options = values.options;
+  }
   const name = values.name.trim();
   if (name) {
     spec.name = name;
@@ -84,6 +109,19 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
   const error = h('div', { className: 'cumulo-lab-error', hidden: true });
   const launch = h('button', { className: 'jp-Button jp-mod-styled jp-mod-accept', type: 'submit' }, 'Launch');
   const cancel = h('button', { className: 'jp-Button jp-mod-styled jp-mod-reject', type: 'button' }, 'Cancel');
+  const showError = (message: string | null) => {
+    error.textContent = message ?? '';
+    error.hidden = !message;
+  };
+  const loader = callbacks.gatewayOptions
+    ? (address: string) => callbacks.gatewayOptions!(address)
+    : (address: string) => new RestAPI().gatewayOptions(address);
+  // `update` is defined below; the section calls it after each load (the estimate needs the gateway's rate)
+  const gateway = new GatewaySection(loader, () => update(), showError);
+  const gpuRow = field('GPU type', gpu, 'from the price catalog, $/h per instance');
+  const spotRow = h('label', { className: 'cumulo-lab-field cumulo-lab-check' }, spot, h('span', {}, 'Spot / preemptible'));
+  const countHint = h('small', { className: 'cumulo-lab-muted' });
+  const isGateway = () => provider.value === GATEWAY;
 
   let offers: Offer[] = [];
   const fillGpus = () => {
@@ -102,28 +140,42 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
   const values = () => ({
     name: name.value,
     provider: provider.value,
-    offer: gpu.value === '' ? undefined : offers[Number(gpu.value)],
+    offer: isGateway() || gpu.value === '' ? undefined : offers[Number(gpu.value)],
     count: count.value,
-    spot: spot.checked,
+    spot: !isGateway() && spot.checked,
     budget: budget.value,
-    idle: idle.value
+    idle: idle.value,
+    address: isGateway() ? gateway.address.value : undefined
   });
   const current = (): Estimate => {
     const v = values();
+    if (isGateway()) {
+      return gatewayEstimate(gateway.loaded, Number(v.budget) || null);
+    }
     return estimate(v.offer, Number(v.count) || 0, v.spot, Number(v.budget) || null);
   };
   const update = () => {
     est.textContent = current().text;
   };
+  const showProvider = () => {
+    const gw = isGateway();
+    show(gpuRow, !gw);
+    show(spotRow, !gw);
+    show(gateway.node, gw);
+    countHint.textContent = gw ? 'workers the gateway starts' : 'workers (instances for cloud providers)';
+  };
   provider.addEventListener('change', () => {
     fillGpus();
+    showProvider();
+    showError(null);
     update();
   });
-  for (const el of [gpu, count, spot, budget]) {
+  for (const el of [gpu, count, spot, budget, gateway.address]) {
     el.addEventListener('input', update);
     el.addEventListener('change', update);
   }
   fillGpus();
+  showProvider();
   update();
 
   const form = h(
@@ -132,9 +184,10 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
     h('h3', {}, 'New cluster'),
     field('Name', name),
     field('Provider', provider),
-    field('GPU type', gpu, 'from the price catalog, $/h per instance'),
-    field('Count', count, 'workers (instances for cloud providers)'),
-    h('label', { className: 'cumulo-lab-field cumulo-lab-check' }, spot, h('span', {}, 'Spot / preemptible')),
+    gateway.node,
+    gpuRow,
+    h('label', { className: 'cumulo-lab-field' }, h('span', {}, 'Count'), count, countHint),
+    spotRow,
     field('Budget ($)', budget, 'the cluster stops when it is spent'),
     field('Idle timeout', idle, 'stop after this long without work'),
     est,
@@ -144,13 +197,18 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
   cancel.addEventListener('click', () => callbacks.cancel());
   form.addEventListener('submit', event => {
     event.preventDefault();
-    error.hidden = true;
+    showError(null);
+    if (isGateway() && gateway.address.value.trim() && !gateway.loaded) {
+      // Enter in the address field, or an address changed since the options were read: show its
+      // options first, so that nothing launches with options the user has not seen
+      void gateway.load();
+      return;
+    }
     let spec: LaunchSpec;
     try {
-      spec = specFrom(values());
+      spec = specFrom({ ...values(), options: isGateway() ? gateway.options() : undefined });
     } catch (e) {
-      error.textContent = (e as Error).message;
-      error.hidden = false;
+      showError((e as Error).message);
       return;
     }
     launch.disabled = true;

@@ -8,8 +8,13 @@ export class FakeNode {
   readonly children: (FakeNode | string)[] = [];
   readonly attributes = new Map<string, string>();
   readonly style: Record<string, string> = {};
-  readonly listeners = new Map<string, (() => void)[]>();
+  readonly listeners = new Map<string, ((event?: unknown) => void)[]>();
   className = '';
+  /** Form controls' state, as properties (what a browser keeps apart from the attributes). */
+  hidden = false;
+  checked = false;
+  disabled = false;
+  private _value: string | undefined;
 
   constructor(
     readonly tagName: string,
@@ -32,8 +37,42 @@ export class FakeNode {
     this.children.push(...nodes);
   }
 
-  addEventListener(type: string, fn: () => void): void {
+  replaceChildren(...nodes: (FakeNode | string)[]): void {
+    this.children.splice(0, this.children.length, ...nodes);
+  }
+
+  /** An input's value: what was set, else its `value` attribute; a select's is its selected option's. */
+  get value(): string {
+    if (this._value !== undefined) {
+      return this._value;
+    }
+    if (this.tagName === 'select') {
+      const options = this.byTag('option');
+      const chosen = options.find(o => o.attributes.has('selected')) ?? options[0];
+      return chosen ? chosen.getAttribute('value') ?? chosen.textContent : '';
+    }
+    return this.attributes.get('value') ?? '';
+  }
+
+  set value(v: string) {
+    this._value = String(v);
+  }
+
+  addEventListener(type: string, fn: (event?: unknown) => void): void {
     this.listeners.set(type, [...(this.listeners.get(type) ?? []), fn]);
+  }
+
+  /** Run the listeners of `type`, as a browser would on that event (with a preventDefault-able event). */
+  fire(type: string): void {
+    const event = { type, preventDefault: () => undefined };
+    for (const fn of this.listeners.get(type) ?? []) {
+      fn(event);
+    }
+  }
+
+  /** The first element below this one whose `name` attribute is `name`. */
+  byName(name: string): FakeNode | undefined {
+    return this.all().find(n => n.attributes.get('name') === name);
   }
 
   get textContent(): string {

@@ -6,6 +6,7 @@
     DELETE clusters/<name>          stop a cluster, whoever started it
     GET    clusters/<name>/usage    one cluster's row, events and ledger
     GET    prices                   GPU offers of the price catalog (?gpu=&provider=)
+    GET    gateway-options          a dask-gateway's cluster options as form fields (?address=gateway://...)
 
 Each handler is thin: parse, call the ClusterManager (on a thread when it may
 block), write JSON. Every verb is authenticated and authorised with
@@ -33,6 +34,7 @@ from ..exceptions import (
     ConnectError,
     CredentialsError,
     CumuloError,
+    InsecureAddress,
     LaunchTimeout,
     NotOwner,
     ProviderError,
@@ -57,6 +59,7 @@ HTTP_STATUS: dict[type[CumuloError], int] = {
     QuotaError: 403,
     RateLimited: 429,
     LaunchTimeout: 504,
+    InsecureAddress: 400,  # refused by its form (plain http off loopback), not by a failed connection
     ConnectError: 502,
     ProviderError: 502,
     RegistryError: 503,
@@ -194,6 +197,22 @@ class PricesHandler(CumuloHandler):
         self.reply(await self.call(self.manager.prices, gpu=gpu, provider=provider, blocking=True))
 
 
+class GatewayOptionsHandler(CumuloHandler):
+    """GET ?address=gateway://host:port: a dask-gateway's cluster options, for the New cluster form.
+
+    The gateway is asked with the server's own credentials (dask-gateway's
+    ``gateway.auth.*`` config); nothing in the request is used as a credential.
+    Refused credentials are a CredentialsError (424), a gateway that does not answer
+    a ConnectError (502), a malformed or insecure address a SpecError (400).
+    """
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        address = (self.get_query_argument("address", "") or "").strip() or None
+        self.reply(await self.call(self.manager.gateway_options, address, blocking=True))
+
+
 def make_handlers(base_url: str) -> list[tuple[str, type[CumuloHandler]]]:
     """The routes of the extension under ``<base_url>/cumulo/``."""
     root = url_path_join(base_url, "cumulo")
@@ -203,4 +222,5 @@ def make_handlers(base_url: str) -> list[tuple[str, type[CumuloHandler]]]:
         (url_path_join(root, "clusters", _NAME, "usage") + "/?", UsageHandler),
         (url_path_join(root, "clusters", _NAME) + "/?", ClusterHandler),
         (url_path_join(root, "prices") + "/?", PricesHandler),
+        (url_path_join(root, "gateway-options") + "/?", GatewayOptionsHandler),
     ]

@@ -215,12 +215,18 @@ class ClusterManager:
         spec = ClusterSpec.from_dict(body)
         if spec.name is None:
             spec.name = f"{spec.provider}-{secrets.token_hex(2)}"
-        from ..providers import provider_class
+        from ..providers import provider_class, provider_for_address
 
         if not provider_class(spec.provider).launchable_from_server:
             raise SpecError(
                 f"provider {spec.provider!r} attaches to a scheduler someone else runs: "
                 "connect to it from a notebook with cumulo.connect('tcp://host:port')"
+            )
+        if spec.address is not None and provider_for_address(spec.address) != spec.provider:
+            # the address is the launch target (gateway://...): it must name the provider asked for
+            raise SpecError(
+                f"address {spec.address!r} is for provider {provider_for_address(spec.address)!r}, not "
+                f"{spec.provider!r}: send the provider the address belongs to, or leave the address out"
             )
         return spec
 
@@ -252,9 +258,11 @@ class ClusterManager:
         fields = spec.to_dict()
         for key in ("name", "provider", "address"):
             fields.pop(key, None)
+        # a provider launched on a target (gateway://host:port) gets it as connect()'s target, as in a notebook
+        target = spec.address or spec.provider
         try:
             connect = self._connect or _default_connect()
-            cluster = connect(spec.provider, name=launch.name, registry=self.registry, **fields)
+            cluster = connect(target, name=launch.name, registry=self.registry, **fields)
         except CumuloError as exc:
             launch.state, launch.error, launch.message = "failed", str(exc), "launch failed"
             log.warning("cumulo: launch of %r failed: %s", launch.name, exc)
@@ -351,6 +359,25 @@ class ClusterManager:
         # providers the server can launch with (not those that attach to someone else's scheduler)
         launchable = [p for p in known_providers() if provider_class(p).launchable_from_server]
         return {"offers": rows, "providers": launchable}
+
+    def gateway_options(self, address: str | None = None) -> dict[str, Any]:
+        """A dask-gateway's cluster options as form fields, for the New cluster form.
+
+        ``{"address", "fields": [{"name", "label", "kind", "default", "min", "max",
+        "choices"}, ...], "rate_per_hour"}`` (see cumulo.providers.gateway.options.cluster_form);
+        ``rate_per_hour`` is ``cumulo.gateway.rate-per-hour`` (None: no rate set), so the
+        form's estimate says what a launch there costs. ``address`` is a gateway:// or
+        gateway+https:// target, None for dask-gateway's ``gateway.address`` config. The
+        credentials are this server's (dask-gateway's ``gateway.auth.*`` config), never the
+        request's. Blocking (one request to the gateway): the handler runs it on a thread.
+        """
+        from .. import config
+        from ..providers.gateway.options import cluster_form
+
+        form = cluster_form(address)
+        rate = config.get("gateway.rate-per-hour")
+        form["rate_per_hour"] = None if rate is None else float(rate)
+        return form
 
     def usage(self, name: str) -> dict[str, Any]:
         """What one cluster used and cost: its card, its event log, and the ledger summary when reachable."""

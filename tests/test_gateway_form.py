@@ -1,0 +1,225 @@
+"""The sidebar's New cluster form for a dask-gateway: the server reads the gateway's options, launches with them.
+
+Against the real dask-gateway-server of tests/test_gateway.py (UnsafeLocalBackend,
+SimpleAuthenticator with a password, options worker_cores 1..2 and queue):
+``GET cumulo/gateway-options`` through a real Jupyter server (pytest-jupyter's
+jp_fetch), its errors (a wrong password, nothing listening, a gateway that never
+answers while the server keeps serving, malformed and insecure addresses), and a
+launch through the ClusterManager with provider gateway and the form's options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dask
+import pytest
+
+from cumulo.exceptions import SpecError
+from cumulo.jupyter.manager import ClusterManager
+from cumulo.registry import Registry
+
+from .conftest import free_port
+from .test_jupyter_handlers import call, on_server_loop
+from .test_jupyter_manager import fake_connect
+
+# pytest-jupyter's fixtures, scoped to this module (as in test_jupyter_handlers.py)
+from pytest_jupyter.jupyter_server import *  # noqa: E402,F403
+
+SCHEMA = [
+    {"name": "worker_cores", "label": "Worker cores", "kind": "integer", "default": 1, "min": 1, "max": 2,
+     "choices": None},
+    {"name": "queue", "label": "Queue", "kind": "string", "default": "default", "min": None, "max": None,
+     "choices": None},
+]
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"cumulo.jupyter": True}}}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    pytest.importorskip("dask_gateway_server", reason="the gateway tests need dask-gateway-server (the test extra)")
+    from .test_gateway import GatewayServer
+
+    server = GatewayServer(tmp_path_factory.mktemp("gateway"))
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _auth(password: str) -> dict[str, Any]:
+    from .test_gateway import USER
+
+    return {"gateway.auth.type": "basic", "gateway.auth.kwargs": {"username": USER, "password": password}}
+
+
+@pytest.fixture
+def auth() -> Iterator[str]:
+    """The server's own credentials: dask-gateway config in this process, where the test server runs."""
+    from .test_gateway import PASSWORD
+
+    with dask.config.set(_auth(PASSWORD)):
+        yield PASSWORD
+
+
+@on_server_loop
+async def test_the_endpoint_returns_the_gateways_fields_and_rate(jp_fetch: Any, gateway: Any, auth: str) -> None:
+    status, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=gateway.address)
+    assert status == 200, data
+    assert data == {"address": gateway.address, "fields": SCHEMA, "rate_per_hour": None}
+    with dask.config.set({"cumulo.gateway.rate-per-hour": 1.25}):
+        status, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=gateway.address + "/")
+    assert (status, data["address"], data["rate_per_hour"]) == (200, gateway.address, 1.25)
+
+
+@on_server_loop
+async def test_a_wrong_password_is_a_clean_credentials_error(jp_fetch: Any, gateway: Any) -> None:
+    from .test_gateway import PASSWORD, USER
+
+    wrong = "wrong-" + secrets.token_hex(6)
+    with dask.config.set(_auth(wrong)):
+        response = await jp_fetch("cumulo", "gateway-options", params={"address": gateway.address},
+                                  raise_error=False)
+    text = response.body.decode()
+    data = json.loads(text)
+    assert response.code == 424 and data["error"] == "CredentialsError", data
+    assert "HTTP 401" in data["message"] and repr(USER) in data["message"]
+    assert "DASK_GATEWAY__AUTH__KWARGS__PASSWORD" in data["message"]  # what to set, never its value
+    assert wrong not in text and PASSWORD not in text
+
+
+@on_server_loop
+async def test_nothing_listening_is_a_clean_connect_error(jp_fetch: Any, auth: str) -> None:
+    address = f"gateway://127.0.0.1:{free_port()}"
+    status, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=address)
+    assert status == 502 and data["error"] == "ConnectError", data
+    assert f"cannot reach the dask-gateway at {address}" in data["message"]
+    assert auth not in json.dumps(data)
+
+
+@on_server_loop
+async def test_a_gateway_that_never_answers_does_not_block_the_server(jp_fetch: Any, auth: str) -> None:
+    """The request waits on a thread: the server lists clusters meanwhile, and the wait is bounded."""
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"gateway://127.0.0.1:{silent.getsockname()[1]}"
+        with dask.config.set({"cumulo.gateway.timeout": "3s"}):
+            started = time.monotonic()
+            slow = asyncio.ensure_future(call(jp_fetch, "GET", "cumulo/gateway-options", address=address))
+            await asyncio.sleep(0.3)
+            status, listing = await call(jp_fetch, "GET", "cumulo/clusters")
+            listed_after = time.monotonic() - started
+            assert status == 200 and listing["clusters"] == []
+            assert not slow.done()
+            status, data = await slow
+    assert listed_after < 2.5, listed_after
+    assert status == 502 and data["error"] == "ConnectTimeout", data
+    assert "did not answer within 3s" in data["message"]
+
+
+@pytest.mark.parametrize(
+    ("address", "status", "words"),
+    [
+        ("http://127.0.0.1:8000", 400, "not a gateway address"),
+        ("gateway://127.0.0.1:notaport", 400, "no valid port"),
+        ("gateway://10.0.0.9:8000", 400, "plain http"),  # refused before any traffic: InsecureAddress
+        ("", 400, "needs an address"),  # and no gateway.address in the server's dask config
+    ],
+)
+@on_server_loop
+async def test_bad_addresses_are_400s(jp_fetch: Any, auth: str, address: str, status: int, words: str) -> None:
+    with dask.config.set({"gateway.address": None}):
+        got, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=address)
+    assert got == status, data
+    assert words in data["message"]
+
+
+@on_server_loop
+async def test_credentials_in_the_address_are_refused_and_not_echoed(jp_fetch: Any, auth: str) -> None:
+    secret = "s3cr3t-" + secrets.token_hex(4)
+    got, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=f"gateway://bob:{secret}@127.0.0.1:1")
+    assert got == 400 and "must not carry a user name or password" in data["message"]
+    assert secret not in json.dumps(data)
+
+
+def test_every_kind_of_dask_gateway_field_becomes_plain_data() -> None:
+    options_module = pytest.importorskip("dask_gateway.options")
+    from cumulo.providers.gateway.options import form_fields
+
+    o = options_module
+    options = o.Options(o.Float("memory", 2.5, min=1, label="Memory (GiB)"), o.Select("size", "m", options=["s", "m"]),
+                        o.Bool("gpu", True), o.Mapping("env", {"A": "1"}), o.String("queue", ""))
+    assert json.loads(json.dumps(form_fields(options))) == [
+        {"name": "memory", "label": "Memory (GiB)", "kind": "float", "default": 2.5, "min": 1.0, "max": None,
+         "choices": None},
+        {"name": "size", "label": "size", "kind": "select", "default": "m", "min": None, "max": None,
+         "choices": ["s", "m"]},
+        {"name": "gpu", "label": "gpu", "kind": "bool", "default": True, "min": None, "max": None, "choices": None},
+        {"name": "env", "label": "env", "kind": "mapping", "default": {"A": "1"}, "min": None, "max": None,
+         "choices": None},
+        {"name": "queue", "label": "queue", "kind": "string", "default": "", "min": None, "max": None,
+         "choices": None},
+    ]
+
+
+def test_a_launch_passes_the_gateway_address_and_options_to_connect(registry: Registry) -> None:
+    calls: list[dict[str, Any]] = []
+    manager = ClusterManager(registry, connect=fake_connect(calls))
+    try:
+        manager.launch({"provider": "gateway", "address": "gateway://127.0.0.1:8000", "name": "gw", "workers": 2,
+                        "budget": 5, "options": {"worker_cores": 2, "queue": "default"}})
+        manager.wait_launch("gw", 10)
+    finally:
+        manager.close_owned()
+    assert calls == [{"provider": "gateway://127.0.0.1:8000", "name": "gw", "workers": 2, "budget": 5.0,
+                      "spot": False, "options": {"worker_cores": 2, "queue": "default"}}]
+
+
+def test_an_address_of_another_provider_is_refused(registry: Registry) -> None:
+    manager = ClusterManager(registry, connect=fake_connect([]))
+    try:
+        with pytest.raises(SpecError, match="is for provider 'gateway', not 'local'"):
+            manager.validate({"provider": "local", "address": "gateway://127.0.0.1:8000"})
+    finally:
+        manager.close_owned()
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry()
+
+
+def test_a_launch_from_the_server_starts_the_gateway_cluster_with_the_forms_options(
+        gateway: Any, auth: str, registry: Registry, registry_path: Path) -> None:
+    manager = ClusterManager(registry)
+    try:
+        form = manager.gateway_options(gateway.address)
+        options = {f["name"]: f["default"] for f in form["fields"]} | {"worker_cores": 2}
+        card = manager.launch({"provider": "gateway", "address": form["address"], "name": "form-gw", "workers": 1,
+                               "options": options})
+        assert (card["provider"], card["state"]) == ("gateway", "launching")
+        cluster = manager.wait_launch("form-gw", 120)
+        assert cluster is not None, manager.list(live=False)["clusters"]
+        assert cluster.provider == "gateway" and len(gateway.clusters()) == 1
+        assert list(cluster.client.nthreads().values()) == [2]  # worker_cores=2 reached the gateway's workers
+        record = registry.find_open("form-gw")
+        assert record is not None and record.spec["address"] == gateway.address
+        assert record.spec["options"] == {"worker_cores": 2, "queue": "default"}
+        final = manager.stop("form-gw")
+        assert final["state"] == "closed"
+        assert gateway.clusters() == []
+    finally:
+        manager.close_owned()
+    assert auth.encode() not in b"".join(p.read_bytes() for p in registry_path.parent.glob(registry_path.name + "*"))
