@@ -55,7 +55,7 @@ class Deployment:
     rate_per_hour: float | None = None
     #: Local packages (wheel name -> bytes) the workers still need; the cluster installs them over its
     #: TLS link once the scheduler answers (envsync.ship_wheels), before the version check.
-    local_wheels: dict[str, bytes] = {}
+    local_wheels: dict[str, bytes] | None = None
     local_digest: str = ""
     #: Why the lifecycle is stopping this deployment, set just before close() (lifecycle.BY_KERNEL for the
     #: user's own close); empty when close() is called otherwise.
