@@ -27,6 +27,8 @@ and get: connect(), re-attach by name, close, `cumulo down`, reaping, listing.
 from __future__ import annotations
 
 import abc
+import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +43,26 @@ from ..spec import ClusterSpec
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
 
-__all__ = ["Deployment", "Orphan", "Provider", "shutdown_scheduler"]
+__all__ = ["Deployment", "Orphan", "Provider", "Say", "shutdown_scheduler"]
+
+
+class Say:
+    """A provider's progress lines ("launching ...", "environment built in 9.7s"): always to its logger,
+    to the caller's callback when there is one (the sidebar's launch card), else to stderr when ``echo``
+    (a notebook shows stderr under the running cell, so a long launch is never silent)."""
+
+    def __init__(self, callback: Callable[[str], None] | None = None, *, echo: bool = False,
+                 logger: logging.Logger | None = None) -> None:
+        self.callback = callback
+        self.echo = echo
+        self.logger = logger or logging.getLogger("cumulo")
+
+    def __call__(self, message: str) -> None:
+        self.logger.info("%s", message)
+        if self.callback is not None:
+            self.callback(message)
+        elif self.echo:
+            print(f"cumulo: {message}", file=sys.stderr, flush=True)
 
 
 class Deployment:

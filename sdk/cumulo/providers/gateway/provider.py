@@ -35,7 +35,7 @@ from ...exceptions import ConnectError, ConnectTimeout, LaunchTimeout, ProviderE
 from ...lifecycle import BY_KERNEL
 from ...registry import ClusterRecord
 from ...spec import ClusterSpec
-from ..base import Deployment, Provider
+from ..base import Deployment, Provider, Say
 from . import api, tls
 
 if TYPE_CHECKING:
@@ -133,9 +133,7 @@ class GatewayProvider(Provider):
     takes_own_options = True  # connect("gateway://...", worker_cores=2): the gateway's own cluster options
 
     def _say(self, message: str) -> None:
-        logger.info("%s", message)
-        if self.progress is not None:
-            self.progress(message)
+        Say(self.progress, logger=logger)(message)  # log and callback only, as before: no stderr echo
 
     async def preflight(self, spec: ClusterSpec) -> None:
         """Refuse what cannot work before anything starts: a bad or unencrypted remote address, refused

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 
 from dask.utils import parse_timedelta
 
 from ... import config
 from ...bootstrap import BootstrapOptions
+from ..base import Say as BaseSay
 
 __all__ = ["PROVIDER", "Say", "bootstrap_options", "certs_dir", "seconds"]
 
@@ -44,16 +44,8 @@ def bootstrap_options() -> BootstrapOptions:
     return opts
 
 
-class Say:
-    """Progress lines: to the logger, to the caller's callback, and to stderr when configured."""
+class Say(BaseSay):
+    """Progress lines of the Lambda provider: echoed to stderr when ``cumulo.lambda.print-progress``."""
 
     def __init__(self, callback: Callable[[str], None] | None = None) -> None:
-        self.callback = callback
-        self.echo = bool(config.get("lambda.print-progress"))
-
-    def __call__(self, message: str) -> None:
-        logger.info(message)
-        if self.callback is not None:
-            self.callback(message)
-        elif self.echo:
-            print(f"cumulo: {message}", file=sys.stderr, flush=True)
+        super().__init__(callback, echo=bool(config.get("lambda.print-progress")), logger=logger)

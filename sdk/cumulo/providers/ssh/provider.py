@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from ...exceptions import CumuloError, LaunchTimeout, ProviderError, SpecError, 
 from ...registry import ClusterRecord
 from ...spec import ClusterSpec
 from ...tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls, remove_cluster_tls
-from ..base import Deployment, Provider, shutdown_scheduler
+from ..base import Deployment, Provider, Say, shutdown_scheduler
 from . import environment, remote
 from .session import Session, open_session
 from .target import Host, parse_target
@@ -62,13 +61,10 @@ class SSHProvider(Provider):
     can_scale = False
 
     def _say(self, message: str, checkpoint: Checkpoint | None = None) -> None:
-        logger.info(message)
+        """A progress line (to the log, the caller's callback or stderr), also kept in the cluster's events."""
+        Say(self.progress, echo=True, logger=logger)(message)
         if checkpoint is not None:
             checkpoint.event("progress", message)
-        if self.progress is not None:
-            self.progress(message)
-        else:
-            print(f"cumulo: {message}", file=sys.stderr, flush=True)
 
     async def preflight(self, spec: ClusterSpec) -> None:
         if not spec.address:
