@@ -26,7 +26,7 @@ from distributed import Client
 from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin
 
-from . import config, envcheck, envsync
+from . import config, envcheck
 from .exceptions import (
     ClusterLost,
     ClusterNotFound,
@@ -313,7 +313,9 @@ class Cluster(SyncMethodMixin):
             self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, checkpoint=checkpoint)
             await self._connect_client(self._deployment.address, self._deployment.security)
             if self._deployment.local_wheels:
-                await envsync.ship_wheels(self.client, self._deployment.local_wheels, self._deployment.local_digest)
+                from .envsync import ship_wheels  # only clusters whose workers still need local code
+
+                await ship_wheels(self.client, self._deployment.local_wheels, self._deployment.local_digest)
             await self._describe()
             await self._mark_running()
         except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
