@@ -149,9 +149,12 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
 
 
 class DaskProcesses:
-    """A `dask scheduler` and `dask worker` started as separate processes, as a user would."""
+    """A `dask scheduler` and `dask worker` started as separate processes, as a user would.
 
-    def __init__(self, tmp: Path, *, workers: int = 1, tls: dict[str, str] | None = None) -> None:
+    ``bin_dir``: the environment whose `dask` command runs them (default: the test's own)."""
+
+    def __init__(self, tmp: Path, *, workers: int = 1, tls: dict[str, str] | None = None,
+                 bin_dir: Path = BIN) -> None:
         self.port = free_port()
         scheme = "tls" if tls else "tcp"
         self.address = f"{scheme}://127.0.0.1:{self.port}"
@@ -161,13 +164,13 @@ class DaskProcesses:
         log = open(tmp / "dask-processes.log", "ab")
         env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
         self.scheduler = subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+            [str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
              "--dashboard-address", "127.0.0.1:0", "--protocol", scheme, *tls_args],
             stdout=log, stderr=log, env=env,
         )
         self.workers = [
             subprocess.Popen(
-                [str(BIN / "dask"), "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+                [str(bin_dir / "dask"), "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
                  "--no-nanny", "--no-dashboard", *tls_args],
                 stdout=log, stderr=log, env=env,
             )

@@ -26,7 +26,7 @@ from cumulo.exceptions import EnvironmentSyncError, SpecError, VersionMismatch
 from cumulo.registry import Registry
 from cumulo.tlscerts import create_cluster_tls
 
-from .conftest import free_port, wait_for_workers
+from .conftest import DaskProcesses, wait_for_workers
 from .lambda_emulator import Emulator
 from .lambda_support import fast_config, no_orphans  # noqa: F401  (autouse fixture)
 
@@ -190,21 +190,12 @@ def test_a_version_mismatch_on_an_attached_cluster_is_caught_before_work(tmp_pat
     pins = [p for p in envsync.capture(roots=("distributed", "pandas")).pins if not p.startswith("pandas==")]
     subprocess.run([str(uv), "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *pins,
                     f"pandas=={other}"], check=True)
-    port = free_port()
-    py = str(venv / "bin" / "python")
-    procs = [subprocess.Popen([py, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
-                               str(port), "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = DaskProcesses(tmp_path, workers=1, bin_dir=venv / "bin")  # that environment's `dask` command
     try:
-        time.sleep(1)
-        procs.append(subprocess.Popen([py, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
-                                       "--no-dashboard", "--nthreads", "1"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for_workers(f"tcp://127.0.0.1:{port}", 1)
+        wait_for_workers(procs.address, 1)
         with pytest.raises(VersionMismatch) as info:
-            cumulo.connect(f"tcp://127.0.0.1:{port}", name="mixed")
+            cumulo.connect(procs.address, name="mixed")
         assert "pandas" in str(info.value) and other in str(info.value)
         assert Registry().find_open("mixed") is None
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        procs.stop()
