@@ -312,3 +312,30 @@ def test_ctrl_c_during_connect_stops_what_started(tmp_path: Path) -> None:
     wait_for(lambda: not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), timeout=30,
              what="the interrupted connect's workers to exit")
     assert Registry().latest("interrupted").state == "failed"
+
+
+# -- what a newcomer types (issue 21) -------------------------------------------------------------
+
+
+def test_dask_argument_names_start_the_cluster_they_describe() -> None:
+    with cumulo.connect(n_workers=2, threads_per_worker=1, memory_limit="1GiB", name="dasknames") as cluster:
+        info = cluster.info()
+        assert info["workers"] == 2 and info["threads"] == 2
+        assert cluster.spec.workers == 2
+    assert Registry().latest("dasknames").workers == 2
+
+
+def test_a_misspelt_argument_names_the_nearest_one_and_starts_nothing() -> None:
+    before = _children()
+    with pytest.raises(SpecError, match=r"unknown argument budgett= \(did you mean 'budget'\?\)"):
+        cumulo.connect(budgett=5)
+    with pytest.raises(SpecError, match=r"workerz= \(did you mean 'workers'\?\)"):
+        cumulo.connect("local", workerz=2, name="typo")
+    assert Registry().list() == [] and _children() == before
+
+
+def test_a_misspelt_target_names_the_nearest_provider() -> None:
+    with pytest.raises(SpecError, match=r"unknown connect\(\) target 'lamda' \(did you mean 'lambda'\?\)"):
+        cumulo.connect("lamda")
+    with pytest.raises(SpecError, match=r"unknown address scheme 'shh' .*\(did you mean 'ssh'\?\)"):
+        cumulo.connect("shh://me@host")

@@ -295,3 +295,102 @@ def test_a_script_without_the_main_guard_fails_fast_and_leaves_no_row(tmp_path: 
 
 def test_errors_here_are_cumulo_errors() -> None:
     assert issubclass(SpecError, CumuloError) and issubclass(ConnectError, CumuloError)
+
+
+# -- connect()'s keyword arguments: dask's names, typos (issue 21) --------------------------------
+
+
+def test_dask_argument_names_mean_the_same_as_the_spec_fields() -> None:
+    from cumulo.spec import spec_arguments
+
+    assert spec_arguments({"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"}) == {
+        "workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"}
+    with pytest.raises(SpecError, match="n_workers= and workers= both given"):
+        spec_arguments({"n_workers": 2, "workers": 3})
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        ({"budgett": 5}, "unknown argument budgett= (did you mean 'budget'?)"),
+        ({"worker": 2}, "(did you mean 'workers'?)"),
+        ({"idle": "20m"}, "it accepts "),
+        ({"nme": "etl"}, "(did you mean 'name'?)"),  # connect()'s own keywords count as accepted
+        ({"address": "tcp://127.0.0.1:1"}, "pass the target as its first argument"),
+    ],
+)
+def test_unknown_connect_arguments_name_the_nearest_accepted_one(arguments: dict[str, Any], words: str) -> None:
+    from cumulo.spec import spec_arguments
+
+    with pytest.raises(SpecError) as info:
+        spec_arguments(arguments, also=("name", "security", "confirm"))
+    assert words in str(info.value)
+    assert "budget" in str(info.value) or "first argument" in str(info.value)  # the accepted names are listed
+
+
+def test_an_unknown_argument_is_named_but_its_value_never_shown() -> None:
+    from cumulo.spec import spec_arguments
+
+    with pytest.raises(SpecError) as info:
+        spec_arguments({"lambda_api_kee": "secret-value-123"})
+    assert "lambda_api_kee=" in str(info.value) and "secret-value-123" not in str(info.value)
+
+
+def test_a_provider_with_options_of_its_own_gets_the_other_arguments() -> None:
+    from cumulo.spec import spec_arguments
+
+    assert spec_arguments({"n_workers": 2, "worker_cores": 4}, others_allowed=True) == {
+        "workers": 2, "worker_cores": 4}
+
+
+def test_did_you_mean() -> None:
+    from cumulo.spec import did_you_mean
+
+    assert did_you_mean("lamda", ["local", "lambda", "ssh"]) == " (did you mean 'lambda'?)"
+    assert did_you_mean("LOCAL", ["local", "lambda"]) == " (did you mean 'local'?)"
+    assert did_you_mean("mars", ["local", "lambda", "ssh"]) == ""
+
+
+# -- a script read from standard input cannot start spawned workers (issue 21) --------------------
+
+
+def test_a_script_from_standard_input_is_told_why_local_workers_cannot_start(registry_path: Path) -> None:
+    """`python - <<EOF` with connect(): a cumulo error that says why and what to do, not 'Nanny failed to start'."""
+    script = 'import cumulo\nif __name__ == "__main__":\n    cumulo.connect(workers=1)\n'
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "SpecError: cumulo.connect() cannot start local worker processes" in out.stderr, out.stderr
+    assert "read from standard input" in out.stderr and "python job.py" in out.stderr
+    assert "Nanny failed to start." not in out.stderr.replace("'Nanny failed to start'", "")
+    assert out.stderr.count("Traceback") == 1 and time.monotonic() - started < 60
+    assert cumulo.registry.Registry(registry_path).list() == []
+
+
+def test_standard_input_may_still_attach_to_a_running_scheduler() -> None:
+    """Only starting local worker processes needs a file: the check is not made for other providers."""
+    script = ("from cumulo._spawn import check_main_guard\ncheck_main_guard(starts_processes=False)\n"
+              "print('passed')\n")
+    out = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "passed" in out.stdout, out.stderr
+
+
+def test_local_workers_that_die_at_start_are_a_provider_error_saying_what_to_check(tmp_path: Path) -> None:
+    """A script whose top level cannot run again in a worker: distributed's bare 'Nanny failed to start'
+    becomes a ProviderError that says where the worker's own error went and what commonly causes it."""
+    out = run_script(tmp_path, textwrap.dedent('''
+        import sys
+        if __name__ == "__mp_main__":
+            raise RuntimeError("this script's top level cannot run in a worker")
+        import cumulo
+        from cumulo.exceptions import ProviderError
+        if __name__ == "__main__":
+            try:
+                cumulo.connect(workers=1)
+            except ProviderError as exc:
+                print("PROVIDER-ERROR", exc)
+                sys.exit(3)
+    '''), timeout=120)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert "worker processes did not start (dask: Nanny failed to start.)" in out.stdout
+    assert "stderr" in out.stdout and "workers=1" in out.stdout

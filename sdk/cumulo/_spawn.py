@@ -7,6 +7,11 @@ connect() again, multiprocessing refuses to let it start processes of its own,
 and the user gets one traceback per worker after a long wait, plus failed rows
 in the registry. :func:`check_main_guard` recognises both sides of that before
 anything starts and says what to add.
+
+A script with no file to run again (read from standard input, ``python - <<EOF``, or deleted
+since it started) cannot start spawned workers at all, guard or not: each child looks for the
+file, fails, and distributed reports only "Nanny failed to start". That is refused up front too,
+with the ways out.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ def check_main_guard(*, starts_processes: bool = True) -> None:
     raised only when ``starts_processes`` (the provider starts worker processes on
     this machine, as the local default does), dask starts them with 'spawn' or
     'forkserver', and the call comes from top-level code of the main script that is
-    not under an ``if __name__ == "__main__":`` block. Notebooks, ``python -c``,
+    not under an ``if __name__ == "__main__":`` block, or from a script that has no file
+    spawn could run again (``python -`` reading standard input). Notebooks, ``python -c``,
     the REPL and scripts with the guard pass.
 
     The main process is refused before anything starts, so that no worker, registry
@@ -47,11 +53,29 @@ def check_main_guard(*, starts_processes: bool = True) -> None:
     if not starts_processes or _start_method() not in ("spawn", "forkserver"):
         return
     main = sys.modules.get("__main__")
+    if main is not None and _spawn_reruns(main) and not _rerunnable(main):
+        raise SpecError(_no_file_message(main))
     frame = _top_level_frame("__main__")
     if main is None or frame is None or frame.f_globals is not vars(main):
         return
     if _spawn_reruns(main) and _unguarded(frame.f_code.co_filename, frame.f_lineno):
         raise SpecError(_message(frame))
+
+
+def _rerunnable(main: ModuleType) -> bool:
+    """Whether spawn's children can find the main script again: a module by name, or a file that exists.
+
+    multiprocessing.spawn re-runs ``__main__.__file__`` (relative to the directory the parent
+    started in); ``python -`` sets it to ``<stdin>``, which no child can open.
+    """
+    if getattr(getattr(main, "__spec__", None), "name", None) is not None:
+        return True
+    path = getattr(main, "__file__", None)
+    if not path:
+        return True  # nothing to re-run: spawn skips it
+    if not os.path.isabs(path) and multiprocessing.process.ORIGINAL_DIR is not None:
+        path = os.path.join(multiprocessing.process.ORIGINAL_DIR, path)
+    return os.path.isfile(path)
 
 
 def _in_spawned_child() -> bool:
@@ -115,6 +139,20 @@ def _unguarded(filename: str, lineno: int | None) -> bool:
 
 def _tests_name(test: ast.expr) -> bool:
     return any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(test))
+
+
+def _no_file_message(main: ModuleType) -> str:
+    path = str(getattr(main, "__file__", ""))
+    what = ("this script was read from standard input (`python -`)" if path == "<stdin>"
+            else f"this script's file {path!r} no longer exists")
+    return (
+        f"cumulo.connect() cannot start local worker processes: {what}. Dask starts local workers with "
+        "multiprocessing's spawn method, which runs the main script's file again in every worker process, "
+        "and there is no file to run (dask would only say 'Nanny failed to start'). Save the code to a file "
+        'and run `python job.py` (with the cumulo.connect() call under `if __name__ == "__main__":`), pass it '
+        'with `python -c "..."`, or run it in a notebook; connecting to a running cluster '
+        "(cumulo.connect('tls://host:port')) works from standard input too."
+    )
 
 
 def _message(frame: FrameType) -> str:

@@ -44,7 +44,7 @@ from .providers import Deployment, Provider, get_provider, known_providers, prov
 from .providers import provider_class as get_provider_class
 from .providers.address import security_from
 from .registry import ClusterRecord, Registry
-from .spec import MAX_WORKERS, ClusterSpec
+from .spec import MAX_WORKERS, ClusterSpec, did_you_mean, spec_arguments
 
 __all__ = ["Cluster", "close_all", "connect", "current"]
 
@@ -123,6 +123,8 @@ def connect(
         return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
 
     assert provider_name is not None
+    spec_fields = spec_arguments(spec_fields, also=connect.__kwdefaults__ or (),  # n_workers=; a typo: SpecError
+                                 others_allowed=get_provider_class(provider_name).takes_own_options)
     if get_provider_class(provider_name).takes_own_options:
         import dataclasses
 
@@ -162,8 +164,8 @@ def _resolve_target(target: str | None) -> tuple[str, str | None]:
     if target in known_providers():
         return target, None
     raise SpecError(
-        f"unknown connect() target {target!r}: use a scheduler address ('tcp://host:port', 'tls://host:port') "
-        f"or a provider name ({', '.join(known_providers())})"
+        f"unknown connect() target {target!r}{did_you_mean(target, known_providers())}: use a scheduler address "
+        f"('tcp://host:port', 'tls://host:port') or a provider name ({', '.join(known_providers())})"
     )
 
 

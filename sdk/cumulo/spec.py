@@ -5,6 +5,10 @@ stored in the registry, sent by the JupyterLab extension, and compared when a
 cluster is re-attached. Every check raises SpecError with a message that names
 the field and shows a valid form.
 
+``spec_arguments`` reads connect()'s keyword arguments into spec fields: dask's own names
+(``n_workers``) are accepted where they mean the same, anything else unknown is refused with
+the nearest accepted name (``did_you_mean``, shared with the other "unknown X" messages).
+
 Beside it live the address helpers the providers' preflights use (parse_address,
 probe_loopback: a refused loopback port fails at once instead of after the connect
 timeout) and duration_seconds, the one reading of durations shared with cumulo.config.
@@ -13,10 +17,12 @@ timeout) and duration_seconds, the one reading of durations shared with cumulo.c
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import socket
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,12 +31,15 @@ from dask.utils import parse_bytes, parse_timedelta
 from .exceptions import ConnectError, SpecError
 
 __all__ = [
+    "DASK_ALIASES",
     "MAX_WORKERS",
     "ClusterSpec",
+    "did_you_mean",
     "duration_seconds",
     "is_loopback_host",
     "parse_address",
     "probe_loopback",
+    "spec_arguments",
     "validate_name",
 ]
 
@@ -39,6 +48,20 @@ MAX_WORKERS = 1024
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _SCHEMES = ("tcp", "tls", "inproc", "ws", "wss", "ucx")
 _SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+#: dask's own argument names (LocalCluster, SpecCluster) that mean the same as a spec field.
+DASK_ALIASES = {"n_workers": "workers"}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'lambda'?)' for the choice nearest to a misspelt ``word``; '' when none is near.
+
+    Case is ignored; the suffix goes at the end of an "unknown ..." message.
+    """
+    if not isinstance(word, str):
+        return ""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    near = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[near[0]]!r}?)" if near else ""
 
 
 def validate_name(name: str) -> str:
@@ -317,14 +340,55 @@ class ClusterSpec:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {}, [])}
 
     @classmethod
+    def field_names(cls) -> list[str]:
+        """The spec's fields, in declaration order."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ClusterSpec:
         """Build and validate a spec from plain data (e.g. a JSON body); unknown fields are an error."""
         if not isinstance(data, dict):
             raise SpecError(f"a cluster spec must be a JSON object, not {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls.field_names())
         unknown = sorted(set(data) - known)
         if unknown:
             raise SpecError(
-                f"unknown cluster spec field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}"
+                f"unknown cluster spec field(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}; "
+                f"known fields: {', '.join(sorted(known))}"
             )
         return cls(**data)
+
+
+def spec_arguments(
+    arguments: dict[str, Any], *, also: Iterable[str] = (), others_allowed: bool = False
+) -> dict[str, Any]:
+    """connect()'s keyword arguments as ClusterSpec fields, checked before anything starts.
+
+    dask's own names where they mean the same (``n_workers=2`` is ``workers=2``; see
+    DASK_ALIASES; ``threads_per_worker`` and ``memory_limit`` are spec fields already) are
+    renamed; giving both spellings is refused. Any other name that is not a field is refused
+    with a SpecError naming the nearest accepted argument (fields, aliases and ``also``, the
+    caller's own keywords), unless ``others_allowed`` (a provider that takes options of its
+    own, such as a dask-gateway's): then it is left for the provider to check. ``provider``
+    and ``address`` are always refused: they are connect()'s first argument.
+    """
+    for key in ("provider", "address"):
+        if key in arguments:
+            raise SpecError(f"{key}= is not a keyword of connect(): pass the target as its first argument, e.g. "
+                            "connect('lambda', gpu='A10') or connect('tls://host:8786')")
+    fields = [f for f in ClusterSpec.field_names() if f not in ("provider", "address")]
+    out = dict(arguments)
+    for alias, name in DASK_ALIASES.items():
+        if alias in out:
+            if name in out:
+                raise SpecError(f"{alias}= and {name}= both given: they mean the same; pass one ({name}=...)")
+            out[name] = out.pop(alias)
+    unknown = [k for k in out if k not in fields]
+    if unknown and not others_allowed:
+        accepted = sorted({*fields, *DASK_ALIASES, *also})
+        named = ", ".join(f"{k}=" for k in unknown)  # names only: a misplaced value may be a secret
+        raise SpecError(
+            f"connect() got {'an unknown argument' if len(unknown) == 1 else 'unknown arguments'} {named}"
+            f"{did_you_mean(unknown[0], accepted)}; it accepts {', '.join(accepted)}"
+        )
+    return out

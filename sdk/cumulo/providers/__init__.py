@@ -41,7 +41,9 @@ def provider_for_address(address: str) -> str:
     """The provider for a ``scheme://...`` target; SpecError naming the schemes known otherwise."""
     scheme = address.split("://", 1)[0]
     if scheme not in _SCHEMES:
-        raise SpecError(f"unknown address scheme {scheme!r} in {address!r}; known: "
+        from ..spec import did_you_mean
+
+        raise SpecError(f"unknown address scheme {scheme!r} in {address!r}{did_you_mean(scheme, _SCHEMES)}; known: "
                         + ", ".join(f"{s}://" for s in sorted(_SCHEMES)))
     return _SCHEMES[scheme]
 
@@ -57,7 +59,10 @@ def provider_class(name: str) -> type[Provider]:
         return _registered[name]
     target = _BUILTIN.get(name)
     if target is None:
-        raise SpecError(f"unknown provider {name!r}; known providers: {', '.join(known_providers())}")
+        from ..spec import did_you_mean
+
+        raise SpecError(f"unknown provider {name!r}{did_you_mean(name, known_providers())}; known providers: "
+                        f"{', '.join(known_providers())}")
     module, _, attr = target.partition(":")
     cls = getattr(importlib.import_module(module), attr)
     _registered[name] = cls

@@ -245,8 +245,23 @@ class LocalProvider(Provider):
                     "or ask for fewer workers"
                 )
             task.result()
-        except BaseException:
+        except BaseException as exc:
             task.cancel()
             await _discard(cluster)
+            if isinstance(exc, RuntimeError) and "failed to start" in str(exc):
+                raise ProviderError(_no_workers_message(exc)) from exc
             raise
         return cluster
+
+
+def _no_workers_message(exc: BaseException) -> str:
+    """What to say when distributed's local worker processes died at start ('Nanny failed to start')."""
+    from .._spawn import _start_method
+
+    return (
+        f"the local cluster's worker processes did not start (dask: {exc}). The worker's own error went to "
+        "this process's stderr (in Jupyter, the server's log). Common causes: the main script cannot be re-run "
+        f"by dask's {_start_method()!r} start method (keep cumulo.connect() under `if __name__ == \"__main__\":` in a "
+        "file, not standard input), too little memory for the memory_limit asked, or a package the workers "
+        "import failing there. Try cumulo.connect(workers=1) to see one worker's error alone."
+    )
