@@ -133,7 +133,7 @@ def test_refresh_from_live_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     frame = catalog.prices()
     h100 = frame[(frame.provider == "lambda") & (frame.instance_type == "gpu_1x_h100_sxm5")]
     assert len(h100) == 1 and h100["on_demand_per_hour"].iloc[0] == pytest.approx(2.99)
-    assert h100["source"].iloc[0].startswith(emu.lambda_url)
+    assert h100["source"].iloc[0] == f"price fetched by `cumulo prices --refresh` from {emu.lambda_url}/instance-types"
     assert re.match(r"^\d{4}-\d{2}-\d{2}$", h100["as_of"].iloc[0])
     a100 = frame[frame.instance_type == "Standard_NC24ads_A100_v4"].iloc[0]
     assert a100["on_demand_per_hour"] == pytest.approx(3.5)  # not the Windows price
@@ -199,3 +199,39 @@ def test_cli_table_sorted(capsys: pytest.CaptureFixture[str]) -> None:
     per_gpu = [float(ln.split()[4]) for ln in lines]
     assert per_gpu == sorted(per_gpu) and len(per_gpu) >= 8
     assert "$/GPU-h" in out
+
+
+# -- what an estimate cites, and a GPU the catalog does not know (issue 21) -----------------------
+
+
+def test_every_estimate_says_what_its_price_is_how_old_and_how_to_refresh_it() -> None:
+    """The New cluster form shows an offer's `source` then its `as_of`: the pair must read as a citation."""
+    assert "anchor" not in Path(catalog._SNAPSHOT).read_text()  # a word from our design notes, not for users
+    frame = catalog.prices()
+    lambda_row = frame[frame["instance_type"] == "gpu_1x_a10"].iloc[0]
+    assert lambda_row["source"] == ("list price bundled with cumulo (`cumulo prices --refresh` fetches current "
+                                    "ones) from https://lambda.ai/pricing")
+    assert lambda_row["as_of"] == "2025"
+    aws_row = frame[frame["instance_type"] == "g4dn.xlarge"].iloc[0]
+    assert aws_row["source"].startswith("list price bundled with cumulo (no live aws source: check the page) from "
+                                        "https://aws.amazon.com/")
+    assert catalog.snapshot()["source"].str.startswith("https://").all()  # the data keeps the bare page
+
+
+def test_the_estimate_line_cites_the_labelled_price() -> None:
+    from cumulo.share import estimate_line
+
+    line = estimate_line({"clusters": [{"spec": {"provider": "lambda", "gpu": "A10", "workers": 2}}]})
+    assert line.startswith("current estimate: $1.50/h (2 x gpu_1x_a10 at $0.75/h, lambda list price (list price "
+                           "bundled with cumulo")
+    assert line.endswith("from https://lambda.ai/pricing, as of 2025))")
+
+
+def test_cli_prices_for_an_unknown_gpu_lists_the_known_ones_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prices", "--gpu", "X999"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cumulo prices: no offers match gpu='X999'. GPUs in the catalog: A10, A100-40GB")
+    assert "H100" in err and "T4" in err
+    assert main(["prices", "--gpu", "H100", "--provider", "aws", "--region", "eu-west-1"]) == 1
+    assert "regions of aws: us-east-1" in capsys.readouterr().err
+    assert main(["prices", "--gpu", "H10"]) == 0  # a prefix that matches is a match

@@ -8,6 +8,11 @@ retail prices API (no key, through httpx) and caches what it got, with a
 timestamp, in the user data directory (mode 600). A failed source keeps its
 last good data and the failure is reported, never hidden. Live rows replace snapshot rows of the same
 (provider, instance_type, region).
+
+What a price is travels with it: :func:`prices` gives each row's ``source`` as a label that says
+whether it is a list price bundled with cumulo or one fetched by a refresh, where from, and how to
+refresh it (:func:`source_label`); the row's ``as_of`` says how old it is. Those two are what an
+estimate cites (the sidebar's New cluster form, ``cumulo run``), so a reader can judge the figure.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ from typing import Any
 import pandas as pd
 
 from . import config
-from .exceptions import CredentialsError, ProviderError
+from .exceptions import CredentialsError, ProviderError, SpecError
 
 __all__ = [
-    "COLUMNS", "RefreshReport", "format_table", "freshness", "price_of", "prices", "refresh", "report_text",
-    "snapshot",
+    "COLUMNS", "LIVE_SOURCES", "RefreshReport", "format_table", "freshness", "no_match", "price_of", "prices",
+    "refresh", "report_text", "snapshot", "source_label",
 ]
 
 COLUMNS = [
@@ -34,6 +39,8 @@ COLUMNS = [
     "on_demand_per_hour", "spot_per_hour", "region", "source", "as_of",
 ]
 _SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
+#: Providers whose prices ``refresh()`` (``cumulo prices --refresh``) fetches live.
+LIVE_SOURCES = ("lambda", "azure")
 # Azure SKUs we ask the retail API about, with their shape: the snapshot's Azure rows plus these.
 _AZURE_EXTRA_SHAPES = {
     "Standard_ND96isr_H200_v5": ("H200", 8, 141, 96, 1850),
@@ -63,17 +70,39 @@ def _read_cache() -> dict[str, Any]:
         return {"sources": {}, "rows": []}
 
 
-def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> pd.DataFrame:
+def source_label(provider: str, page: str, *, live: bool = False) -> str:
+    """What a catalog price is, where it comes from and how to refresh it, in words an estimate can cite.
+
+    The estimate lines show it followed by the row's ``as_of`` date ("..., 2025"), so it ends
+    with the page: 'list price bundled with cumulo (`cumulo prices --refresh` fetches current
+    ones) from https://lambda.ai/pricing'. ``live``: a price fetched by ``refresh()``.
+    """
+    if live:
+        return f"price fetched by `cumulo prices --refresh` from {page}"
+    how = ("`cumulo prices --refresh` fetches current ones" if provider in LIVE_SOURCES
+           else f"no live {provider} source: check the page")
+    return f"list price bundled with cumulo ({how}) from {page}"
+
+
+def prices(
+    gpu: str | None = None, provider: str | None = None, region: str | None = None, *, labelled: bool = True
+) -> pd.DataFrame:
     """GPU offers as a DataFrame (columns in ``COLUMNS`` plus ``per_gpu_hour``), cheapest $/GPU-hour first.
 
     gpu: model prefix, case-insensitive ("a100" matches A100-40GB and A100-80GB);
     provider: "lambda", "aws", "azure", "gcp"; region: exact region (rows priced for
     "all" regions always match). Live rows from the last ``refresh()`` replace snapshot rows.
+    ``labelled``: ``source`` as :func:`source_label` words it (bundled or fetched, page, how to
+    refresh); False leaves the bare page, as the snapshot and the cache hold it.
     """
     frame = snapshot()
+    if labelled:
+        frame["source"] = [source_label(p, s) for p, s in zip(frame["provider"], frame["source"])]
     cached = _read_cache().get("rows") or []
     if cached:
         live = pd.DataFrame(cached, columns=COLUMNS)
+        if labelled:
+            live["source"] = [source_label(p, s, live=True) for p, s in zip(live["provider"], live["source"])]
         replaced = set(zip(live["provider"], live["instance_type"], live["region"]))
         keep = [k not in replaced for k in zip(frame["provider"], frame["instance_type"], frame["region"])]
         frame = pd.concat([frame[keep], live], ignore_index=True)
@@ -248,9 +277,35 @@ def format_table(frame: pd.DataFrame) -> str:
     return show.to_string(index=False)
 
 
+def no_match(*, gpu: str | None = None, provider: str | None = None, region: str | None = None) -> str:
+    """Why no offer matches: what was asked, and the GPUs (and providers, regions) the catalog knows."""
+    everything = prices(labelled=False)
+    asked = ", ".join(f"{k}={v!r}" for k, v in (("gpu", gpu), ("provider", provider), ("region", region)) if v)
+    models = sorted(set(everything["gpu_model"]))
+    text = f"no offers match {asked or 'anything'}"
+    if gpu and prices(gpu=gpu, labelled=False).empty:
+        from .spec import did_you_mean
+
+        text += did_you_mean(gpu, models)
+    text += f". GPUs in the catalog: {', '.join(models)} (a prefix matches: --gpu A100 means every A100)"
+    providers = sorted(set(everything["provider"]))
+    if provider and provider.lower() not in providers:
+        text += f"; providers: {', '.join(providers)}"
+    if region:
+        known = provider is not None and provider.lower() in providers
+        scope = everything[everything["provider"] == provider.lower()] if known and provider else everything
+        text += f"; regions{' of ' + provider if known else ''}: {', '.join(sorted(set(scope['region'])))}"
+    return text
+
+
 def report_text(*, gpu: str | None = None, provider: str | None = None, region: str | None = None) -> str:
-    """The offers as the table `cumulo prices` prints: each price with its source and date, then freshness."""
-    frame = prices(gpu=gpu, provider=provider, region=region)
+    """The offers as the table `cumulo prices` prints: each price with its source and date, then freshness.
+
+    SpecError (:func:`no_match`: what the catalog knows) when no offer matches.
+    """
+    frame = prices(gpu=gpu, provider=provider, region=region, labelled=False)
+    if frame.empty:
+        raise SpecError(no_match(gpu=gpu, provider=provider, region=region))
     table = format_table(frame)
     if not frame.empty:  # each price with where it comes from, as a column beside its date
         rows = table.splitlines()
