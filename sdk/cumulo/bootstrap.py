@@ -69,6 +69,9 @@ class BootstrapOptions:
     requirements: str | None = None
     gpu_requirements: str | None = None
     find_links: tuple[str, ...] = ()
+    #: The scheduler stops by itself after this many seconds without work (``dask scheduler
+    #: --idle-timeout``): the last resort when no cumulo process is left to enforce the idle timeout.
+    idle_timeout: float | None = None
 
 
 def _heredoc(path: str, text: str) -> str:
@@ -170,9 +173,10 @@ def user_data(
         _install(opts, gpu_worker=gpu_worker),
     ]
     port = int(opts.scheduler_port)
+    idle = f" --idle-timeout {opts.idle_timeout:.0f}s" if opts.idle_timeout else ""
     if role in ("head", "scheduler"):
         lines.append(
-            f"nohup dask scheduler --protocol tls --port {port} $HOST_ARGS $TLS "
+            f"nohup dask scheduler --protocol tls --port {port} $HOST_ARGS $TLS{idle} "
             f'--dashboard-address "{LOOPBACK}:${{CUMULO_DASHBOARD_PORT:-8787}}" &\n'
             'echo "cumulo: scheduler started (pid $!)"'
         )

@@ -20,7 +20,6 @@ default to ``idle-timeout`` (20 minutes).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,7 @@ from .metering import Spend, rates
 from .registry import ClusterRecord
 
 __all__ = ["BudgetWarning", "Verdict", "budget_levels", "costs_money", "default_idle_timeout", "in_kernel",
-           "lease_grace", "seconds", "unattended"]
+           "lease_grace", "seconds", "unattended", "watched"]
 
 
 class BudgetWarning(UserWarning):
@@ -114,24 +113,37 @@ def in_kernel(
     return out
 
 
+def watched(record: ClusterRecord, now: float | None = None) -> bool:
+    """Whether a kernel is watching the cluster: it has an owner whose heartbeat is fresh.
+
+    The heartbeat decides, never the owner's PID (a PID may belong to another process by
+    now); a kernel that died still gets its lease's grace, so that a restarted kernel can
+    re-attach. A disconnected cluster has no owner, so nobody watches it.
+    """
+    now = time.time() if now is None else now
+    if record.owner is None:
+        return False
+    beat = record.heartbeat or record.updated
+    grace = record.lease_seconds if record.lease_seconds is not None else lease_grace()
+    return now - beat <= grace
+
+
 def unattended(
     record: ClusterRecord, ledger: dict[str, Any] | None, spend: Spend, now: float | None = None
 ) -> Verdict | None:
     """Whether a cluster nobody is watching should be stopped, by a process other than its kernel.
 
-    Applies only when the owner is gone or stopped heartbeating: an expired lease
-    (a cluster without a lease, detached or keep-alive, is exempt), a spent
-    budget, or an idle timeout.
+    A cluster is watched while its owner heartbeats (see :func:`watched`); then its
+    kernel applies the rules itself. Otherwise: an expired lease (a cluster without a
+    lease, detached or keep-alive, is exempt), a spent budget, or an idle timeout.
     """
     now = time.time() if now is None else now
-    if record.owner_alive() and record.owner_pid != os.getpid():
-        return None  # its kernel is alive and guards it itself
+    if watched(record, now):
+        return None
     beat = record.heartbeat or record.updated
-    grace = record.lease_seconds
-    if now - beat <= (grace if grace is not None else lease_grace()):
-        return None  # someone heartbeated recently
-    if grace is not None:
-        return Verdict("stop", f"kernel gone (no heartbeat for {now - beat:.0f}s, lease {grace:g}s)")
+    if record.owner is not None and record.lease_seconds is not None:
+        why = "kernel gone" if record.owner_alive() is False else "kernel stopped heartbeating"
+        return Verdict("stop", f"{why} (no heartbeat for {now - beat:.0f}s, lease {record.lease_seconds:g}s)")
     if record.budget and spend.amount is not None and spend.amount >= record.budget:
         return Verdict("stop", f"budget ${record.budget:,.2f} reached")
     idle = _idle(record, ledger)

@@ -14,6 +14,7 @@ address, the price), which the lifecycle persists.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +55,11 @@ class Lifecycle:
     def running(self, cluster_id: str, **facts: Any) -> bool:
         """The cluster answers: record ``running`` and its facts. False if it was closed meanwhile.
 
-        A re-attach to a row that already runs only refreshes its facts.
+        A re-attach to a row that already runs only refreshes its facts. Either way the
+        row is heartbeated: the process recording it is alive now (a long launch must not
+        look like a kernel that stopped heartbeating).
         """
+        facts = {**facts, "heartbeat": time.time()}
         if self._move(cluster_id, State.RUNNING, facts=facts, event=None):
             return True
         if State(self.registry.get(cluster_id).state) is State.RUNNING:
@@ -156,6 +160,23 @@ class Lifecycle:
             self.registry.event(record.id, "scheduler-lost", f"{why}; its instances may still bill")
             return False
         return self._move(record.id, State.LOST, note=why)
+
+    async def vanished(self, record: ClusterRecord, provider: Provider, why: str) -> bool:
+        """The scheduler stopped answering: close the row as ``lost`` once nothing of it can bill.
+
+        A cluster whose resources bill independently is asked of its provider
+        (``confirm_gone``): when its instances are confirmed gone (terminated in a
+        console, by another installation's sweep, preempted), what is left (rules,
+        keys, certificates) is cleaned up and the row closes, so that its meter stops
+        at once. Returns whether the row was closed.
+        """
+        if not provider.bills_independently:
+            return self.lost(record, provider, why)
+        if not await provider.confirm_gone(record, self.checkpoint(record, provider)):
+            return False  # the row stays open: its instances may still bill
+        await self.stop(record, provider, why=f"{why}; its instances were terminated outside this cluster's "
+                                             "kernel (confirmed at the provider)", final=State.LOST)
+        return True
 
     def stopped_elsewhere(self, cluster_id: str) -> ClusterRecord | None:
         """The row if another process has closed (or is closing) this cluster, else None."""

@@ -98,7 +98,7 @@ def _provider(record: ClusterRecord) -> Provider | None:
 def _reason(record: ClusterRecord, ledger: dict[str, Any] | None, spend: Spend, now: float) -> str | None:
     state = State(record.state)
     if state is State.STOP_FAILED:
-        return f"an earlier stop failed ({record.note or 'no reason recorded'}); retrying"
+        return "an earlier stop failed; retrying"
     if state is State.STARTING:
         beat = record.heartbeat or record.created
         if record.owner_alive() is False and now - beat > guards.lease_grace():
@@ -110,10 +110,39 @@ def _reason(record: ClusterRecord, ledger: dict[str, Any] | None, spend: Spend, 
     return None if verdict is None else verdict.reason
 
 
+def _unreachable_provider(record: ClusterRecord) -> Reaped | None:
+    """A row of a provider this process does not know (registered in another process only): a
+    stop-failed one may still bill and cannot be retried from here, which the sweep must say."""
+    if record.state != State.STOP_FAILED:
+        return None
+    spent = spend_of(record, None)
+    return Reaped(record.name, record.id, record.provider,
+                  f"an earlier stop failed ({record.note or 'no reason recorded'})",
+                  f"FAILED: provider {record.provider!r} is not registered in this process (it was registered "
+                  "in-process by the program that started the cluster, or its package is not installed here), "
+                  "so the stop cannot be retried from here; it may still bill: retry from a process that "
+                  f"registers {record.provider!r} (cumulo.providers.register_provider) with `cumulo down "
+                  f"{record.name}`, or stop its resources in the provider's console",
+                  spent.amount, spent.kind, spent.basis)
+
+
+async def _vanished(lifecycle: Lifecycle, record: ClusterRecord, provider: Provider) -> Reaped | None:
+    """A billing cluster whose scheduler does not answer: closed as lost if its provider confirms it is gone."""
+    reason = "its scheduler does not answer"
+    try:
+        if not await lifecycle.vanished(record, provider, f"reaped: {reason}"):
+            return None
+        action = "marked lost (its instances were terminated elsewhere: nothing bills)"
+    except Exception as exc:
+        action = f"FAILED: {exc}; it may still bill: run `cumulo down {record.name}`"
+    spent = spend_of(lifecycle.registry.get(record.id), None)
+    return Reaped(record.name, record.id, record.provider, reason, action, spent.amount, spent.kind, spent.basis)
+
+
 async def _one(lifecycle: Lifecycle, record: ClusterRecord, *, dry_run: bool, now: float | None) -> Reaped | None:
     provider = _provider(record)
     if provider is None:
-        return None
+        return _unreachable_provider(record)
     ledger = None
     if record.address and record.state == State.RUNNING:
         try:
@@ -122,6 +151,11 @@ async def _one(lifecycle: Lifecycle, record: ClusterRecord, *, dry_run: bool, no
             security = None
         ledger = await fetch_ledger_async(record.address, security)
     t = time.time() if now is None else now
+    if (record.address and ledger is None and record.state == State.RUNNING and provider.bills_independently
+            and not dry_run):
+        gone = await _vanished(lifecycle, record, provider)
+        if gone is not None:
+            return gone
     spend = spend_of(record, ledger, now=t)
     if spend.amount is None and record.cost is not None:
         spend = Spend(record.cost, record.rate_per_hour, "last figure recorded by its kernel")

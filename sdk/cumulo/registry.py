@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import time
 import uuid
@@ -30,6 +29,7 @@ from typing import Any
 
 from . import config
 from .exceptions import RegistryError, SpecError
+from .owner import Owner, alive, this_process
 from .states import FINAL, OPEN
 
 __all__ = ["ClusterRecord", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION"]
@@ -41,7 +41,7 @@ CLOSED_STATES = tuple(sorted(s.value for s in FINAL))
 _OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
 
 #: The schema this cumulo writes. Older files are migrated forward; newer ones are refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY,
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     state TEXT NOT NULL,
     owner_pid INTEGER,
     owner_host TEXT,
+    owner_started REAL,
+    owner_boot TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL,
     closed REAL,
@@ -69,7 +71,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     rate_per_hour REAL,
     cost REAL,
     cost_kind TEXT,
-    note TEXT
+    note TEXT,
+    usage TEXT
 );
 CREATE INDEX IF NOT EXISTS clusters_created ON clusters(created);
 CREATE TABLE IF NOT EXISTS resources (
@@ -101,6 +104,11 @@ MIGRATIONS: dict[int, str] = {
     # v1 -> v2: 'stop-failed' (cleanup failed, may still bill) is an open state, so it holds its name
     1: "DROP INDEX IF EXISTS clusters_one_open_name; "
        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    # v2 -> v3: an owner is a process identity, not a bare PID (cumulo.owner); a closed cluster keeps
+    # its final usage (JSON: totals, busy/idle, energy, top cells) so `cumulo usage` shows it later
+    2: "ALTER TABLE clusters ADD COLUMN owner_started REAL; "
+       "ALTER TABLE clusters ADD COLUMN owner_boot TEXT; "
+       "ALTER TABLE clusters ADD COLUMN usage TEXT;",
 }
 _OPEN_NAME_INDEX = f"CREATE UNIQUE INDEX IF NOT EXISTS clusters_one_open_name ON clusters(name) WHERE state IN {_OPEN_SQL};"
 
@@ -120,6 +128,9 @@ class ClusterRecord:
     dashboard: str | None = None
     owner_pid: int | None = None
     owner_host: str | None = None
+    #: The owner's start time (clock ticks since boot) and boot id: with the PID, who the owner is.
+    owner_started: float | None = None
+    owner_boot: str | None = None
     closed: float | None = None
     heartbeat: float | None = None
     lease_seconds: float | None = None
@@ -135,6 +146,8 @@ class ClusterRecord:
     cost: float | None = None
     cost_kind: str | None = None
     note: str | None = None
+    #: The usage kept when the cluster closed (a JSON object; see cumulo.metering), None while open.
+    usage: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -151,22 +164,22 @@ class ClusterRecord:
         """Seconds since creation (until closing, for closed clusters)."""
         return (self.closed or time.time()) - self.created
 
+    @property
+    def owner(self) -> Owner | None:
+        """The process that owns the row, None when nobody does (disconnected, or never recorded)."""
+        if not self.owner_pid or not self.owner_host:
+            return None
+        return Owner(pid=self.owner_pid, host=self.owner_host, started=self.owner_started, boot=self.owner_boot)
+
     def owned_here(self) -> bool:
-        """Whether this process started the cluster."""
-        return self.owner_pid == os.getpid() and self.owner_host == socket.gethostname()
+        """Whether this process owns the cluster (started it, and has not disconnected)."""
+        return self.owner is not None and self.owner == this_process()
 
     def owner_alive(self) -> bool | None:
-        """Whether the process that started the cluster still runs: None when that is unknowable
-        from here (another host, or no owner recorded)."""
-        if not self.owner_pid or self.owner_host != socket.gethostname():
-            return None
-        try:
-            os.kill(self.owner_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        """Whether the process that owns the cluster still runs: None when that is unknowable from here
+        (another host, no owner recorded, or no start time to tell a reused PID from the owner)."""
+        owner = self.owner
+        return None if owner is None else alive(owner)
 
 
 @dataclass
@@ -195,17 +208,39 @@ class Registry:
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, timeout: float = 30.0) -> None:
-        self.path = Path(path) if path is not None else config.path_of_registry()
+        default = config.path_of_registry() if path is None else None
+        self.path = Path(path) if path is not None else default
+        assert self.path is not None
         self.timeout = timeout
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self._connect() as db:
-                self._migrate(db)
+            _private_place(self.path, own_folder=path is None and not os.environ.get("CUMULO_REGISTRY")
+                           and not config.get("registry.path"))
+            self._first_open()
         except (OSError, sqlite3.Error) as exc:
             raise RegistryError(
                 f"cannot open the cluster registry at {self.path}: {exc}. Set CUMULO_REGISTRY "
                 "or the cumulo.registry.path config to a writable file."
             ) from exc
+
+    def _first_open(self) -> None:
+        """Switch the file to WAL and migrate it, waiting out other processes doing the same.
+
+        SQLite answers "database is locked" at once, without its busy handler, when
+        two connections switch a fresh file's journal mode together; so the first
+        open retries with backoff for as long as the busy timeout would wait.
+        """
+        deadline = time.monotonic() + self.timeout
+        delay = 0.01
+        while True:
+            try:
+                with self._connect() as db:
+                    self._migrate(db)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
 
     def __repr__(self) -> str:
         return f"Registry({str(self.path)!r})"
@@ -257,7 +292,8 @@ class Registry:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # persistent once set
+                db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.row_factory = sqlite3.Row
             yield db
@@ -308,9 +344,8 @@ class Registry:
             "created": now,
             "updated": now,
             "heartbeat": now,
-            "owner_pid": os.getpid(),
-            "owner_host": socket.gethostname(),
         }
+        row.update(_owner_values(this_process()))
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
@@ -377,6 +412,14 @@ class Registry:
         if "spec" in values and not isinstance(values["spec"], str):
             values["spec"] = json.dumps(values["spec"], sort_keys=True)
         values["updated"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._write() as db:
+            db.execute(f"UPDATE clusters SET {sets} WHERE id = ?", (*values.values(), cluster_id))
+
+    def disown(self, cluster_id: str) -> None:
+        """Record that no process owns the cluster any more (its kernel disconnected and left it
+        running): from now on every reaper enforces its budget and idle timeout."""
+        values = _owner_values(None) | {"updated": time.time()}
         sets = ", ".join(f"{k} = ?" for k in values)
         with self._write() as db:
             db.execute(f"UPDATE clusters SET {sets} WHERE id = ?", (*values.values(), cluster_id))
@@ -505,6 +548,34 @@ class Registry:
             )
             for r in rows
         ]
+
+
+def _owner_values(owner: Owner | None) -> dict[str, Any]:
+    """The row's owner columns for ``owner`` (all None: nobody owns it)."""
+    if owner is None:
+        return {"owner_pid": None, "owner_host": None, "owner_started": None, "owner_boot": None}
+    return {"owner_pid": owner.pid, "owner_host": owner.host, "owner_started": owner.started,
+            "owner_boot": owner.boot}
+
+
+def _private_place(path: Path, *, own_folder: bool) -> None:
+    """Make the registry file (and its WAL and shared-memory files) readable by this user only.
+
+    The folder is created 0700; an existing folder is tightened only when it is
+    cumulo's own default one (a path the user chose may be a shared folder).
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+    elif own_folder and path.parent.stat().st_mode & 0o077:
+        path.parent.chmod(0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+        except FileNotFoundError:
+            continue
 
 
 def _cluster(row: sqlite3.Row) -> ClusterRecord:

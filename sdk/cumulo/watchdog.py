@@ -114,6 +114,8 @@ class Watchdog:
         self.registry.heartbeat(cid)
         rec = self.registry.get(cid)
         ledger = await self._ledger()
+        if ledger is None and await self._vanished(rec):
+            return ["lost (its instances are gone)"]
         spend = spend_of(rec, ledger)
         self.last_spend = spend
         if spend.amount is not None and rec.rate_per_hour is None:
@@ -125,7 +127,7 @@ class Watchdog:
             if verdict.action == "warn" and verdict.level is not None:
                 self.warned.add(verdict.level)
                 self.registry.event(cid, "budget-warning", verdict.reason)
-                warnings.warn(verdict.reason, guards.BudgetWarning, stacklevel=2)
+                _warn(verdict.reason)
                 done.append(f"warned at {verdict.level:.0%}")
             elif verdict.action == "budget" and self.tripped is None:
                 done.append(await self._budget(verdict.reason, owns=owns))
@@ -135,6 +137,23 @@ class Watchdog:
                 await self._close(f"idle timeout: {verdict.reason}")
                 done.append("closed (idle)")
         return done
+
+    async def _vanished(self, rec: Any) -> bool:
+        """The scheduler of a billing cluster stopped answering: if the provider confirms its instances are
+        gone (terminated elsewhere), close the row as lost and let go of the cluster."""
+        provider = self.cluster._provider
+        if not provider.bills_independently or self.cluster.client is None or not self.usage.installed:
+            return False
+        try:
+            await asyncio.wait_for(self.cluster.client.scheduler.identity(), 5)
+            return False
+        except Exception:
+            pass
+        if not await self.cluster.lifecycle.vanished(rec, provider, "its scheduler stopped answering"):
+            return False
+        self.stop()
+        await self.cluster._stopped_elsewhere(self.registry.get(rec.id))
+        return True
 
     async def _ledger(self) -> dict[str, Any] | None:
         if not self.usage.installed or self.cluster.client is None:
@@ -151,7 +170,7 @@ class Watchdog:
         self.tripped = BudgetExceeded(msg)
         self.registry.event(self.cluster.id, "budget", msg)
         if action == "warn":
-            warnings.warn(msg, guards.BudgetWarning, stacklevel=3)
+            _warn(msg)
             return "warned at 100%"
         if action == "scale-to-zero":
             try:
@@ -173,15 +192,21 @@ class Watchdog:
     # -- leaving ----------------------------------------------------------------------------
 
     def release_lease(self) -> None:
-        """After ``cluster.disconnect()`` the cluster is meant to keep running: drop the lease."""
+        """After ``cluster.disconnect()`` the cluster is meant to keep running: drop the lease and the
+        ownership, so that every reaper (``cumulo reap``, the Jupyter server's timer) enforces its budget
+        and idle timeout from now on, whether or not this process lives on."""
         try:
             rec = self.registry.get(self.cluster.id)
-            if rec.state == "running" and rec.lease_seconds is not None:
+            if rec.state != "running" or (rec.owner is not None and not rec.owned_here()):
+                return  # closed meanwhile, or another process owns it (this one only re-attached)
+            if rec.lease_seconds is not None:
                 self.registry.update(rec.id, lease_seconds=None)
-                self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease "
-                                    "(reap still enforces budget and idle timeout)")
-        except Exception:
-            pass
+            if rec.owner is not None:
+                self.registry.disown(rec.id)
+            self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease, no "
+                                "owner; every reaper enforces its budget and idle timeout")
+        except Exception as exc:  # a registry hiccup must not fail a disconnect; say so
+            logger.warning("cumulo: could not record that %r was disconnected: %s", self.cluster.name, exc)
 
     async def final_reading(self) -> None:
         """As the cluster closes: keep the last ledger, and record the spend of an unpriced cluster.
@@ -199,6 +224,13 @@ class Watchdog:
             spend = spend_of(rec, ledger)
             if spend.amount is not None:
                 self.registry.update(self.cluster.id, cost=spend.amount, cost_kind=spend.kind)
+
+
+def _warn(message: str) -> None:
+    """A budget warning, attributed to cumulo's guard rather than to a line of its loop's code (the
+    user's own frame is on another thread by the time a guard runs)."""
+    warnings.warn_explicit(message, guards.BudgetWarning, filename="cumulo budget guard", lineno=0,
+                           module="cumulo.watchdog")
 
 
 async def attach(cluster: Cluster) -> Watchdog:

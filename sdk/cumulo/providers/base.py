@@ -16,6 +16,8 @@ is shared: cluster.py and lifecycle.py. Implement:
   - ``Provider.security(record)``: the distributed.Security to reach that scheduler.
   - optionally ``Provider.sweep_orphans(registry, ...)``: resources this provider
     holds that no open cluster owns (e.g. a kernel killed mid-launch).
+  - optionally ``Provider.confirm_gone(record, checkpoint)``: whether a cluster whose
+    scheduler stopped answering is confirmed gone at the provider (nothing bills).
 
 Declare what the backend can do with the class flags below; generic code asks
 the flags, never a provider's name. Options come from ``cumulo.<name>.*``
@@ -204,6 +206,16 @@ class Provider(abc.ABC):
     def security(self, record: ClusterRecord) -> Security | None:
         """How to reach the scheduler of ``record`` (None: plain tcp on loopback)."""
         return self.user_security
+
+    async def confirm_gone(self, record: ClusterRecord, checkpoint: Checkpoint) -> bool:
+        """Whether the provider confirms that nothing of this cluster runs or bills any more.
+
+        Asked when a cluster that bills independently stops answering (its instances
+        may have been terminated elsewhere: a console, another installation's sweep,
+        a preemption). True lets the lifecycle close the row as lost at once instead
+        of estimating spend for instances that are gone. Default: cannot tell.
+        """
+        return False
 
     async def sweep_orphans(
         self, registry: Registry, *, dry_run: bool = True, terminate_unknown: bool = False

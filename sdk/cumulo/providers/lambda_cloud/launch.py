@@ -53,7 +53,7 @@ class Launcher:
         self.api, self.checkpoint, self.plan, self.say = api, checkpoint, plan, say
         self.cluster_id = checkpoint.cluster_id
         self.installation = checkpoint.installation_id
-        self.opts: BootstrapOptions = bootstrap_options()
+        self.opts: BootstrapOptions = dataclasses.replace(bootstrap_options(), idle_timeout=plan.idle_timeout)
         if environment is not None:  # the pins travel in the first-boot script; local wheels later, over TLS
             self.opts = dataclasses.replace(
                 self.opts, requirements=compact(environment.lock),

@@ -140,7 +140,7 @@ class _Sweep:
             await terminate_confirmed(self.api, ids, on_terminated=lambda _: None, say=self.say)
         except CumuloError as exc:
             return [_with(o, f"FAILED: {exc}") for o in orphans]
-        return [_with(o, "terminated") for o in orphans]
+        return [replace(o, action="terminated", reason=_terminated_reason(o)) for o in orphans]
 
     async def _stale_rules_and_keys(self, *, dry_run: bool) -> list[Orphan]:
         """This installation's firewall rules and SSH keys whose cluster is not open."""
@@ -171,6 +171,12 @@ class _Sweep:
         except CumuloError as exc:
             return [_with(o, f"FAILED: {exc}") for o in out]
         return [_with(o, "removed") for o in out]
+
+
+def _terminated_reason(orphan: Orphan) -> str:
+    """Why a foreign instance was terminated, replacing the "left alone" advice it was reported with."""
+    who = orphan.reason.split(";", 1)[0]
+    return f"{who}; terminated because terminate_unknown was given (its owner's cluster is lost)"
 
 
 def _with(orphan: Orphan, action: str) -> Orphan:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dask.utils import parse_timedelta
+
 from ... import config
 from ...exceptions import SpecError
 from ...spec import ClusterSpec
@@ -35,6 +37,9 @@ class Plan:
     ssh_key: str | None
     #: The only network the scheduler's port is opened to.
     source: str
+    #: Seconds without work after which the head's scheduler stops by itself (the last resort when no
+    #: cumulo process is left to enforce the idle timeout); None: never.
+    idle_timeout: float | None = None
 
 
 def refuse_unsupported(spec: ClusterSpec) -> None:
@@ -73,5 +78,6 @@ async def make_plan(api: LambdaApi, spec: ClusterSpec, say: Say) -> Plan:
                 f"(it has: {', '.join(names) or 'none'}). Fix the name, or unset it and cumulo makes a key "
                 "pair for each cluster.")
     source = client_cidr(api.client.base_url)
+    idle = spec.idle_timeout or config.get("guards.idle-timeout")
     return Plan(shape=shape, region=region, instances=n_instances, rate_per_hour=rate, ssh_key=ssh_key,
-                source=source)
+                source=source, idle_timeout=float(parse_timedelta(idle)) if idle else None)

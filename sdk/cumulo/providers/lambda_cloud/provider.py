@@ -32,7 +32,7 @@ from .names import PREFIX
 from .orphans import sweep
 from .preflight import Plan, make_plan, refuse_unsupported
 from .settings import PROVIDER, Say, certs_dir
-from .teardown import teardown
+from .teardown import instances_gone, teardown
 
 if TYPE_CHECKING:
     from ...checkpoint import Checkpoint
@@ -163,6 +163,11 @@ class LambdaProvider(Provider):
     async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
         """Terminate a cluster from any process, using only its recorded resources and the API."""
         await self._teardown(checkpoint)
+
+    async def confirm_gone(self, record: ClusterRecord, checkpoint: Checkpoint) -> bool:
+        """Whether Lambda lists none of the cluster's instances (recorded or named for it) as still running."""
+        async with self._session() as api:
+            return await instances_gone(api, checkpoint)
 
     async def _teardown(self, checkpoint: Checkpoint) -> None:
         async with self._session() as api:

@@ -27,12 +27,24 @@ from .settings import certs_dir, seconds
 if TYPE_CHECKING:
     from ...checkpoint import Checkpoint
 
-__all__ = ["GONE", "remove_firewall_rules", "remove_ssh_keys", "teardown", "terminate_confirmed"]
+__all__ = ["GONE", "instances_gone", "remove_firewall_rules", "remove_ssh_keys", "teardown", "terminate_confirmed"]
 
 logger = logging.getLogger("cumulo.lambda")
 
 #: Instance statuses that no longer bill.
 GONE = frozenset({"terminated"})
+
+
+async def instances_gone(api: LambdaApi, checkpoint: Checkpoint) -> bool:
+    """Whether no instance of the cluster (recorded, or named for it at Lambda) is listed as not terminated.
+
+    An instance Lambda no longer lists at all is gone too.
+    """
+    listed = {str(i["id"]): i for i in await api.instances()}
+    prefixes = cluster_prefixes(checkpoint.installation_id, checkpoint.cluster_id)
+    ours = {r.resource_id for r in checkpoint.resources() if r.kind == "instance"}
+    ours |= {iid for iid, inst in listed.items() if str(inst.get("name") or "").startswith(prefixes)}
+    return all(listed[iid].get("status") in GONE for iid in ours if iid in listed)
 
 
 async def teardown(api: LambdaApi, checkpoint: Checkpoint, *, say: Callable[[str], None]) -> None:
