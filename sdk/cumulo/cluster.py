@@ -304,7 +304,7 @@ class Cluster(SyncMethodMixin):
         record = self.lifecycle.begin(
             self.name,
             self._provider,
-            self.spec.to_dict() | {"name": self.name},
+            self.spec.stored() | {"name": self.name},
             budget=self.spec.budget,
             idle_timeout=self.spec.idle_timeout,
         )

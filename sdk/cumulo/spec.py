@@ -48,6 +48,13 @@ MAX_WORKERS = 1024
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _SCHEMES = ("tcp", "tls", "inproc", "ws", "wss", "ucx")
 _SECRET_WORDS = ("key", "token", "secret", "password", "credential")
+#: Values that are credentials whatever their name: token formats of common services, URLs with a password.
+_SECRET_VALUE = re.compile(
+    r"\b(?:sk-(?:ant-|proj-|admin-)?[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|github_pat_[A-Za-z0-9_]{30,}|AKIA[0-9A-Z]{16}|xox[abposr]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20,})"
+    r"|[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@")
+#: What the registry holds in place of an ``env`` value (see ClusterSpec.stored).
+ENV_NOT_STORED = "<not stored: set in the kernel that started the cluster>"
 #: dask's own argument names (LocalCluster, SpecCluster) that mean the same as a spec field.
 DASK_ALIASES = {"n_workers": "workers"}
 
@@ -320,6 +327,12 @@ class ClusterSpec:
                     f"{key!r} looks like a secret; cluster specs are stored and shown, so pass "
                     "credentials through the provider's credential source (environment, key file, keyring) instead"
                 )
+        for key, value in self.options.items():
+            if isinstance(value, str) and _SECRET_VALUE.search(value):
+                raise SpecError(
+                    f"the value of option {key!r} looks like a credential (a token, or a URL with a password); "
+                    "cluster specs are stored and shown, so pass credentials through the provider's credential "
+                    "source (environment, key file, keyring) instead")
 
     def require_workers(self, why: str = "nothing would run on it") -> None:
         """Refuse workers=0 for a provider where a cluster without workers makes no sense.
@@ -338,6 +351,18 @@ class ClusterSpec:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable data, fields left at None omitted."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, {}, [])}
+
+    def stored(self) -> dict[str, Any]:
+        """What the registry keeps of this spec: :meth:`to_dict` with the values of ``env`` left out.
+
+        Environment variables for the workers often carry credentials (a database URL
+        with its password, a hub token); the registry is read by every process and
+        shown in listings, so it keeps their names only (:data:`ENV_NOT_STORED`).
+        """
+        data = self.to_dict()
+        if "env" in data:
+            data["env"] = {name: ENV_NOT_STORED for name in data["env"]}
+        return data
 
     @classmethod
     def field_names(cls) -> list[str]:
