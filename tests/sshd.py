@@ -39,6 +39,8 @@ class SSHServer:
     known_hosts: Path
     host_public_key: str
     process: subprocess.Popen[bytes]
+    #: False for a second sshd serving another server's user (see :func:`another`): stop() leaves the user
+    owns_user: bool = True
 
     @property
     def target(self) -> str:
@@ -76,8 +78,23 @@ def start(tmp: Path, port: int) -> SSHServer:
     (uv_conf / "uv.toml").write_text("native-tls = true\n")
     subprocess.run(["chown", "-R", f"{user}:{user}", str(home / ".config")], check=True)
     host_public = host_key.with_suffix(".pub").read_text().split()
+    return _serve(tmp, port, user, home, host_key, client_key, f"{host_public[0]} {host_public[1]}", sftp=True,
+                  owns_user=True)
+
+
+def another(server: SSHServer, tmp: Path, port: int, *, sftp: bool) -> SSHServer:
+    """A second sshd on ``port`` for ``server``'s user, home and keys (its venvs are reused), e.g. without the
+    sftp subsystem, as hardened hosts run; stop it with :func:`stop` (the user stays)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    host_key = server.known_hosts.parent / "host_ed25519"
+    return _serve(tmp, port, server.user, server.home, host_key, server.client_key, server.host_public_key,
+                  sftp=sftp, owns_user=False)
+
+
+def _serve(tmp: Path, port: int, user: str, home: Path, host_key: Path, client_key: Path, host_public: str, *,
+           sftp: bool, owns_user: bool) -> SSHServer:
     known = tmp / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
+    known.write_text(f"[127.0.0.1]:{port} {host_public}\n")
     config = tmp / "sshd_config"
     config.write_text(f"""ListenAddress 127.0.0.1
 Port {port}
@@ -90,12 +107,11 @@ KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 AuthorizedKeysFile .ssh/authorized_keys
 AllowUsers {user}
-Subsystem sftp internal-sftp
-""")
+""" + ("Subsystem sftp internal-sftp\n" if sftp else ""))
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(tmp / "sshd.log", "wb"))
-    server = SSHServer(port, user, home, client_key, known, f"{host_public[0]} {host_public[1]}", proc)
+    server = SSHServer(port, user, home, client_key, known, host_public, proc, owns_user)
     deadline = time.monotonic() + 10
     import socket
 
@@ -112,13 +128,15 @@ Subsystem sftp internal-sftp
 
 
 def stop(server: SSHServer) -> None:
-    """Stop sshd, kill whatever the user still runs, remove the user and its home."""
+    """Stop sshd; when it made its user, also kill whatever the user still runs and remove the user and home."""
     server.process.terminate()
     try:
         server.process.wait(10)
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait(5)
+    if not server.owns_user:
+        return
     server.kill_user_processes()
     time.sleep(0.2)
     subprocess.run(["userdel", "-r", "-f", server.user], check=False, capture_output=True)

@@ -7,6 +7,8 @@ installed them there. Nothing is left running for the user after each test.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -23,6 +25,8 @@ import pytest
 import cumulo
 from cumulo import datasets, pipeline
 from cumulo.exceptions import ConnectError, CredentialsError, EnvironmentSyncError, HostKeyRefused, ProviderError
+from cumulo.providers.ssh.session import open_session
+from cumulo.providers.ssh.target import Host
 from cumulo.registry import Registry
 
 from . import sshd
@@ -154,6 +158,104 @@ def test_unknown_host_key_is_refused_with_its_fingerprint(ssh: sshd.SSHServer, t
         with pytest.raises(HostKeyRefused):
             cumulo.connect(ssh.target, name="nohosts")
     assert Registry().find_open("badhost") is None and Registry().find_open("nohosts") is None
+
+
+def _fingerprint(known_hosts: Path) -> str:
+    """The SHA256 fingerprint of the host key in ``known_hosts``, as ssh-keygen prints it."""
+    return subprocess.run(["ssh-keygen", "-lf", str(known_hosts)], capture_output=True, text=True,
+                          check=True).stdout.split()[1]
+
+
+@pytest.mark.parametrize("known_hosts", ["unset", "missing"])
+def test_no_known_hosts_file_is_refused_even_when_ssh_config_checks_nothing(
+        ssh: sshd.SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, known_hosts: str) -> None:
+    """``UserKnownHostsFile none`` in ~/.ssh/config once made asyncssh accept any key when the file was missing."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text("Host *\n    UserKnownHostsFile none\n")
+    monkeypatch.setenv("HOME", str(home))
+    path = None if known_hosts == "unset" else str(tmp_path / "no-such-known_hosts")
+    host = Host("127.0.0.1", ssh.port, ssh.user)
+    with dask.config.set({"cumulo.ssh.known-hosts": path}):
+        with pytest.raises(HostKeyRefused) as info:
+            asyncio.run(open_session(host))
+    text = str(info.value)
+    expected = path or str(home / ".ssh" / "known_hosts")
+    assert f"{expected} does not exist" in text
+    assert _fingerprint(ssh.known_hosts) in text and "ssh-keyscan" in text
+    # with the file there, the same config does not turn checking off: a wrong key is still refused
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{ssh.port} " + " ".join(other.with_suffix(".pub").read_text().split()[:2]) + "\n")
+    with dask.config.set({"cumulo.ssh.known-hosts": str(wrong)}):
+        with pytest.raises(HostKeyRefused, match="is not in"):
+            asyncio.run(open_session(host))
+
+
+def _connections_to(port: int) -> list[object]:
+    """This process's TCP connections to 127.0.0.1:``port`` that are not closed."""
+    import psutil
+
+    return [c for c in psutil.Process().net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status not in (psutil.CONN_CLOSE, psutil.CONN_TIME_WAIT)]
+
+
+def test_a_host_that_fails_closes_the_sessions_to_the_others(ssh: sshd.SSHServer) -> None:
+    unreachable = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectError, match=f"cannot reach {ssh.user}@{unreachable}"):
+        cumulo.connect(f"{ssh.target},{unreachable}", name="half")
+    assert _connections_to(ssh.port) == []
+    time.sleep(2)  # a login still under way when the other host failed would show up by now
+    assert _connections_to(ssh.port) == []
+    assert Registry().find_open("half") is None
+
+
+@pytest.fixture
+def no_sftp(server: sshd.SSHServer, ssh: sshd.SSHServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+            ) -> Iterator[sshd.SSHServer]:
+    """A second sshd for the same user with no sftp subsystem, as hardened hosts run (its venvs are reused)."""
+    other = sshd.another(server, tmp_path / "sshd-nosftp", free_port(), sftp=False)
+    monkeypatch.setenv("DASK_CUMULO__SSH__KNOWN_HOSTS", str(other.known_hosts))
+    try:
+        with dask.config.set({"cumulo.ssh.known-hosts": str(other.known_hosts)}):
+            yield other
+    finally:
+        sshd.stop(other)
+
+
+def test_files_travel_without_an_sftp_subsystem(no_sftp: sshd.SSHServer, tmp_path: Path) -> None:
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # binary, several channel windows long
+    note = tmp_path / "note.txt"
+    note.write_text("héllo\n")
+    folder = f"{no_sftp.home}/cumulo-put-test"
+
+    async def exercise() -> tuple[str, str | None, str | None, str]:
+        import asyncssh
+
+        async with await open_session(Host("127.0.0.1", no_sftp.port, no_sftp.user)) as s:
+            with pytest.raises((asyncssh.ChannelOpenError, asyncssh.SFTPError)):  # really no sftp here
+                async with s._conn.start_sftp_client():
+                    pass
+            await s.put([blob, note], folder, mode=0o640)
+            digest = await s.run(f"sha256sum {folder}/blob.bin && stat -c %a {folder}/blob.bin {folder}")
+            return digest, await s.read(f"{folder}/note.txt"), await s.read(f"{folder}/missing"), \
+                await s.run(f"ls -A {folder}")
+
+    digest, text, missing, listing = asyncio.run(exercise())
+    assert digest.split()[0] == hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert digest.split()[-2:] == ["640", "700"]
+    assert text == "héllo\n" and missing is None
+    assert sorted(listing.split()) == ["blob.bin", "note.txt"]  # no partial file left beside them
+    shutil.rmtree(no_sftp.home / "cumulo-put-test")
+
+
+def test_a_cluster_starts_on_a_host_without_sftp(no_sftp: sshd.SSHServer) -> None:
+    target = f"ssh://{no_sftp.user}@127.0.0.1:{no_sftp.port}"
+    with cumulo.connect(target, name="nosftp") as cluster:
+        assert cluster.client.submit(lambda x: x + 1, 41).result() == 42
+    assert Registry().latest("nosftp").state == "closed"
 
 
 def test_wrong_key_and_unreachable_host(ssh: sshd.SSHServer, tmp_path: Path) -> None:

@@ -5,8 +5,9 @@ worker`` where the host has GPUs and the environment has dask-cuda), each a
 detached process that outlives the kernel: re-attach by name, stop with
 `cumulo down`. The hosts get the notebook's environment (envsync, one venv per
 lock, reused), and the link is mutual TLS with certificates made for this
-cluster (tlscerts): the scheduler and workers' keys travel over SFTP into a
-mode-700 folder on each host, the client's stay here. The scheduler is started
+cluster (tlscerts): the scheduler and workers' keys travel over the SSH
+connection (an exec channel, no SFTP needed) into a mode-700 folder on each
+host, the client's stay here. The scheduler is started
 with ``--idle-timeout``, so a cluster nobody uses stops even if no cumulo
 process is left to reap it; the kernel lease and budget stop it through the
 lifecycle like any other.
@@ -33,7 +34,7 @@ from ...spec import ClusterSpec
 from ...tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls, remove_cluster_tls
 from ..base import Deployment, Provider, Say, shutdown_scheduler
 from . import environment, remote
-from .session import Session, open_session
+from .session import Session, open_session, open_sessions
 from .target import Host, parse_target
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class SSHProvider(Provider):
         sessions: list[Session] = []
         tls: ClusterTLS | None = None
         try:
-            sessions = list(await asyncio.gather(*(open_session(h) for h in hosts)))
+            sessions = await open_sessions(hosts)  # all or none: a host that fails closes the others
             python = str(config.get("ssh.python"))
             facts = list(await asyncio.gather(*(remote.probe(s, python) for s in sessions)))
             for s, f in zip(sessions, facts):  # recorded before anything runs there: stop() needs only this
