@@ -69,10 +69,12 @@ def test_budget_scale_to_zero_keeps_the_scheduler() -> None:
 def test_budget_warn_only() -> None:
     with dask.config.set({"cumulo.cost.rate-per-worker-hour": 3600.0, "cumulo.guards.budget-action": "warn",
                           "cumulo.guards.budget-warn-at": []}):
-        with pytest.warns(guards.BudgetWarning, match="action: warn"):
+        with pytest.warns(guards.BudgetWarning, match="action: warn") as caught:
             with cumulo.connect(workers=1, threads_per_worker=1, budget=1.0) as cluster:
                 wait_for(lambda: cluster.watchdog.tripped is not None, timeout=60, what="budget reached")
                 assert cluster.status == "running"
+    # the warning names cumulo's guard, not a line of cumulo's loop code that a user cannot act on
+    assert {w.filename for w in caught if w.category is guards.BudgetWarning} == {"cumulo budget guard"}
 
 
 def test_no_rate_means_no_budget_action() -> None:

@@ -194,3 +194,32 @@ def test_a_newer_schema_is_refused_naming_both_versions(registry_path: Path) -> 
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 3}")
     with pytest.raises(RegistryError, match=f"schema version {SCHEMA_VERSION + 3}.*version {SCHEMA_VERSION}"):
         Registry(registry_path)
+
+
+def _open_fresh(folder: str, rounds: int, barrier: multiprocessing.synchronize.Barrier,  # type: ignore[name-defined]
+                errors: multiprocessing.Queue, who: int) -> None:  # type: ignore[type-arg]
+    for i in range(rounds):
+        barrier.wait()  # all processes open the same fresh file at the same moment
+        try:
+            Registry(Path(folder) / f"fresh-{i}.db").create(f"p{who}-{i}", "local")
+        except Exception as exc:  # reported to the test, which fails on any
+            errors.put(f"round {i}, process {who}: {type(exc).__name__}: {exc}")
+
+
+def test_eight_processes_open_one_fresh_registry_at_once(tmp_path: Path) -> None:
+    """The first open (WAL switch, schema) of a fresh file by many processes together must not fail."""
+    ctx = multiprocessing.get_context("spawn")
+    n, rounds = 8, 20
+    barrier, errors = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_open_fresh, args=(str(tmp_path), rounds, barrier, errors, w)) for w in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(240)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert not failures, failures[:5]
+    assert all(p.exitcode == 0 for p in procs)
+    for i in range(rounds):
+        assert len(Registry(tmp_path / f"fresh-{i}.db").list()) == n

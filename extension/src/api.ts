@@ -122,7 +122,7 @@ export interface GatewayField {
   choices?: string[] | null;
 }
 
-/** `GET gateway-options?address=...`: a gateway's cluster options and the rate cumulo prices it at. */
+/** `POST gateway-options {address}`: the configured gateway's cluster options and the rate cumulo prices it at. */
 export interface GatewayOptions {
   /** The gateway as cumulo records it, e.g. "gateway://127.0.0.1:8000". */
   address: string;
@@ -204,8 +204,15 @@ export class RestAPI implements ComputeAPI {
     return this.request<Prices>('prices');
   }
 
+  /**
+   * A POST (with JupyterLab's XSRF token), because the server calls the gateway with its
+   * own credentials; it asks only the gateway of its `gateway.address` config.
+   */
   gatewayOptions(address: string): Promise<GatewayOptions> {
-    return this.request<GatewayOptions>(`gateway-options?address=${encodeURIComponent(address)}`);
+    return this.request<GatewayOptions>('gateway-options', {
+      method: 'POST',
+      body: JSON.stringify({ address })
+    });
   }
 
   private async request<T>(path: string, init: RequestInit = {}): Promise<T> {

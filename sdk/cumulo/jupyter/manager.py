@@ -361,20 +361,29 @@ class ClusterManager:
         return {"offers": rows, "providers": launchable}
 
     def gateway_options(self, address: str | None = None) -> dict[str, Any]:
-        """A dask-gateway's cluster options as form fields, for the New cluster form.
+        """The configured dask-gateway's cluster options as form fields, for the New cluster form.
 
         ``{"address", "fields": [{"name", "label", "kind", "default", "min", "max",
         "choices"}, ...], "rate_per_hour"}`` (see cumulo.providers.gateway.options.cluster_form);
         ``rate_per_hour`` is ``cumulo.gateway.rate-per-hour`` (None: no rate set), so the
-        form's estimate says what a launch there costs. ``address`` is a gateway:// or
-        gateway+https:// target, None for dask-gateway's ``gateway.address`` config. The
-        credentials are this server's (dask-gateway's ``gateway.auth.*`` config), never the
-        request's. Blocking (one request to the gateway): the handler runs it on a thread.
+        form's estimate says what a launch there costs. The server asks only the gateway of
+        its own dask-gateway ``gateway.address`` config, with its own credentials
+        (``gateway.auth.*``): ``address`` (gateway:// or gateway+https://, None for that one)
+        may only name it again, since a request must never make the server send its
+        credentials to a host the request chose (SpecError naming the configured one).
+        Blocking (one request to the gateway): the handler runs it on a thread.
         """
         from .. import config
         from ..providers.gateway.options import cluster_form
 
-        form = cluster_form(address)
+        configured = _configured_gateway()
+        if address and not _same_gateway(address, configured):
+            raise SpecError(
+                f"this server reads cluster options only from its own gateway, {configured}; {address} is not it "
+                "(the server's gateway credentials go nowhere else). To use another gateway, set gateway.address "
+                "in the dask config of the Jupyter server (e.g. DASK_GATEWAY__ADDRESS) and restart it, or call "
+                "cumulo.gateway_options(address) in a notebook")
+        form = cluster_form(configured)
         rate = config.get("gateway.rate-per-hour")
         form["rate_per_hour"] = None if rate is None else float(rate)
         return form
@@ -408,6 +417,30 @@ class ClusterManager:
         for provider, why in done.unchecked.items():
             log.debug("cumulo reaper: %s orphans not checked: %s", provider, why)
         return [*done.clusters, *done.orphans]
+
+
+def _configured_gateway() -> str:
+    """The server's own gateway (dask-gateway's ``gateway.address`` config) as cumulo writes it; SpecError if none."""
+    from ..providers.gateway import api
+
+    api.dask_gateway()  # MissingDependency naming the extra, before its config is read
+    try:
+        return api.target_from_dask_config().address
+    except SpecError:
+        raise SpecError("this server has no dask-gateway configured: set gateway.address in the dask config of "
+                        "the Jupyter server (e.g. DASK_GATEWAY__ADDRESS=https://gateway.example.org) and restart "
+                        "it; the server reads cluster options only from that gateway") from None
+
+
+def _same_gateway(address: str, configured: str) -> bool:
+    """Whether ``address`` names the ``configured`` gateway (scheme, host, port and path; host case ignored)."""
+    from urllib.parse import urlsplit
+
+    from ..providers.gateway import api
+
+    a, b = urlsplit(api.target_of(address).url), urlsplit(api.target_of(configured).url)
+    return (a.scheme, (a.hostname or "").lower(), a.port, a.path) == \
+        (b.scheme, (b.hostname or "").lower(), b.port, b.path)
 
 
 def _default_connect() -> Callable[..., Any]:
