@@ -36,6 +36,15 @@ def client():
             yield c
 
 
+@pytest.fixture(autouse=True)
+def both_workers(request):
+    """Some tests kill a rank's worker (its nanny restarts it): every test starts with both workers back,
+    instead of assuming they are (under load a restart takes seconds)."""
+    if "client" in request.fixturenames:
+        request.getfixturevalue("client").wait_for_workers(2, timeout=120)
+    yield
+
+
 def _synthetic(rows: int = 2048, features: int = 8, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(rows, features)).astype("float32")
