@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import platform
+import subprocess
+import sysconfig
 import warnings
+from pathlib import Path
 
 import pytest
+from distributed.versions import VersionMismatchWarning as DistributedVersionWarning
+from distributed.versions import error_message
 
 import cumulo
 from cumulo import envcheck
 from cumulo.envcheck import ClusterFacts, VersionMismatchWarning, mismatch_table, mismatches
 from cumulo.exceptions import VersionMismatch
+
+from .conftest import DaskProcesses, wait_for_workers
 
 
 def _side(dask: str = "2026.7.1", python: str = "3.11.7", cudf: str | None = None, gpus: int = 0) -> dict:
@@ -67,3 +76,82 @@ def test_backend_follows_gpu_workers() -> None:
     mixed = ClusterFacts(client=_side(), scheduler=_side(), workers={"w1": _side(cudf="26.10.2", gpus=1),
                                                                      "w2": _side()})
     assert mixed.backend == "pandas"
+
+
+# -- a python patch release is not a mismatch, in distributed's check either (issue 21) ------------
+
+
+def _distributed_warning(client: str, scheduler: str, workers: list[str], **others: tuple[str, str]) -> str:
+    """The text distributed's own check warns with, for these python versions (and other packages)."""
+    def side(python: str, which: int) -> dict:
+        return {"packages": {"python": f"{python}.final.0", "dask": "2026.7.1",
+                             **{k: v[which] for k, v in others.items()}}}
+    return error_message(side(scheduler, 1), {f"w{i}": side(w, 1) for i, w in enumerate(workers)},
+                         side(client, 0))["warning"]
+
+
+def _shown(text: str) -> bool:
+    with warnings.catch_warnings(record=True) as seen:
+        envcheck.quiet_patch_level_warnings()  # as connect() does before it connects
+        warnings.filterwarnings("always", append=True)  # after cumulo's filter, which stays first
+        warnings.warn(DistributedVersionWarning(text))
+    return bool(seen)
+
+
+def test_distributeds_table_of_a_python_patch_difference_alone_is_quiet() -> None:
+    here = platform.python_version_tuple()
+    same, other = f"{here[0]}.{here[1]}.2", f"{here[0]}.{here[1]}.7"
+    assert not _shown(_distributed_warning(other, same, [same]))
+    assert not _shown(_distributed_warning(other, same, [same, other]))  # workers on two patch releases
+    assert not _shown(_distributed_warning(other, same, []))  # no workers yet
+    # real mismatches still show: another minor release, or another package beside python
+    assert _shown(_distributed_warning(other, f"{here[0]}.{int(here[1]) + 1}.0", [same]))
+    assert _shown(_distributed_warning(other, same, [same], pandas=("3.0.6", "3.0.5")))
+
+
+def test_patch_differences_are_informational(caplog: pytest.LogCaptureFixture) -> None:
+    facts = ClusterFacts(client=_side(), scheduler=_side(python="3.11.2"), workers={"w": _side(python="3.11.2")})
+    assert envcheck.patch_differences(facts) == {"python": {"3.11.7": {"client"}, "3.11.2": {"scheduler", "worker w"}}}
+    caplog.set_level(logging.INFO, logger="cumulo.envcheck")
+    envcheck.check(facts, policy="raise")  # no VersionMismatch: a patch release round-trips
+    assert "python differs only at patch level" in caplog.text and "3.11.2" in caplog.text
+    minor = ClusterFacts(client=_side(), scheduler=_side(python="3.12.1"), workers={})
+    assert envcheck.patch_differences(minor) == {}
+    with pytest.raises(VersionMismatch, match="python"):
+        envcheck.check(minor, policy="raise")
+
+
+def test_a_cluster_on_another_patch_release_of_python_connects_quietly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A scheduler and worker on Debian's /usr/bin/python3 (3.11.2 here) with this environment's packages:
+    neither distributed's warning nor cumulo's gate, one INFO line."""
+    other = Path("/usr/bin/python3")
+    if not other.exists():
+        pytest.skip("needs a system Python beside this environment's")
+    probe = subprocess.run([str(other), "-c", "import platform; print(platform.python_version())"],
+                           capture_output=True, text=True, timeout=30)
+    version = probe.stdout.strip()
+    here = platform.python_version_tuple()[:2]
+    if version == platform.python_version() or tuple(version.split(".")[:2]) != here:
+        pytest.skip(f"needs another patch release of Python {platform.python_version()}, found {version or 'none'}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    dask = bin_dir / "dask"  # that interpreter running this environment's dask (same ABI: same minor release)
+    dask.write_text(f'#!/bin/sh\nPYTHONPATH="{sysconfig.get_paths()["purelib"]}" exec {other} -m dask "$@"\n')
+    dask.chmod(0o755)
+    procs = DaskProcesses(tmp_path, workers=1, bin_dir=bin_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DistributedVersionWarning)  # conftest's own client, not cumulo's
+            wait_for_workers(procs.address, 1)
+        caplog.set_level(logging.INFO, logger="cumulo.envcheck")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.filterwarnings("always", append=True)
+            with cumulo.connect(procs.address, name="patch") as cluster:
+                assert cluster.facts is not None
+                assert {w["versions"]["python"] for w in cluster.facts.workers.values()} == {version}
+                assert cluster.client.submit(sum, [1, 2]).result() == 3
+        assert [str(w.message) for w in seen if "Mismatched versions" in str(w.message)] == []
+        assert "python differs only at patch level" in caplog.text and version in caplog.text
+    finally:
+        procs.stop()

@@ -388,6 +388,7 @@ class Cluster(SyncMethodMixin):
 
     async def _connect_client(self, address: str, security: Security | None) -> None:
         timeout = parse_timedelta(config.get("connect.timeout"))
+        envcheck.quiet_patch_level_warnings()  # python 3.11.7 against 3.11.2 is not a mismatch
         try:
             self.client = await asyncio.wait_for(
                 Client(address, security=security, asynchronous=True, timeout=timeout,

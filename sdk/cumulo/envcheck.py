@@ -6,22 +6,35 @@ every side once on connect (see _probe.py), derives the cluster's GPU shape
 and dataframe backend from it, and reports mismatches as a small table saying
 which side runs which version. ``cumulo.connect.version-check`` chooses raise
 (the default: a gate before any user work), warn or ignore.
+
+Python is compared by major.minor: 3.11.7 against 3.11.2 round-trips, so a patch-level
+difference is informational (a log line at INFO, :func:`patch_differences`), never a gate. distributed
+makes its own check on every client connection and warns about any difference, patch level
+included, as a table; before connecting, cumulo adds a warnings filter for exactly the table whose
+only row is python at this interpreter's major.minor (:func:`quiet_patch_level_warnings`), so
+such a pair is quiet while every other table (and cumulo's own gate) still shows.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
 from distributed import Client
+from distributed.versions import VersionMismatchWarning as DistributedVersionWarning
 
 from . import _probe, config
 from .exceptions import VersionMismatch
 
-__all__ = ["ClusterFacts", "VersionMismatchWarning", "gather", "mismatches", "mismatch_table"]
+__all__ = ["ClusterFacts", "VersionMismatchWarning", "gather", "mismatch_table", "mismatches",
+           "patch_differences", "patch_only_pattern", "quiet_patch_level_warnings"]
 
+logger = logging.getLogger(__name__)
 cloudpickle.register_pickle_by_value(_probe)
 
 #: Packages that must be the same on every side (python compared as major.minor): those that decide
@@ -32,6 +45,30 @@ MUST_MATCH = ("python", "dask", "distributed", "cloudpickle", "msgpack", "numpy"
 
 def _extra() -> tuple[str, ...]:
     return tuple(str(p) for p in config.get("connect.version-packages", None) or ())
+
+
+def patch_only_pattern(major: int = sys.version_info.major, minor: int = sys.version_info.minor) -> str:
+    """The regular expression of distributed's version warning when python differs only at patch level.
+
+    distributed.versions.error_message writes 'Mismatched versions found' and an ascii table
+    (Package, the connecting side, Scheduler, Workers); python versions are written as
+    '3.11.7.final.0', several workers' as a set, no workers as None. This matches only a table
+    whose single row is python with every version at ``major.minor``.
+    """
+    version = rf"{major}\.{minor}\.\d+\.\w+\.\d+"
+    cell = rf"(?:{version}|None|\{{'{version}'(?:, '{version}')*\}})"
+    bar = r"\+[-+]+\+"
+    return (rf"Mismatched versions found\n\n{bar}\n\| Package +\|[^\n]*\n{bar}\n"
+            rf"\| python +\| {cell} +\| {cell} +\| {cell} +\|\n{bar}\Z")
+
+
+def quiet_patch_level_warnings() -> None:
+    """Ignore distributed's version warning when its only row is a python patch-level difference.
+
+    Called before each connection (a filter added once could be dropped by a caller's
+    ``warnings.catch_warnings()`` block); adding it again only moves it to the front.
+    """
+    warnings.filterwarnings("ignore", message=patch_only_pattern(), category=DistributedVersionWarning)
 
 
 class VersionMismatchWarning(UserWarning):
@@ -99,6 +136,20 @@ def mismatches(facts: ClusterFacts) -> dict[str, dict[str, set[str]]]:
     return out
 
 
+def patch_differences(facts: ClusterFacts) -> dict[str, dict[str, set[str]]]:
+    """Packages compared loosely (python, by major.minor) whose full versions differ: informational only."""
+    sides = {"client": facts.client, "scheduler": facts.scheduler}
+    sides.update({f"worker {addr}": info for addr, info in facts.workers.items()})
+    seen: dict[str, set[str]] = {}
+    for side, info in sides.items():
+        version = info["versions"].get("python")
+        if version is not None:
+            seen.setdefault(str(version), set()).add(side)
+    if len(seen) > 1 and len({_comparable("python", v) for v in seen}) == 1:
+        return {"python": seen}
+    return {}
+
+
 def mismatch_table(found: dict[str, dict[str, set[str]]]) -> str:
     """A plain-text table: package, version, which sides run it (workers counted)."""
     lines = [f"{'package':<12} {'version':<16} where"]
@@ -115,6 +166,10 @@ def mismatch_table(found: dict[str, dict[str, set[str]]]) -> str:
 def check(facts: ClusterFacts, *, policy: str | None = None) -> None:
     """Warn or raise per ``cumulo.connect.version-check`` when versions differ."""
     policy = policy or config.get("connect.version-check", "raise")
+    patch = patch_differences(facts)
+    if patch:
+        logger.info("cumulo: python differs only at patch level, which round-trips (not a mismatch):\n%s",
+                    mismatch_table(patch))
     found = mismatches(facts)
     if not found or policy == "ignore":
         return
