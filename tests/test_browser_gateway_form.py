@@ -34,6 +34,7 @@ def server_gateway(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     for name, value in (("TYPE", "basic"), ("KWARGS__USERNAME", USER), ("KWARGS__PASSWORD", PASSWORD)):
         monkeypatch.setenv(f"DASK_GATEWAY__AUTH__{name}", value)
     monkeypatch.setenv("DASK_CUMULO__GATEWAY__RATE_PER_HOUR", "1.25")
+    monkeypatch.setenv("DASK_GATEWAY__ADDRESS", gateway.url)  # the only gateway the server reads options from
     try:
         yield gateway
     finally:

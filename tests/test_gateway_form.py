@@ -2,18 +2,27 @@
 
 Against the real dask-gateway-server of tests/test_gateway.py (UnsafeLocalBackend,
 SimpleAuthenticator with a password, options worker_cores 1..2 and queue):
-``GET cumulo/gateway-options`` through a real Jupyter server (pytest-jupyter's
+``POST cumulo/gateway-options`` through a real Jupyter server (pytest-jupyter's
 jp_fetch), its errors (a wrong password, nothing listening, a gateway that never
 answers while the server keeps serving, malformed and insecure addresses), and a
 launch through the ClusterManager with provider gateway and the form's options.
+
+The server asks only the gateway of its own ``gateway.address`` config: a fake
+gateway on loopback that records every request's Authorization header shows that
+another address, a GET (no XSRF check in jupyter_server) and a cookie-only POST
+without the XSRF token never reach it, and that the configured one does get the
+credentials (so the fake would have seen them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.server
 import json
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,13 +82,26 @@ def auth() -> Iterator[str]:
         yield PASSWORD
 
 
+def configured(address: str) -> Any:
+    """The server's own gateway (dask-gateway's ``gateway.address`` config), as an admin would set it."""
+    scheme, _, rest = address.partition("://")
+    return dask.config.set({"gateway.address": ("https" if scheme == "gateway+https" else "http") + "://" + rest})
+
+
+async def options(jp_fetch: Any, address: str | None = None) -> tuple[int, Any]:
+    """(status, JSON) of ``POST cumulo/gateway-options`` as the sidebar sends it."""
+    return await call(jp_fetch, "POST", "cumulo/gateway-options", {} if address is None else {"address": address})
+
+
 @on_server_loop
 async def test_the_endpoint_returns_the_gateways_fields_and_rate(jp_fetch: Any, gateway: Any, auth: str) -> None:
-    status, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=gateway.address)
-    assert status == 200, data
-    assert data == {"address": gateway.address, "fields": SCHEMA, "rate_per_hour": None}
-    with dask.config.set({"cumulo.gateway.rate-per-hour": 1.25}):
-        status, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=gateway.address + "/")
+    with configured(gateway.address):
+        status, data = await options(jp_fetch, gateway.address)
+        assert status == 200, data
+        assert data == {"address": gateway.address, "fields": SCHEMA, "rate_per_hour": None}
+        assert await options(jp_fetch) == (200, data)  # no address: the configured gateway
+        with dask.config.set({"cumulo.gateway.rate-per-hour": 1.25}):
+            status, data = await options(jp_fetch, gateway.address + "/")
     assert (status, data["address"], data["rate_per_hour"]) == (200, gateway.address, 1.25)
 
 
@@ -88,9 +110,9 @@ async def test_a_wrong_password_is_a_clean_credentials_error(jp_fetch: Any, gate
     from .test_gateway import PASSWORD, USER
 
     wrong = "wrong-" + secrets.token_hex(6)
-    with dask.config.set(_auth(wrong)):
-        response = await jp_fetch("cumulo", "gateway-options", params={"address": gateway.address},
-                                  raise_error=False)
+    with dask.config.set(_auth(wrong)), configured(gateway.address):
+        response = await jp_fetch("cumulo", "gateway-options", method="POST",
+                                  body=json.dumps({"address": gateway.address}), raise_error=False)
     text = response.body.decode()
     data = json.loads(text)
     assert response.code == 424 and data["error"] == "CredentialsError", data
@@ -102,7 +124,8 @@ async def test_a_wrong_password_is_a_clean_credentials_error(jp_fetch: Any, gate
 @on_server_loop
 async def test_nothing_listening_is_a_clean_connect_error(jp_fetch: Any, auth: str) -> None:
     address = f"gateway://127.0.0.1:{free_port()}"
-    status, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=address)
+    with configured(address):
+        status, data = await options(jp_fetch, address)
     assert status == 502 and data["error"] == "ConnectError", data
     assert f"cannot reach the dask-gateway at {address}" in data["message"]
     assert auth not in json.dumps(data)
@@ -115,9 +138,9 @@ async def test_a_gateway_that_never_answers_does_not_block_the_server(jp_fetch: 
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         address = f"gateway://127.0.0.1:{silent.getsockname()[1]}"
-        with dask.config.set({"cumulo.gateway.timeout": "3s"}):
+        with dask.config.set({"cumulo.gateway.timeout": "3s"}), configured(address):
             started = time.monotonic()
-            slow = asyncio.ensure_future(call(jp_fetch, "GET", "cumulo/gateway-options", address=address))
+            slow = asyncio.ensure_future(options(jp_fetch, address))
             await asyncio.sleep(0.3)
             status, listing = await call(jp_fetch, "GET", "cumulo/clusters")
             listed_after = time.monotonic() - started
@@ -130,18 +153,21 @@ async def test_a_gateway_that_never_answers_does_not_block_the_server(jp_fetch: 
 
 
 @pytest.mark.parametrize(
-    ("address", "status", "words"),
+    ("server_gateway", "address", "status", "words"),
     [
-        ("http://127.0.0.1:8000", 400, "not a gateway address"),
-        ("gateway://127.0.0.1:notaport", 400, "no valid port"),
-        ("gateway://10.0.0.9:8000", 400, "plain http"),  # refused before any traffic: InsecureAddress
-        ("", 400, "needs an address"),  # and no gateway.address in the server's dask config
+        ("gateway://127.0.0.1:1", "http://127.0.0.1:8000", 400, "not a gateway address"),
+        ("gateway://127.0.0.1:1", "gateway://127.0.0.1:notaport", 400, "no valid port"),
+        ("gateway://10.0.0.9:8000", "", 400, "plain http"),  # refused before any traffic: InsecureAddress
+        (None, "", 400, "has no dask-gateway configured"),
+        (None, "gateway://127.0.0.1:1", 400, "has no dask-gateway configured"),
+        ("gateway://127.0.0.1:1", "gateway://127.0.0.1:2", 400, "only from its own gateway, gateway://127.0.0.1:1"),
     ],
 )
 @on_server_loop
-async def test_bad_addresses_are_400s(jp_fetch: Any, auth: str, address: str, status: int, words: str) -> None:
-    with dask.config.set({"gateway.address": None}):
-        got, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=address)
+async def test_bad_addresses_are_400s(jp_fetch: Any, auth: str, server_gateway: str | None, address: str,
+                                      status: int, words: str) -> None:
+    with configured(server_gateway) if server_gateway else dask.config.set({"gateway.address": None}):
+        got, data = await options(jp_fetch, address)
     assert got == status, data
     assert words in data["message"]
 
@@ -149,9 +175,108 @@ async def test_bad_addresses_are_400s(jp_fetch: Any, auth: str, address: str, st
 @on_server_loop
 async def test_credentials_in_the_address_are_refused_and_not_echoed(jp_fetch: Any, auth: str) -> None:
     secret = "s3cr3t-" + secrets.token_hex(4)
-    got, data = await call(jp_fetch, "GET", "cumulo/gateway-options", address=f"gateway://bob:{secret}@127.0.0.1:1")
+    with configured("gateway://127.0.0.1:1"):
+        got, data = await options(jp_fetch, f"gateway://bob:{secret}@127.0.0.1:1")
     assert got == 400 and "must not carry a user name or password" in data["message"]
     assert secret not in json.dumps(data)
+
+
+class FakeGateway:
+    """An HTTP server on loopback that answers like a dask-gateway's options API and records every request's
+    Authorization header: 401 without one (dask-gateway's client then sends its credentials), options with one."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []  # (method, path, Authorization)
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                auth = self.headers.get("Authorization")
+                fake.seen.append(("GET", self.path, auth))
+                body = json.dumps({"cluster_options": []}).encode()
+                self.send_response(200 if auth else 401)
+                if not auth:
+                    self.send_header("WWW-Authenticate", 'Basic realm="gateway"')
+                    body = b"{}"
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"gateway://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-gateway", daemon=True)
+        self.thread.start()
+
+    def passwords(self) -> list[str]:
+        """The passwords that reached this server, decoded from Basic Authorization headers."""
+        return [base64.b64decode(a.split()[1]).decode().split(":", 1)[1] for _, _, a in self.seen
+                if a and a.startswith("Basic ")]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def fakes() -> Iterator[tuple[FakeGateway, FakeGateway]]:
+    """(the server's configured gateway, an attacker's host), both recording what reaches them."""
+    own, attacker = FakeGateway(), FakeGateway()
+    try:
+        with configured(own.address):
+            yield own, attacker
+    finally:
+        own.close()
+        attacker.close()
+
+
+@on_server_loop
+async def test_another_address_never_reaches_the_network_nor_gets_the_credentials(
+        jp_fetch: Any, auth: str, fakes: tuple[FakeGateway, FakeGateway]) -> None:
+    own, attacker = fakes
+    status, data = await options(jp_fetch, attacker.address)
+    assert status == 400 and data["error"] == "SpecError" and own.address in data["message"], data
+    # the old route, a GET anyone's page can make the browser send, is gone
+    response = await jp_fetch("cumulo", "gateway-options", params={"address": attacker.address}, raise_error=False)
+    assert response.code == 405
+    await asyncio.sleep(0.2)
+    assert attacker.seen == []
+    # the configured gateway does get the server's credentials: the fake would have recorded them
+    status, data = await options(jp_fetch)
+    assert (status, data["address"], data["fields"]) == (200, own.address, []), data
+    assert own.passwords() == [auth]
+    assert attacker.seen == []
+
+
+@on_server_loop
+async def test_a_browser_session_needs_the_xsrf_token(
+        jp_serverapp: Any, http_server_client: Any, jp_base_url: str, jp_auth_header: dict[str, str], auth: str,
+        fakes: tuple[FakeGateway, FakeGateway]) -> None:
+    """With only the login cookie (what a cross-site page makes the browser send), nothing is called."""
+    own, _ = fakes
+    token = jp_auth_header["Authorization"].split()[-1]
+    login = await http_server_client.fetch(f"{jp_base_url}api/status?token={token}")
+    cookie = "; ".join(c.split(";")[0] for c in login.headers.get_list("Set-Cookie"))
+    assert "username-" in cookie, cookie
+    url = f"{jp_base_url}cumulo/gateway-options"
+    for method, body in (("GET", None), ("POST", "{}")):
+        response = await http_server_client.fetch(url, method=method, body=body, headers={"Cookie": cookie},
+                                                  raise_error=False)
+        assert response.code in (403, 405), (method, response.code)
+    await asyncio.sleep(0.2)
+    assert own.seen == []
+    # the same session with the XSRF token (JupyterLab sends it from the _xsrf cookie) is served
+    xsrf = secrets.token_hex(8)
+    response = await http_server_client.fetch(url, method="POST", body="{}", raise_error=False,
+                                              headers={"Cookie": f"{cookie}; _xsrf={xsrf}", "X-XSRFToken": xsrf})
+    assert response.code == 200, response.body
+    assert own.passwords() == [auth]
 
 
 def test_every_kind_of_dask_gateway_field_becomes_plain_data() -> None:
@@ -205,7 +330,8 @@ def test_a_launch_from_the_server_starts_the_gateway_cluster_with_the_forms_opti
         gateway: Any, auth: str, registry: Registry, registry_path: Path) -> None:
     manager = ClusterManager(registry)
     try:
-        form = manager.gateway_options(gateway.address)
+        with configured(gateway.address):
+            form = manager.gateway_options()
         options = {f["name"]: f["default"] for f in form["fields"]} | {"worker_cores": 2}
         card = manager.launch({"provider": "gateway", "address": form["address"], "name": "form-gw", "workers": 1,
                                "options": options})

@@ -32,7 +32,7 @@ ROUTES = [
     ("DELETE", "cumulo/clusters/etl"),
     ("GET", "cumulo/clusters/etl/usage"),
     ("GET", "cumulo/prices"),
-    ("GET", "cumulo/gateway-options?address=gateway://127.0.0.1:1"),
+    ("POST", "cumulo/gateway-options"),
 ]
 
 

@@ -6,11 +6,15 @@
     DELETE clusters/<name>          stop a cluster, whoever started it
     GET    clusters/<name>/usage    one cluster's row, events and ledger
     GET    prices                   GPU offers of the price catalog (?gpu=&provider=)
-    GET    gateway-options          a dask-gateway's cluster options as form fields (?address=gateway://...)
+    POST   gateway-options          the configured dask-gateway's cluster options as form fields
+                                    ({"address": "gateway://..."} optional, and only that gateway)
 
 Each handler is thin: parse, call the ClusterManager (on a thread when it may
 block), write JSON. Every verb is authenticated and authorised with
 jupyter_server's decorators; POST and DELETE are subject to its XSRF check.
+A route that makes the server contact something on the user's behalf is a POST,
+never a GET: jupyter_server checks no XSRF token on a GET, so any page the user
+visits could make it (an ``<img>`` sends the login cookie).
 cumulo's errors become HTTP statuses in one table (:data:`HTTP_STATUS`); any
 other exception is a bug and is left to jupyter_server's 500 page.
 """
@@ -198,19 +202,26 @@ class PricesHandler(CumuloHandler):
 
 
 class GatewayOptionsHandler(CumuloHandler):
-    """GET ?address=gateway://host:port: a dask-gateway's cluster options, for the New cluster form.
+    """POST {"address"?}: the server's configured dask-gateway's cluster options, for the New cluster form.
 
-    The gateway is asked with the server's own credentials (dask-gateway's
-    ``gateway.auth.*`` config); nothing in the request is used as a credential.
-    Refused credentials are a CredentialsError (424), a gateway that does not answer
-    a ConnectError (502), a malformed or insecure address a SpecError (400).
+    A POST, so that jupyter_server's XSRF check applies: reading the options makes the
+    server call the gateway with its own credentials (dask-gateway's ``gateway.auth.*``
+    config), which a cross-site GET must never trigger. Only the gateway of the server's
+    ``gateway.address`` config is asked; an ``address`` naming any other is refused
+    (400) before any traffic, and nothing in the request is used as a credential.
+    Refused credentials are a CredentialsError (424), a gateway that does not answer a
+    ConnectError (502), a malformed or insecure address a SpecError (400).
     """
 
     @tornado.web.authenticated
     @authorized
-    async def get(self) -> None:
-        address = (self.get_query_argument("address", "") or "").strip() or None
-        self.reply(await self.call(self.manager.gateway_options, address, blocking=True))
+    async def post(self) -> None:
+        body = self.body_json()
+        address = body.get("address") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not isinstance(address, (str, type(None))):
+            raise Refused(400, 'gateway-options takes {"address": "gateway://host:port"} (or no address)',
+                          "SpecError")
+        self.reply(await self.call(self.manager.gateway_options, (address or "").strip() or None, blocking=True))
 
 
 def make_handlers(base_url: str) -> list[tuple[str, type[CumuloHandler]]]:
