@@ -8,11 +8,15 @@ end, test runners, build tools: ``cumulo.env.exclude``), with everything they
 require, pinned at the installed version. Distributions installed from a local
 folder or file (editable ones, cumulo itself during development) cannot be
 fetched by a host, so they are built into wheels here (:func:`build_wheels`)
-and shipped over the provider's authenticated channel, never a public URL.
+and shipped over the provider's authenticated channel, never a public URL. Such
+a wheel leaves out what git ignores (a ``.env``, keys) and is scanned for secrets
+before it is sent (:mod:`.shipcheck`).
 
 The lock's :attr:`Lock.digest` names the environment: a host keeps one venv per
 digest and reuses it when the lock matches. :func:`install_script` is the shell
-a host runs to build that venv; it is transport-neutral (SSH runs it today).
+a host runs to build that venv, private to its user and removed again when its build
+fails; it is transport-neutral (SSH runs it today). Resolving a lock here
+(:func:`check_resolvable`) never builds a source distribution.
 Nothing here holds secrets: index URLs with credentials stay in the host's own
 uv configuration.
 """

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
+import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from ..exceptions import EnvironmentSyncError
-from .lock import Lock
+from .lock import Local, Lock
+from .shipcheck import refuse_secrets, shippable_tree
 
 __all__ = ["build_wheels", "client_platform", "ship_wheels", "uv_binary", "uv_path"]
 
@@ -28,19 +32,35 @@ def _wheel_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _build_env(dist: Local, tree: Path, src: Path) -> dict[str, str] | None:
+    """A copy has no .git: a version the build would read from git is the one installed here."""
+    if tree == src:
+        return None
+    upper = re.sub(r"[^A-Za-z0-9]+", "_", dist.name).upper()
+    return {**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION": dist.version,
+            f"SETUPTOOLS_SCM_PRETEND_VERSION_FOR_{upper}": dist.version, "PDM_BUILD_SCM_VERSION": dist.version}
+
+
 def build_wheels(lock: Lock, out: Path) -> list[Path]:
-    """Build every local distribution of ``lock`` into a wheel under ``out`` (uv build, else pip wheel)."""
+    """Build every local distribution of ``lock`` into a wheel under ``out`` (uv build, else pip wheel).
+
+    Inside a git work tree a package is built from a copy without what git ignores, and every
+    wheel is scanned for secrets before anything is sent (:mod:`.shipcheck`)."""
     out.mkdir(parents=True, exist_ok=True)
     wheels: list[Path] = []
+    named: list[tuple[str, Path]] = []
     for dist in lock.local:
         src = Path(dist.source)
         if src.is_file() and src.suffix == ".whl":
             wheels.append(src)
+            named.append((dist.name, src))
         elif src.is_dir():
             before = set(out.glob("*.whl"))
-            cmd = ([uv_path(), "build", "--wheel", "--out-dir", str(out), str(src)] if uv_path()
-                   else [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(src)])
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            with tempfile.TemporaryDirectory(prefix="cumulo-src-") as tmp:
+                tree = shippable_tree(src, Path(tmp) / src.name, name=dist.name)
+                cmd = ([uv_path(), "build", "--wheel", "--out-dir", str(out), str(tree)] if uv_path()
+                       else [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(tree)])
+                done = subprocess.run(cmd, capture_output=True, text=True, env=_build_env(dist, tree, src))
             made = sorted(set(out.glob("*.whl")) - before)
             if done.returncode != 0 or not made:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
@@ -48,10 +68,12 @@ def build_wheels(lock: Lock, out: Path) -> list[Path]:
                     f"could not build local package {dist.name} from {src} into a wheel for the workers:\n  "
                     + "\n  ".join(tail) + "\nFix its build, or install it from an index and reconnect")
             wheels.extend(made)
+            named += [(dist.name, w) for w in made]
         else:
             raise EnvironmentSyncError(
                 f"local package {dist.name} was installed from {src}, which no longer exists; reinstall it "
                 "(pip install -e PATH) or leave it out with cumulo.env.exclude")
+    refuse_secrets(named)
     lock.wheel_digests = {w.name: _wheel_digest(w) for w in wheels}
     return wheels
 
