@@ -2,6 +2,13 @@
 
 :func:`notebook_clusters` finds which clusters a notebook used (see :mod:`cumulo.share`);
 :func:`from_notebook` and :func:`merge_spec_from` (``connect(spec_from=...)``) read them back.
+
+A shared notebook comes from someone else, so what it asks the workers to install is taken
+only as far as the recipient allows (``cumulo.share.allow-requirements``, :data:`ALLOW_REQUIREMENTS`):
+by default ``name==version`` pins from the package index only. A direct URL, path or VCS
+requirement would run its author's build code on the recipient's machine and workers; a
+requirements file names a file on the author's machine; index URLs and find-links are never
+taken from a notebook at all (they come from the recipient's own config).
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..exceptions import SpecError
+from ..exceptions import ConfigError, SpecError
 from .lines import estimate_line, last_run_line
 from .notebook import _read
 
@@ -24,10 +31,12 @@ if TYPE_CHECKING:
     from ..spec import ClusterSpec
 
 __all__ = [
+    "ALLOW_REQUIREMENTS",
     "HARDWARE_FIELDS",
     "METADATA_KEY",
     "METADATA_VERSION",
     "SPEC_FIELDS",
+    "carried_environment",
     "cluster_entry",
     "from_notebook",
     "merge_spec_from",
@@ -44,6 +53,12 @@ SPEC_FIELDS = ("provider", "workers", "threads_per_worker", "memory_limit", "gpu
                "instance_type", "region", "spot", "budget", "idle_timeout", "image", "environment")
 #: Spec fields that describe one provider's hardware: dropped when a spec is used with another provider.
 HARDWARE_FIELDS = ("gpu", "gpus_per_worker", "instance_type", "region", "spot", "image")
+#: What ``cumulo.share.allow-requirements`` may be, narrowest first: what a notebook's ``environment`` may hold.
+ALLOW_REQUIREMENTS = {
+    "pinned": "name==version pins from your package index",
+    "index": "any requirement resolved from your package index (version ranges, unpinned names)",
+    "any": "also direct URL, path and VCS requirements (their build code runs where they are resolved)",
+}
 
 
 _NAME = r"[a-z0-9][a-z0-9_.\-]{0,62}"
@@ -223,6 +238,103 @@ def _entry(meta: dict[str, Any] | None, path: Path, cluster: str | int | None) -
     raise SpecError(f"{path.name} has no cluster named {cluster!r}; it has: {names}")
 
 
+def _allowed() -> str:
+    """The recipient's ``cumulo.share.allow-requirements`` (read here: connect() validates config later)."""
+    from .. import config
+
+    level = config.get("share.allow-requirements")
+    if level not in ALLOW_REQUIREMENTS:
+        raise ConfigError(f"cumulo.share.allow-requirements={level!r}: use one of {', '.join(ALLOW_REQUIREMENTS)}")
+    return str(level)
+
+
+def _why_not(entry: str, level: str) -> tuple[str, str | None] | None:
+    """Why a notebook's requirement is not taken at ``level``, and the level that would take it (None: taken)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    text = entry.strip()
+    if text.startswith("-"):
+        return "an installer option: index URLs, find-links and other options never come from a notebook", None
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        return "not a requirement", None
+    if req.url:
+        if level == "any":
+            return None
+        return "a direct URL, path or VCS requirement: its build code would run on your machine and workers", "any"
+    pins = list(req.specifier)
+    if level != "pinned" or (len(pins) == 1 and pins[0].operator == "==" and "*" not in pins[0].version):
+        return None
+    return "not pinned to one version (name==version)", "index"
+
+
+def carried_environment(environment: Any, source: str) -> str | list[str] | None:
+    """A notebook's ``environment`` as the recipient allows it (``cumulo.share.allow-requirements``).
+
+    'sync', 'none' and None pass (they name the recipient's own packages or none); a list passes
+    when every entry is allowed (by default: ``name==version`` pins only); a requirements file
+    path never does (it names a file on the author's machine). SpecError names each entry that
+    is not taken and says how to go on, before anything is resolved, built or started."""
+    if environment is None or environment in ("sync", "none"):
+        return None if environment is None else str(environment)
+    level = _allowed()
+    yourself = "pass environment= yourself, e.g. environment='sync' (your own packages) or ['polars==1.20', ...]"
+    if isinstance(environment, str):
+        raise SpecError(f"{source} names a requirements file for the workers ({environment!r}), a file on its "
+                        f"author's machine that a shared notebook cannot bring: {yourself}")
+    if not isinstance(environment, (list, tuple)):
+        raise SpecError(f"{source} carries environment={environment!r}, which is not 'sync', 'none' or a list of "
+                        f"requirements: {yourself}")
+    refused = []
+    wider = set()
+    for entry in environment:
+        why = _why_not(str(entry), level)
+        if why is not None:
+            refused.append(f"  {str(entry)!r}: {why[0]}")
+            wider.add(why[1])
+    if not refused:
+        return [str(e) for e in environment]
+    allow = ""
+    if None not in wider:
+        need = "any" if "any" in wider else "index"
+        allow = (f", or, if you trust its author, allow {ALLOW_REQUIREMENTS[need]} with "
+                 f"dask.config.set({{'cumulo.share.allow-requirements': {need!r}}})")
+    raise SpecError(
+        f"{source} asks the workers to install what a shared notebook may not bring (cumulo.share.allow-requirements "
+        f"is {level!r}: {ALLOW_REQUIREMENTS[level]}):\n" + "\n".join(refused) + "\nNothing was resolved or "
+        f"started. Pass environment= yourself (e.g. environment='sync' for your own packages){allow}")
+
+
+def _field(key: str, value: Any) -> str:
+    """One spec field as people read it: 'budget $5.00', 'idle timeout 600 s', 'workers=4'."""
+    if key == "budget" and isinstance(value, (int, float)):
+        return f"budget ${value:,.2f}"
+    if key == "idle_timeout" and isinstance(value, (int, float)):
+        return f"idle timeout {value:g} s"
+    return f"{key}={value!r}"
+
+
+def _carried_lines(name: str, spec: dict[str, Any], mine: dict[str, Any]) -> list[str]:
+    """What connect(spec_from=...) takes from a notebook (and what the caller's arguments replace), environment
+    included, shown before anything launches."""
+    taken = {k: spec[k] for k in SPEC_FIELDS if k in spec and k != "environment"}
+    line = f"cumulo: {name}: from the notebook: " + (", ".join(_field(k, v) for k, v in taken.items()) or "nothing")
+    yours = {k: v for k, v in mine.items() if k in taken}
+    if yours:
+        line += "; yours instead: " + ", ".join(_field(k, v) for k, v in yours.items())
+    lines = [line]
+    env = spec.get("environment")
+    if "environment" in mine and env is not None:
+        lines.append(f"cumulo: {name}: the workers' environment: yours ({mine['environment']!r}), not the notebook's")
+    elif isinstance(env, list):
+        lines.append(f"cumulo: {name}: the workers' environment from the notebook: {len(env)} requirement(s): "
+                     + (", ".join(env) or "none"))
+    elif env is not None:
+        lines.append(f"cumulo: {name}: the workers' environment from the notebook: {env!r}")
+    return lines
+
+
 def from_notebook(path: str | os.PathLike[str], *, cluster: str | int | None = None) -> ClusterSpec:
     """The cluster spec a shared (or ``cumulo run``) notebook carries, as a validated ClusterSpec.
 
@@ -234,6 +346,8 @@ def from_notebook(path: str | os.PathLike[str], *, cluster: str | int | None = N
     p = Path(path).expanduser()
     entry = _entry(_read(p).metadata.get(METADATA_KEY), p, cluster)
     spec = {k: v for k, v in dict(entry.get("spec") or {}).items() if k in SPEC_FIELDS}
+    if "environment" in spec:
+        spec["environment"] = carried_environment(spec["environment"], p.name)
     return ClusterSpec.from_dict(spec)
 
 
@@ -243,14 +357,19 @@ def merge_spec_from(spec_from: str | os.PathLike[str], target: str | None, spec_
 
     The notebook gives the provider (when ``target`` is None) and every spec field the caller did
     not pass. With another provider than the notebook's, its hardware fields (gpu, instance
-    type, region, ...) are dropped. Before returning, ``say`` gets the last-run line and the
-    current estimate, so a paid launch shows both before anything starts.
+    type, region, ...) are dropped. The notebook's ``environment`` is taken only as the
+    recipient allows (:func:`carried_environment`; not checked when the caller passes its own).
+    Before returning, ``say`` gets the last-run line, the current estimate and every field
+    taken from the notebook (environment included), so a launch shows all of it before anything starts.
     """
     p = Path(spec_from).expanduser()
     meta = _read(p).metadata.get(METADATA_KEY)
     entry = _entry(meta, p, None)
     spec = {k: v for k, v in dict(entry.get("spec") or {}).items() if k in SPEC_FIELDS}
+    if "environment" in spec and "environment" not in spec_fields:
+        spec["environment"] = carried_environment(spec["environment"], p.name)
     provider = spec.pop("provider", "local")
+    taken = {"provider": provider} if target is None else {}
     if target is None:
         if provider == "address":
             raise SpecError(
@@ -268,4 +387,6 @@ def merge_spec_from(spec_from: str | os.PathLike[str], target: str | None, spec_
     if line:
         say(f"cumulo: {p.name}: {line}")
     say(f"cumulo: {p.name}: {estimate_line(meta, {**entry, 'spec': {**merged, 'provider': target}})}")
+    for carried in _carried_lines(p.name, {**taken, **spec}, spec_fields):
+        say(carried)
     return target, merged
