@@ -1,7 +1,9 @@
 """The notebook gallery: every notebook has a script, a README entry and a test that executes it.
 
-The dataframes and cost-control notebooks run here through `cumulo run` (which fails on the first
-cell that raises); quickstart, training and lambda_cloud run in their own test files, named below.
+The dataframes, cost-control and team notebooks run here through `cumulo run` (which fails on the
+first cell that raises); quickstart, training and lambda_cloud run in their own test files, named below.
+The team notebook runs against a real OpenSSH server on loopback (tests/sshd.py, as root) and a real
+dask-gateway-server (tests/test_gateway.py), given to it as parameters.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -29,6 +33,7 @@ EXECUTED_BY = {
     "cost_control": "tests/test_gallery.py::test_cost_control_notebook_runs",
     "training": "tests/test_train.py::test_training_notebook_executes",
     "lambda_cloud": "tests/test_lambda_notebook.py::test_notebook_against_the_emulator",
+    "team": "tests/test_gallery.py::test_team_notebook_runs_on_hosts_and_a_gateway",
 }
 
 
@@ -53,7 +58,7 @@ def test_every_notebook_has_a_script_a_readme_entry_and_a_test() -> None:
         for cell in nb.cells:  # shipped clean: no outputs, nothing that looks like a secret
             assert not cell.get("outputs"), f"{stem}.ipynb is committed with outputs"
             assert scanner.redact(cell.source, code=cell.cell_type == "code")[1] == [], stem
-    assert "Team clusters" in readme and "not yet" in readme
+    assert "not yet in cumulo" not in readme
 
 
 def test_dataframes_notebook_runs(tmp_path: Path) -> None:
@@ -90,6 +95,53 @@ def test_cost_control_notebook_runs(tmp_path: Path) -> None:
     assert report.summary["cost"] > 0 and len(report.clusters) == 3
 
 
+@pytest.fixture
+def team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    """(a real sshd on loopback with a throw-away user, a real dask-gateway-server), and the environment through
+    which a kernel started afterwards reaches them: the ssh key and known_hosts, the gateway's credentials."""
+    from . import sshd
+    from .conftest import free_port
+
+    if sshd.why_unavailable():
+        pytest.skip(str(sshd.why_unavailable()))
+    pytest.importorskip("dask_gateway_server", reason="the team notebook needs dask-gateway-server (the test extra)")
+    from .test_gateway import PASSWORD, USER, GatewayServer
+    from .test_ssh import _env_vars, _settings
+
+    server = sshd.start(tmp_path / "sshd", free_port())
+    try:
+        gateway = GatewayServer(tmp_path / "gateway")
+        try:
+            for name, value in _env_vars(_settings(server)).items():
+                monkeypatch.setenv(name, value)
+            for name, value in (("TYPE", "basic"), ("KWARGS__USERNAME", USER), ("KWARGS__PASSWORD", PASSWORD)):
+                monkeypatch.setenv(f"DASK_GATEWAY__AUTH__{name}", value)
+            yield server, gateway
+        finally:
+            gateway.close()
+    finally:
+        sshd.stop(server)
+
+
+@pytest.mark.timeout(600)
+def test_team_notebook_runs_on_hosts_and_a_gateway(tmp_path: Path, team: tuple[Any, Any]) -> None:
+    server, gateway = team
+    report = run_notebook(NOTEBOOKS / "team.ipynb", out=tmp_path / "team.ipynb", cwd=tmp_path,
+                          parameters={"SSH_TARGET": server.target, "GATEWAY": gateway.address})
+    assert report.ok, report.failure
+    text = outputs(nbformat.read(str(report.out), as_version=4))
+    assert "skipped" not in text
+    assert text.count("mean fare by zone: {0: 27.0") == 2, text  # the same job on both clusters
+    assert "/.cache/cumulo/envs/" in text  # the ssh workers run the synced environment, not the host's python
+    assert "worker_cores" in text  # the gateway's own options, read back from it
+    assert "team-ssh: closed" in text and "team-gateway: closed" in text
+    for name, provider in (("team-ssh", "ssh"), ("team-gateway", "gateway")):
+        record = Registry().latest(name)
+        assert record is not None and (record.provider, record.state) == (provider, "closed"), name
+    assert not [p for p in server.user_processes() if "sshd" not in p]
+    assert gateway.clusters() == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script, args, env, expect", [
     ("quickstart.py", ["--rows", "50000"], {}, "cluster quickstart: closed"),
@@ -97,6 +149,7 @@ def test_cost_control_notebook_runs(tmp_path: Path) -> None:
     ("cost_control.py", [], {}, "tiny-budget: closed: budget reached"),
     ("lambda_cloud.py", [], {}, "nothing launched"),
     ("lambda_cloud.py", [], {"CUMULO_LAMBDA_EMULATOR": "1"}, "instances still billing at the emulator: []"),
+    ("team.py", [], {}, "nothing to run"),
 ])
 def test_example_scripts_run(tmp_path: Path, script: str, args: list[str], env: dict[str, str], expect: str) -> None:
     environ = {**os.environ, "DASK_CUMULO__LAMBDA__CERTS_DIR": str(tmp_path / "certs"), **env}
