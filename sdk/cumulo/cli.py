@@ -159,9 +159,9 @@ def _run_notebook(args: argparse.Namespace) -> int:
 
     report = run_notebook(args.notebook, on=args.on, parameters=parse_parameters(args.parameter),
                           out=args.output, timeout=args.timeout, kernel=args.kernel)
-    print(report.text())
     if report.failure:
-        print(f"cumulo run: {report.failure}", file=sys.stderr)
+        print(f"cumulo run: {report.failure}", file=sys.stderr, flush=True)
+    print(report.text())  # its last line says where the executed copy is
     return report.exit_code
 
 
@@ -222,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "'lambda,gpu=A10,workers=2', a .json spec or a shared notebook")
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
                      help="set a parameter (after the cell tagged 'parameters'); repeatable")
-    run.add_argument("-o", "--output", help="where to write the executed copy (default: NAME.run.ipynb beside it)")
+    run.add_argument("-o", "--output", metavar="FOLDER_OR_FILE",
+                     help="folder for the executed copy NAME.run.ipynb, or a .ipynb file (default: NAME.run.ipynb "
+                          "beside the notebook; git ignores *.run.ipynb)")
     run.add_argument("--timeout", type=float, help="seconds each cell may run (default: no limit)")
     run.add_argument("--kernel", help="kernel name (default: the notebook's, else python3)")
     run.set_defaults(func=_run_notebook)

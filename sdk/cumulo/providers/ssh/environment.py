@@ -1,4 +1,4 @@
-"""Building the notebook's environment on SSH hosts (cumulo.envsync's lock, shipped over SFTP).
+"""Building the notebook's environment on SSH hosts (cumulo.envsync's lock, shipped over the SSH connection).
 
 Each host keeps one venv per lock digest under ``~/<cumulo.ssh.env-root>/``,
 built with uv from the host's own index configuration plus the local wheels
