@@ -153,3 +153,46 @@ def test_sigterm_and_ctrl_c_tear_the_cluster_down(tmp_path: Path, sig: signal.Si
     assert not kernel_group_alive(row.owner_pid) and not psutil.pid_exists(row.owner_pid)
     nb = nbformat.read(str(tmp_path / "sleepy.run.ipynb"), as_version=4)
     assert nb.metadata["cumulo"]["last_run"]["status"] == f"interrupted ({sig.name})"
+
+
+# -- where the executed copy goes (issue 21) ------------------------------------------------------
+
+
+def test_output_path_puts_run_copies_where_they_cannot_pass_for_sources(tmp_path: Path) -> None:
+    from cumulo.run import output_path
+
+    src = tmp_path / "nb" / "etl.ipynb"
+    assert output_path(src) == tmp_path / "nb" / "etl.run.ipynb"
+    assert output_path(src, tmp_path / "runs") == tmp_path / "runs" / "etl.run.ipynb"  # -o FOLDER
+    (tmp_path / "existing.ipynb").mkdir()  # a folder, even one named like a notebook
+    assert output_path(src, tmp_path / "existing.ipynb") == tmp_path / "existing.ipynb" / "etl.run.ipynb"
+    assert output_path(src, tmp_path / "copy.ipynb") == tmp_path / "copy.ipynb"  # -o FILE, as before
+    assert output_path(tmp_path / "nb" / "etl.run.ipynb") == tmp_path / "nb" / "etl.run.ipynb"  # no etl.run.run
+
+
+def test_run_writes_into_the_o_folder_and_says_where_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "tiny.ipynb", new_code_cell("print('hello from the kernel')"))
+    assert main(["run", str(path), "-o", str(tmp_path / "runs")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"  executed copy: {tmp_path / 'runs' / 'tiny.run.ipynb'}"
+    nb = nbformat.read(str(tmp_path / "runs" / "tiny.run.ipynb"), as_version=4)
+    assert "hello from the kernel" in nb.cells[0].outputs[0]["text"]
+    assert sorted(p.name for p in tmp_path.glob("*.ipynb")) == ["tiny.ipynb"]  # nothing beside the source
+
+
+def test_git_ignores_run_copies_and_not_sources() -> None:
+    root = Path(__file__).resolve().parent.parent
+    check = ["git", "-C", str(root), "check-ignore", "-q", "--no-index"]
+    assert subprocess.run([*check, "notebooks/dataframes.run.ipynb"]).returncode == 0
+    assert subprocess.run([*check, "elsewhere/analysis.run.ipynb"]).returncode == 0
+    assert subprocess.run([*check, "notebooks/dataframes.ipynb"]).returncode == 1
+
+
+def test_on_takes_dasks_names_and_suggests_the_nearest_provider() -> None:
+    from cumulo.exceptions import SpecError
+
+    assert parse_on("local,n_workers=2") == {"provider": "local", "workers": 2, "spot": False}
+    with pytest.raises(SpecError, match=r"unknown provider 'lamda' \(did you mean 'lambda'\?\)"):
+        parse_on("lamda,gpu=A10")
+    with pytest.raises(SpecError, match=r"unknown field\(s\) budgett \(did you mean 'budget'\?\)"):
+        parse_on("local,budgett=5")

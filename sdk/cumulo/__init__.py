@@ -16,6 +16,7 @@ from .cluster import Cluster, connect, current
 from .exceptions import CumuloError
 from .inventory import clusters
 from .magics import load_ipython_extension, unload_ipython_extension
+from .magics import register_with_running_shell as _register_with_running_shell
 
 __all__ = [
     "Cluster",
@@ -53,6 +54,9 @@ def prices(gpu: str | None = None, provider: str | None = None, region: str | No
 
     return _prices(gpu=gpu, provider=provider, region=region)
 
+
+# in a Jupyter kernel, a CumuloError shows as its message under the user's frames (cumulo.debug: all of them)
+_register_with_running_shell()
 
 _SUBMODULES = {"catalog", "datasets", "pipeline", "progress", "run", "share", "train"}
 

@@ -48,18 +48,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .exceptions import CumuloError, SpecError
+from .exceptions import CumuloError, MissingDependency, SpecError
 
 if TYPE_CHECKING:
     from .registry import ClusterRecord, Registry
 
-__all__ = ["RunReport", "override_connect", "parse_on", "parse_parameters", "run_notebook"]
+__all__ = ["RUN_SUFFIX", "RunReport", "output_path", "override_connect", "parse_on", "parse_parameters",
+           "run_notebook"]
 
 #: How long the kernel gets to close its clusters (a cloud cluster waits for confirmed termination).
 TEARDOWN_TIMEOUT = 600.0
 #: connect() keywords that are not spec fields (a call with only these and name= re-attaches).
 _CONNECT_KEYWORDS = {"name", "security", "allow_insecure", "asynchronous", "registry", "confirm", "keep_alive"}
 _EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
+#: The executed copy's suffix: ``NAME.run.ipynb`` (.gitignore and the gallery test skip it).
+RUN_SUFFIX = ".run.ipynb"
+#: What ``cumulo run`` imports to read and execute a notebook (cumulo's core install brings them).
+_NOTEBOOK_PACKAGES = ("nbformat", "nbclient")
 
 _TEARDOWN = """\
 import sys as _cumulo_sys
@@ -103,7 +108,7 @@ def parse_on(text: str) -> dict[str, Any]:
     """
     from .providers import known_providers
     from .share import SPEC_FIELDS, from_notebook
-    from .spec import ClusterSpec
+    from .spec import DASK_ALIASES, ClusterSpec, did_you_mean
 
     path = Path(text).expanduser()
     if text.endswith(".ipynb"):
@@ -125,12 +130,15 @@ def parse_on(text: str) -> dict[str, Any]:
         raise SpecError(f"--on {text}: a spec is an object of fields, e.g. {{\"provider\": \"local\", \"workers\": 2}}")
     data.setdefault("provider", "local")
     confirm = data.pop("confirm", None)
+    data = {DASK_ALIASES.get(k, k): v for k, v in data.items()}  # n_workers=2 is workers=2, as in connect()
     unknown = sorted(set(data) - set(SPEC_FIELDS))
     if unknown:
-        raise SpecError(f"--on {text!r}: unknown field(s) {', '.join(unknown)}; use {', '.join(SPEC_FIELDS)}")
+        raise SpecError(f"--on {text!r}: unknown field(s) {', '.join(unknown)}"
+                        f"{did_you_mean(unknown[0], SPEC_FIELDS)}; use {', '.join(SPEC_FIELDS)}")
+    usable = [p for p in known_providers() if p != "address"]
     if data["provider"] not in known_providers():
-        raise SpecError(f"--on {text!r}: unknown provider {data['provider']!r}; use one of "
-                        f"{', '.join(p for p in known_providers() if p != 'address')}")
+        raise SpecError(f"--on {text!r}: unknown provider {data['provider']!r}"
+                        f"{did_you_mean(data['provider'], usable)}; use one of {', '.join(usable)}")
     out = ClusterSpec.from_dict(data).to_dict()
     if confirm:
         out["confirm"] = True
@@ -149,6 +157,7 @@ def override_connect(spec: dict[str, Any] | None = None, named: dict[str, dict[s
 
     from . import cluster as cluster_module
     from .share import HARDWARE_FIELDS
+    from .spec import DASK_ALIASES
 
     original = cluster_module.connect
     named = dict(named or {})
@@ -161,6 +170,7 @@ def override_connect(spec: dict[str, Any] | None = None, named: dict[str, dict[s
         chosen = spec if spec is not None else named.get(str(kwargs.get("name")))
         if chosen is None:
             return original(target, **kwargs)
+        kwargs = {DASK_ALIASES.get(k, k): v for k, v in kwargs.items()}  # the notebook's n_workers= is workers=
         fields = dict(chosen)
         provider = fields.pop("provider", "local")
         if fields.pop("confirm", False):
@@ -267,7 +277,7 @@ class RunReport:
             lines.append(f"  killed {self.killed_processes} process(es) the kernel left behind")
         for name in self.left_open:
             lines.append(f"  WARNING: cluster {name} could not be stopped and may still bill: run `cumulo down {name}`")
-        lines.append(f"  wrote {self.out}")
+        lines.append(f"  executed copy: {self.out}")
         return "\n".join(lines)
 
 
@@ -286,18 +296,65 @@ def _describe_cell(nb: Any, index: int, injected: int | None) -> tuple[int | Non
 
 
 def _kernel_name(nb: Any, wanted: str | None) -> str:
+    """The kernel to run in: ``wanted``, else the notebook's, else python3 (MissingDependency without one)."""
     if wanted:
         return wanted
     name = (nb.metadata.get("kernelspec") or {}).get("name") or "python3"
     try:
         from jupyter_client.kernelspec import KernelSpecManager
 
-        if name not in KernelSpecManager().find_kernel_specs():
-            print(f"cumulo run: kernel {name!r} is not installed here; using python3", file=sys.stderr)
-            return "python3"
+        installed = KernelSpecManager().find_kernel_specs()
     except Exception:
         return "python3"
-    return name
+    if name in installed:
+        return name
+    if "python3" not in installed:
+        raise MissingDependency(
+            f"no Jupyter kernel to run {'kernel ' + repr(name) + ' or ' if name != 'python3' else ''}python3 in: "
+            "pip install ipykernel (part of cumulo's install), or name an installed kernel with --kernel "
+            "(see `jupyter kernelspec list`)")
+    print(f"cumulo run: kernel {name!r} is not installed here; using python3", file=sys.stderr)
+    return "python3"
+
+
+def _require_notebook_packages() -> None:
+    """Raise MissingDependency, naming the pip line, when a package ``cumulo run`` imports is missing.
+
+    They are part of cumulo's core install; an environment that lost one (or was installed
+    without dependencies) gets this instead of a ModuleNotFoundError from deep inside a run.
+    """
+    import importlib
+
+    missing = []
+    for module in _NOTEBOOK_PACKAGES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise MissingDependency(
+            f"{' and '.join(missing)} cannot be imported in this environment ({sys.executable}): "
+            f"pip install {' '.join(missing)} ipykernel "
+            "(cumulo's own install brings them: pip install --upgrade cumulo)")
+
+
+def output_path(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``cumulo run`` writes the executed copy of ``source``.
+
+    ``out`` None: ``NAME.run.ipynb`` beside the source (git ignores ``*.run.ipynb`` and the
+    gallery skips it, so a run never passes for a source); a folder (an existing one, or a
+    path that does not end in .ipynb): ``NAME.run.ipynb`` in it; a ``.ipynb`` path: that file
+    (the notebook's own path updates it in place). Running a copy again (``NAME.run.ipynb``)
+    rewrites that copy rather than adding another ``.run``.
+    """
+    src = Path(source).expanduser()
+    stem = src.name[: -len(RUN_SUFFIX)] if src.name.endswith(RUN_SUFFIX) else src.stem
+    if out is None:
+        return src.with_name(stem + RUN_SUFFIX)
+    dest = Path(out).expanduser()
+    if dest.suffix == ".ipynb" and not dest.is_dir():
+        return dest
+    return dest / (stem + RUN_SUFFIX)
 
 
 async def _execute_in(kc: Any, code: str, timeout: float) -> bool:
@@ -544,11 +601,13 @@ def run_notebook(
     """Execute a notebook headless and tear down what it started (see the module docstring).
 
     ``on``: a spec for ``--on`` (text as :func:`parse_on` reads it, or its result); ``out``:
-    where the executed copy goes (default ``<name>.run.ipynb`` beside it; the notebook itself
-    when given its own path); ``timeout``: seconds per cell (None: no limit); ``cwd``: the
+    where the executed copy goes, a folder or a .ipynb file (:func:`output_path`; default
+    ``<name>.run.ipynb`` beside it); ``timeout``: seconds per cell (None: no limit); ``cwd``: the
     kernel's directory (default: the notebook's). Returns a :class:`RunReport`; raises
-    SpecError before starting anything when the notebook, the spec or a parameter is wrong.
+    SpecError before starting anything when the notebook, the spec or a parameter is wrong, and
+    MissingDependency (naming the pip line) when a package it needs is not installed.
     """
+    _require_notebook_packages()
     import nbformat
 
     from .registry import Registry
@@ -556,7 +615,7 @@ def run_notebook(
 
     src = Path(path).expanduser()
     nb = _read(src)
-    dest = Path(out).expanduser() if out is not None else src.with_name(f"{src.stem}.run.ipynb")
+    dest = output_path(src, out)
     spec = parse_on(on) if isinstance(on, str) else (dict(on) if on is not None else None)
     previous = nb.metadata.get(METADATA_KEY)
     line = last_run_line(previous)
