@@ -226,7 +226,7 @@ def test_plugin_runs_on_a_scheduler_without_cumulo(tmp_path: Path) -> None:
         try:
             assert metering.install(c)
             ledger = metering.fetch_ledger(c)
-            assert ledger["version"] == 2 and ledger["workers"] == ()
+            assert ledger["version"] == 3 and ledger["workers"] == ()
             assert c.run_on_scheduler(lambda: "cumulo" in sys.modules and sys.modules["cumulo"] is None)
         finally:
             c.close()

@@ -76,10 +76,15 @@ def test_the_card_carries_the_meters_series_and_top_cells(registry_path: Any) ->
     assert len(spark["worker_gpu_util"]) == 3 and spark["worker_gpu_util"][1] == [50.0] * 12
     assert spark["worker_gpu_util"][2] == [None] * 12  # a worker that measured nothing stays unmeasured
     assert row["top_cells"] == inline["top_cells"]
-    assert [c["label"] for c in row["top_cells"]] == ["k2 [7]", "k1 [3]", "k1 [4]", "outside cells"]
+    assert [c["label"] for c in row["top_cells"]] == ["k2 [7]", "k1 [3]", "k1 [4]", "outside cells", "idle"]
     first = row["top_cells"][0]
     assert first["cost"] == pytest.approx(900.0 / 3600 * 0.5) and first["basis"] == "task time x configured rate"
     assert first["task_seconds"] == 900.0
+    # the rows add up to the card's spend: 3600 worker-seconds at $0.50/h, of which 946.5 s ran a task
+    idle = row["top_cells"][-1]
+    assert idle["kind"] == "idle" and idle["worker_seconds"] == pytest.approx(3600.0 - 946.5)
+    assert row["spent"] == pytest.approx(0.5)
+    assert sum(c["cost"] for c in row["top_cells"]) == pytest.approx(row["spent"], rel=1e-9)
 
 
 def test_the_top_cells_are_cut_to_the_meters_five(registry_path: Any) -> None:
@@ -88,7 +93,10 @@ def test_the_top_cells_are_cut_to_the_meters_five(registry_path: Any) -> None:
     ledger = _ledger(samples=0)
     ledger["cell_summary"]["top"] = [_cell("k", i, i, float(i)) for i in range(1, 8)]
     [row] = ClusterManager(registry, read_ledgers=Ledgers(ledger)).list()["clusters"]
-    assert [c["label"] for c in row["top_cells"]] == ["k [7]", "k [6]", "k [5]", "k [4]", "k [3]"]
+    labels = [c["label"] for c in row["top_cells"]]
+    assert labels == ["k [7]", "k [6]", "k [5]", "k [4]", "k [3]", "other cells", "outside cells", "idle"]
+    other = row["top_cells"][5]  # the two cells past the five, folded: nothing is left out
+    assert other["kind"] == "other" and other["task_seconds"] == pytest.approx(1.0 + 2.0)
     assert row["sparkline"] == {"busy": [], "total": [], "gpu_util": [], "worker_gpu_util": []}  # no sample yet
 
 
@@ -141,11 +149,14 @@ def test_a_real_cluster_that_ran_tagged_work(registry_path: Any) -> None:
         assert all(0 <= b <= t <= 2 for b, t in zip(spark["busy"], spark["total"]))
         assert all(v is None for v in spark["gpu_util"]) and spark["worker_gpu_util"] == []  # CPU workers
         cells = row["top_cells"]
-        assert {c["label"] for c in cells} == {"kern-a [3]", "kern-a [5]", "kern-b [2]", "outside cells"}
+        assert [c["label"] for c in cells][-2:] == ["outside cells", "idle"]
+        assert {c["label"] for c in cells} == {"kern-a [3]", "kern-a [5]", "kern-b [2]", "outside cells", "idle"}
         # every task-second of the ledger is in one of the rows (no earlier cells, nothing left out)
         assert sum(c["task_seconds"] for c in cells) == pytest.approx(ledger["totals"]["task_seconds"], abs=1e-6)
         assert cells[0]["label"] == "kern-a [3]" and cells[0]["task_seconds"] >= 4 * 0.2
-        costs = [c["cost"] for c in cells]
-        assert costs == sorted(costs, reverse=True) and all(c["basis"] == "task time x configured rate" for c in cells)
+        costs = [c["cost"] for c in cells if c["kind"] == "cell"]
+        assert costs == sorted(costs, reverse=True)
+        assert all(c["basis"] == "task time x configured rate" for c in cells if c["kind"] != "idle")
+        assert sum(c["cost"] for c in cells) == pytest.approx(row["spent"], rel=1e-9)  # and every dollar
         [closed] = [r for r in manager.list()["clusters"] if r["name"] == "tagged"]
         assert closed["state"] == "closed" and closed["sparkline"] is None and closed["top_cells"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dask
 import pytest
@@ -198,3 +199,71 @@ def test_displaying_a_cluster_shows_card_and_live_meter(tmp_path: Path) -> None:
     live = nb.cells[1].outputs[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" in live
     assert "cumulo-meter" in live["text/html"] and "card" in live["text/html"]
+
+
+def _table(page: str) -> list[list[tuple[str, str | None, str | None]]]:
+    """The top-cells table of a meter page: per row, per cell, (text, text-align, title)."""
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[tuple[str, str | None, str | None]]] = []
+            self.inside = False
+            self.cell: list[Any] | None = None
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "table" and "cumulo-top-cells" in (a.get("class") or ""):
+                self.inside = True
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag in ("td", "th"):
+                style = a.get("style") or ""
+                align = next((p.split(":")[1] for p in style.split(";") if p.startswith("text-align")), "left")
+                self.cell = ["", align, a.get("title")]
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "table":
+                self.inside = False
+            elif self.inside and tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append(tuple(self.cell))
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell[0] += data
+
+    parser = Cells()
+    parser.feed(page)
+    return parser.rows
+
+
+def test_the_top_cells_table_headers_sit_over_their_columns() -> None:
+    cells = [{"label": "etl.ipynb [7]", "kind": "cell", "cost": 0.5, "task_seconds": 90.0, "running": 8,
+              "first_line": "df = load('s3://bucket')"},
+             {"label": "outside cells", "kind": "outside", "cost": 0.01, "task_seconds": 2.0, "running": 0,
+              "basis": "task time x configured rate"},
+             {"label": "idle", "kind": "idle", "cost": 0.49, "task_seconds": 0.0, "running": 0}]
+    rows = _table(render_html("etl", dict(SUMMARY, spend=1.0), cells=cells))
+    head, *body = rows
+    assert [c[0] for c in head] == ["where the spend went", "cost", "task-s", "running"]
+    for row in body:
+        assert len(row) == len(head), row
+        for (_, head_align, _), (text, align, _) in zip(head, row):
+            assert align == head_align, (head, row)  # a header aligned as the figures under it
+    assert body[0][0] == ("etl.ipynb [7]", "left", "df = load('s3://bucket')")  # its first line on hover
+    assert [r[0][0] for r in body] == ["etl.ipynb [7]", "outside cells", "idle", "total (the spend)"]
+    assert body[-1][1][0] == "$1.0000"  # the rows add up to the spend, which the total row shows
+
+
+def test_a_cell_is_named_by_its_notebook_and_execution_count() -> None:
+    from cumulo.metering import cell_label
+
+    cell = {"tag": "69053dd4-12857/3", "kernel": "69053dd4-12857", "seq": 3, "execution_count": 2}
+    assert cell_label({**cell, "notebook": "etl.ipynb"}) == "etl.ipynb [2]"
+    assert cell_label({**cell, "notebook": "etl.ipynb"}, me="69053dd4-12857") == "etl.ipynb [2]"  # same everywhere
+    assert cell_label(cell, me="69053dd4-12857") == "[2]"  # no notebook (a terminal IPython): its own kernel's count
+    assert cell_label(cell) == "69053dd4-12857 [2]"
+    assert cell_label({**cell, "execution_count": None}, me="69053dd4-12857") == "[cell 3]"
+    assert cell_label({"tag": "outside cells", "kernel": None}) == "outside cells"

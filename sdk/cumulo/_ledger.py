@@ -31,7 +31,10 @@ Clients read it with the ``cumulo_ledger`` and ``cumulo_cell`` RPC handlers (no
 pickled code runs). After a cell, the kernel puts a ``cumulo-cell-mark`` on its
 batched stream (the same stream as the cell's graphs, so it arrives after
 them) with the cell's start and end; ``cumulo_cell`` waits (briefly) for that
-mark, so it never answers before the cell's graphs were seen.
+mark, so it never answers before the cell's graphs were seen. The mark also
+names the cell for people: its execution count, its notebook's file name and its
+first line (each cut to ``_MAX_TEXT`` characters), so that every view (the inline
+meter, the sidebar, ``cumulo usage``) names a cell the same way.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 PLUGIN_NAME = "cumulo-ledger"
-LEDGER_VERSION = 2
+#: v3: cells carry ``notebook`` and ``first_line``; the cell summary carries ``all_cells``.
+LEDGER_VERSION = 3
 #: The task annotation that names the notebook cell a task was submitted from.
 CELL_ANNOTATION = "cumulo_cell"
 #: The worker metric cumulo's power sampler reports (cumulo._energy.METRIC).
@@ -53,6 +57,8 @@ _MAX_DEPARTED = 256
 _MAX_ENDED = 1024
 _MAX_DEVICES = 4096
 _TOP_CELLS = 5
+#: The longest notebook name or first line a cell keeps (characters).
+_MAX_TEXT = 160
 #: Per-worker GPU utilisation is kept in the samples for at most this many workers.
 _MAX_SERIES_WORKERS = 16
 _ACTIVE = frozenset(("waiting", "queued", "processing", "no-worker"))
@@ -109,8 +115,8 @@ class _Cell:
     """What the tasks of one notebook cell (or of one catch-all bucket) added up to."""
 
     __slots__ = (
-        "tag", "kernel", "seq", "execution_count", "first", "last", "start", "end", "submitted", "done",
-        "erred", "active", "compute", "busy", "gpu", "energy",
+        "tag", "kernel", "seq", "execution_count", "notebook", "first_line", "first", "last", "start", "end",
+        "submitted", "done", "erred", "active", "compute", "busy", "gpu", "energy",
     )
 
     def __init__(self, tag: str | None, first: float, label: str | None = None) -> None:
@@ -118,6 +124,9 @@ class _Cell:
         self.kernel: str | None = None
         self.seq: int | None = None
         self.execution_count: int | None = None
+        #: The notebook's file name and the cell's first line, as its end-of-cell mark gave them.
+        self.notebook: str | None = None
+        self.first_line: str | None = None
         if tag is not None:
             kernel, _, seq = tag.rpartition("/")
             self.kernel = kernel or None
@@ -152,11 +161,19 @@ class _Cell:
         wall = None if self.start is None or self.end is None else max(0.0, self.end - self.start)
         return {
             "tag": self.tag, "kernel": self.kernel, "seq": self.seq, "execution_count": self.execution_count,
-            "first": self.first, "last": self.last, "start": self.start, "end": self.end, "wall": wall,
+            "notebook": self.notebook, "first_line": self.first_line, "first": self.first, "last": self.last, "start": self.start, "end": self.end, "wall": wall,
             "submitted": self.submitted, "finished": self.done, "erred": self.erred,
             "running": max(0, self.active), "task_seconds": self.compute, "busy_seconds": self.busy,
             "gpu_seconds": self.gpu, "energy_j": self.energy if energy_seen else None,
         }
+
+
+def _text(value: Any) -> str | None:
+    """A short display string from a client's mark (None stays None), cut to ``_MAX_TEXT`` characters."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT - 1] + "\u2026"
 
 
 def _int(text: str) -> int | None:
@@ -363,7 +380,8 @@ class UsageLedger(SchedulerPlugin):
             bucket.active = 0  # a restart forgets every task
 
     def cell_mark(self, mark: str = "", client: Any = None, start: float | None = None,
-                  end: float | None = None, execution_count: int | None = None, **kwargs: Any) -> None:
+                  end: float | None = None, execution_count: int | None = None, notebook: str | None = None,
+                  first_line: str | None = None, **kwargs: Any) -> None:
         """Stream handler: a notebook cell ended (its graphs came before this on the same stream)."""
         tag = str(mark)
         bucket = self.cells.get(tag)
@@ -372,6 +390,10 @@ class UsageLedger(SchedulerPlugin):
             bucket.end = end
             if execution_count is not None:
                 bucket.execution_count = execution_count
+            if notebook is not None:
+                bucket.notebook = _text(notebook)
+            if first_line is not None:
+                bucket.first_line = _text(first_line)
         self.ended[tag] = None
         while len(self.ended) > _MAX_ENDED:
             self.ended.popitem(last=False)
@@ -503,6 +525,10 @@ class UsageLedger(SchedulerPlugin):
     def _cell_summary(self) -> dict[str, Any]:
         e = self.energy_seen
         top = sorted(self.cells.values(), key=lambda b: b.busy, reverse=True)[:_TOP_CELLS]
+        every = _Cell(None, self.started, "all cells")  # every cell, earlier ones too: all but outside cells
+        every.fold(self.earlier)
+        for b in self.cells.values():
+            every.fold(b)
         return {
             "count": len(self.cells),
             "max_cells": self.max_cells,
@@ -511,6 +537,7 @@ class UsageLedger(SchedulerPlugin):
             "recent": [b.as_dict(e) for b in list(self.cells.values())[-_TOP_CELLS:]],
             "outside": self.outside.as_dict(e),
             "earlier": self.earlier.as_dict(e),
+            "all_cells": every.as_dict(e),
         }
 
     def snapshot(self, samples: int = 0, departed: bool = False, cells: bool = False,

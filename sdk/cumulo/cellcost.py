@@ -134,7 +134,7 @@ def _pre_run_cell(info: Any = None) -> None:
     tag = f"{cellhistory.kernel_id()}/{next(_counter)}"
     _submitted.clear()
     _running.clear()
-    _running.update(tag=tag, t0=time.perf_counter(), start=time.time())
+    _running.update(tag=tag, t0=time.perf_counter(), start=time.time(), source=getattr(info, "raw_cell", None))
     _CELL.set(tag)
 
 
@@ -144,16 +144,17 @@ def _post_run_cell(result: Any = None) -> None:
         _report_guards()
         return
     wall = time.perf_counter() - _running["t0"]
-    tag, start = _running["tag"], _running["start"]
+    tag, start, source = _running["tag"], _running["start"], _running.get("source")
     end = time.time()
     _running.clear()
     count = getattr(result, "execution_count", None)
-    cellhistory.remember(tag, count, start, end, wall)
+    names = {"notebook": cellhistory.notebook(), "first_line": cellhistory.first_line(source)}
+    cellhistory.remember(tag, count, start, end, wall, **names)
     if _submitted:  # the common case (a cell that submitted nothing) stops here
         clients = [c for c in (r() for r in _submitted) if c is not None]
         _submitted.clear()
         for cluster in tracked():
-            _after_cell(cluster, clients, tag, count, start, end, wall)
+            _after_cell(cluster, clients, tag, count, start, end, wall, names)
     _report_guards()
 
 
@@ -165,7 +166,7 @@ def _ours(cluster: Any, client: Any) -> bool:
 
 
 def _after_cell(cluster: Any, clients: list[Any], tag: str, count: int | None, start: float, end: float,
-                wall: float) -> None:
+                wall: float, names: dict[str, str | None]) -> None:
     client = getattr(cluster, "client", None)
     usage = getattr(cluster, "usage", None)
     if cluster.status != "running" or client is None or usage is None or not usage.installed:
@@ -173,7 +174,8 @@ def _after_cell(cluster: Any, clients: list[Any], tag: str, count: int | None, s
     mine = [c for c in clients if _ours(cluster, c)]
     if not mine:
         return
-    mark = {"op": "cumulo-cell-mark", "mark": tag, "start": start, "end": end, "execution_count": count}
+    # the cell's name (notebook, execution count, first line) travels with its mark, so every view names it alike
+    mark = {"op": "cumulo-cell-mark", "mark": tag, "start": start, "end": end, "execution_count": count, **names}
     for c in mine:  # behind the cell's graphs on each stream they went out on
         try:
             c._send_to_scheduler(dict(mark))

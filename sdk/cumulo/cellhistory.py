@@ -11,7 +11,7 @@ import socket
 from collections import OrderedDict
 from typing import Any
 
-__all__ = ["history", "kernel_id", "limit", "remember"]
+__all__ = ["first_line", "history", "kernel_id", "limit", "notebook", "remember"]
 
 _history: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _kernel: list[str] = []
@@ -38,6 +38,28 @@ def kernel_id() -> str:
     return _kernel[0]
 
 
+def notebook() -> str | None:
+    """The file name of the notebook this kernel runs for, None outside a Jupyter session.
+
+    jupyter_server gives a session's kernel the notebook's path in ``JPY_SESSION_NAME``
+    (as ipykernel's ``__session__``); read each time, as a renamed notebook's kernel
+    keeps its first path. Only the file name is kept: it names the cell, not where it lives.
+    """
+    path = os.environ.get("JPY_SESSION_NAME")
+    if not path:
+        return None
+    return os.path.basename(path.rstrip("/")) or None
+
+
+def first_line(source: str | None) -> str | None:
+    """The first line of a cell's source that says something (not blank, not a lone comment marker)."""
+    for line in (source or "").splitlines():
+        text = line.strip()
+        if text and text != "#":
+            return text
+    return None
+
+
 def history() -> dict[str, dict[str, Any]]:
     """The cells this kernel ran, by tag: execution count, start and end (epoch seconds), wall (s)."""
     return dict(_history)
@@ -48,8 +70,10 @@ def limit(n: int) -> None:
     _limit[0] = n
 
 
-def remember(tag: str, execution_count: int | None, start: float, end: float, wall: float) -> None:
-    """Record one cell as it ran here (the ledger knows its work; this, its clock)."""
-    _history[tag] = {"execution_count": execution_count, "start": start, "end": end, "wall": wall}
+def remember(tag: str, execution_count: int | None, start: float, end: float, wall: float, *,
+             notebook: str | None = None, first_line: str | None = None) -> None:
+    """Record one cell as it ran here (the ledger knows its work; this, its clock and its name)."""
+    _history[tag] = {"execution_count": execution_count, "start": start, "end": end, "wall": wall,
+                     "notebook": notebook, "first_line": first_line}
     while len(_history) > _limit[0]:
         _history.popitem(last=False)

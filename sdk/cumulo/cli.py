@@ -119,14 +119,16 @@ def _usage(args: argparse.Namespace) -> int:
     import asyncio
 
     from cumulo.exceptions import ClusterNotFound
-    from cumulo.metering import Spend, Usage, fetch_ledger_async, spend_of, usage_text
+    from cumulo.inventory import find
+    from cumulo.metering import (Spend, Usage, attribution, cells_text, fetch_ledger_async, ranked, spend_of,
+                                 stored_usage_text, usage_text)
     from cumulo.providers import get_provider
     from cumulo.registry import Registry
 
     registry = Registry()
-    rec = registry.latest(args.name)
+    rec = find(args.name, registry)
     if rec is None:
-        raise ClusterNotFound(f"no cluster named {args.name!r} in the registry; see `cumulo ls`")
+        raise ClusterNotFound(f"no cluster named {args.name!r} (nor with that id) in the registry; see `cumulo ls`")
     ledger = None
     if rec.is_open and rec.address:
         ledger = asyncio.run(fetch_ledger_async(rec.address, get_provider(rec.provider).security(rec)))
@@ -135,15 +137,21 @@ def _usage(args: argparse.Namespace) -> int:
         spend = Spend(rec.cost, rec.rate_per_hour, "last figure recorded by its kernel")
     state = "stop failed: may still bill" if rec.may_bill else rec.state
     print(f"{rec.name} ({rec.provider}, {state}): spend {spend.text()}")
+    print(f"  id {rec.id}, created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.created))}"
+          + ("" if rec.closed is None else f", closed {time.strftime('%H:%M:%S', time.localtime(rec.closed))}"))
     from cumulo.envsync import recorded
 
     environment = recorded(registry, rec.id)
     if environment:
         print(f"  environment: {environment}")
     if ledger is None:
-        print("  no ledger reachable" + ("" if rec.is_open else " (cluster closed)"))
+        if rec.is_open:
+            print("  no ledger reachable: its scheduler did not answer")
+        else:
+            print(stored_usage_text(rec))
         return 0
     print(usage_text(Usage.of_record(rec, registry).summary(ledger)))
+    print(cells_text(ranked(attribution(ledger, rec, spend=spend)), spend.amount))
     return 0
 
 
@@ -192,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_ls)
 
     down = sub.add_parser("down", help="stop a cluster by name, or all of them")
-    down.add_argument("name", nargs="?", help="cluster name (see `cumulo ls`)")
+    down.add_argument("name", nargs="?", help="cluster name or id (see `cumulo ls`)")
     down.add_argument("--all", action="store_true", help="stop every open cluster")
     down.set_defaults(func=_down)
 
@@ -205,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     reap.set_defaults(func=_reap)
 
     usage = sub.add_parser("usage", help="what a cluster used and what it cost")
-    usage.add_argument("name", help="cluster name (see `cumulo ls`)")
+    usage.add_argument("name", help="cluster name or id (see `cumulo ls`)")
     usage.set_defaults(func=_usage)
 
     share = sub.add_parser("share", help="write a copy of a notebook to send: secrets removed, the cluster spec "

@@ -1,13 +1,16 @@
 """The user's clusters as a whole: list them, notice dead owners, stop them from anywhere.
 
-Used by ``cumulo.clusters()``, the ``cumulo ls``/``down`` commands and the
-Jupyter server extension. Works only from the registry plus each provider's
+Used by ``cumulo.clusters()``, the ``cumulo ls``/``down``/``usage`` commands and
+the Jupyter server extension. Works only from the registry plus each provider's
 ``stop``, so it runs in any process, not just the one that started a cluster.
+A cluster is named by its name or by the id ``cumulo ls`` shows (:func:`find`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import socket
 import time
@@ -21,7 +24,9 @@ from .lifecycle import Lifecycle
 from .providers import get_provider, provider_class
 from .registry import ClusterRecord, Registry
 
-__all__ = ["StopReport", "clusters", "reconcile", "stop", "stop_record", "who"]
+__all__ = ["StopReport", "clusters", "find", "reconcile", "stop", "stop_record", "who"]
+
+logger = logging.getLogger("cumulo")
 
 #: Closed clusters younger than this are listed by default ("recently closed").
 RECENT = "24h"
@@ -30,6 +35,28 @@ RECENT = "24h"
 def who(what: str) -> str:
     """``what`` and the process doing it, for a row's note ("stopped by `cumulo down` (pid 12 on host)")."""
     return f"{what} (pid {os.getpid()} on {socket.gethostname()})"
+
+
+def find(key: str, registry: Registry, *, open_only: bool = False) -> ClusterRecord | None:
+    """The cluster ``key`` names: by name (the open one, else the latest), else by the id ``cumulo ls``
+    shows (or a unique start of it, at least 4 characters). None when nothing matches.
+
+    ``open_only``: only an open cluster matches. A name wins over an id: clusters are
+    named by people, ids only disambiguate.
+    """
+    record = registry.find_open(key) or (None if open_only else registry.latest(key))
+    if record is not None:
+        return record
+    try:
+        record = registry.get(key)
+    except KeyError:
+        record = None
+        if len(key) >= 4:
+            matches = [r for r in registry.list() if r.id.startswith(key)]
+            record = matches[0] if len(matches) == 1 else None
+    if record is not None and open_only and not record.is_open:
+        return None
+    return record
 
 
 def reconcile(registry: Registry) -> list[ClusterRecord]:
@@ -66,8 +93,33 @@ def clusters(*, include_closed: bool = True, since: str | float | None = RECENT,
 
 
 async def stop_record(record: ClusterRecord, registry: Registry, *, why: str | None = None) -> None:
-    """Stop one cluster through its provider; the row closes only once the provider confirms."""
-    await Lifecycle(registry).stop(record, get_provider(record.provider), why=why or who("stopped by `cumulo down`"))
+    """Stop one cluster through its provider; the row closes only once the provider confirms.
+
+    The scheduler's ledger is read first (a short RPC) and, once the row is closed,
+    kept in it as the cluster's final usage, as its own kernel does when it closes it.
+    """
+    provider = get_provider(record.provider)
+    kept = await _final_usage(record, provider)
+    await Lifecycle(registry).stop(record, provider, why=why or who("stopped by `cumulo down`"))
+    if kept is not None:
+        try:
+            if not registry.get(record.id).usage:  # the owner's own reading, if it made one, wins
+                registry.update(record.id, usage=json.dumps(kept, allow_nan=False))
+        except Exception as exc:  # a record, never a reason for a stop to fail
+            logger.debug("cumulo: could not keep the usage of %r: %s", record.name, exc)
+
+
+async def _final_usage(record: ClusterRecord, provider: Any) -> dict[str, Any] | None:
+    """The usage to keep for a cluster about to be stopped from here: None when its ledger does not answer."""
+    if not record.address:
+        return None
+    from .metering import fetch_ledger_async, final_usage
+
+    try:
+        ledger = await fetch_ledger_async(record.address, provider.security(record), timeout=3.0)
+    except Exception:
+        return None
+    return None if ledger is None else final_usage(record, ledger)
 
 
 @dataclass
@@ -79,7 +131,7 @@ class StopReport:
 
 
 def stop(name: str | None = None, *, all: bool = False, registry: Registry | None = None) -> StopReport:
-    """Stop the open cluster called ``name``, or every open cluster with ``all=True``.
+    """Stop the open cluster called ``name`` (or with that id), or every open cluster with ``all=True``.
 
     With ``all`` every cluster is tried, and each failure is reported rather than
     ending the sweep; a single named cluster that fails to stop raises.
@@ -91,7 +143,7 @@ def stop(name: str | None = None, *, all: bool = False, registry: Registry | Non
     else:
         if name is None:
             raise ClusterNotFound("name a cluster to stop, or use all=True (`cumulo down --all`)")
-        record = registry.find_open(name)
+        record = find(name, registry, open_only=True)
         if record is None:
             open_names = [r.name for r in registry.list(include_closed=False)]
             raise ClusterNotFound(

@@ -17,12 +17,27 @@ so, with the basis it was computed on.
 
 Per cell (:meth:`Usage.cells`, filled by cumulo.cellcost's tags): a cell is
 charged for what its tasks used, busy worker-time x the same price
-(:func:`cell_spend`); idle capacity is charged to no cell. GPU energy is shown
-only where the workers measured it (cumulo._energy), never estimated.
+(:func:`cell_spend`). What no cell used is shown as rows of its own, so that
+every view adds up to the spend (:func:`attribution`):
+
+  spend = cells + other cells + outside cells + idle
+
+"outside cells" is work submitted outside any notebook cell (a thread, a
+script); "idle" is what is left: paid worker-time no task used, plus, on a
+provider's clock, start-up, shutdown and billing rounding. Every view (the
+table, the inline meter, the report, the sidebar, ``cumulo usage``) names a
+cell the same way (:func:`cell_label`: its notebook and execution count). GPU
+energy is shown only where the workers measured it (cumulo._energy), never
+estimated.
+
+When a cluster closes, its final usage (totals, busy/idle, energy, where the
+spend went) is kept in its registry row (:func:`final_usage`), so that
+``cumulo usage`` shows it afterwards (:func:`stored_usage_text`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -43,8 +58,9 @@ if TYPE_CHECKING:
     from .registry import ClusterRecord, Registry
 
 __all__ = [
-    "CELL_COLUMNS", "Spend", "Usage", "cell_spend", "fetch_cell", "fetch_ledger", "fetch_ledger_async",
-    "idle_fraction", "install", "install_async", "rates", "spend_of", "usage_text",
+    "CELL_COLUMNS", "IDLE", "OTHER_CELLS", "OUTSIDE", "Spend", "Usage", "attribution", "cell_label", "cell_spend",
+    "cells_text", "fetch_cell", "fetch_ledger", "fetch_ledger_async", "final_usage", "idle_fraction", "install", "install_async",
+    "ranked", "rates", "spend_of", "stored_usage", "stored_usage_text", "usage_text",
 ]
 
 logger = logging.getLogger("cumulo")
@@ -52,8 +68,18 @@ logger = logging.getLogger("cumulo")
 #: The columns of ``cluster.usage.cells()``; times are timezone-aware datetimes (UTC).
 CELL_COLUMNS = [
     "cell", "execution_count", "kernel", "start", "end", "wall", "submitted", "finished", "erred", "running",
-    "task_seconds", "gpu_seconds", "energy_wh", "cost", "cost_kind", "cost_basis", "last_activity",
+    "task_seconds", "worker_seconds", "gpu_seconds", "energy_wh", "cost", "cost_kind", "cost_basis",
+    "last_activity", "notebook", "first_line",
 ]
+#: The row of work submitted outside any notebook cell (the ledger's own bucket).
+OUTSIDE = _ledger.OUTSIDE
+#: The row of cells not listed one by one (beyond the top few, or older than the ledger keeps).
+OTHER_CELLS = "other cells"
+#: The row of what no task used: the spend minus every other row.
+IDLE = "idle"
+_IDLE_BASIS = "paid time no task used (the spend minus the rows above: idle workers, start-up, billing rounding)"
+#: The version of the usage JSON kept in a closed cluster's registry row.
+USAGE_VERSION = 1
 
 
 def _plugin() -> _ledger.UsageLedger:
@@ -258,6 +284,129 @@ def idle_fraction(totals: dict[str, Any]) -> float | None:
     return None
 
 
+def cell_label(cell: dict[str, Any], *, me: str | None = None) -> str:
+    """How every view names a cell: ``"etl.ipynb [7]"`` (its notebook and execution count).
+
+    Where the notebook is unknown (a kernel outside a Jupyter session), a cell of
+    ``me`` (this process's kernel id) is ``"[7]"`` and another kernel's ``"<kernel> [7]"``;
+    a cell run without an execution count shows its sequence number. The ledger's
+    catch-all rows ("outside cells", "earlier cells", ...) keep their own names.
+    """
+    kernel = cell.get("kernel")
+    if kernel is None:
+        return str(cell.get("label") or cell.get("tag"))
+    count = cell.get("execution_count")
+    number = f"[{count}]" if count is not None else f"[cell {cell.get('seq') if cell.get('seq') is not None else '?'}]"
+    if cell.get("notebook"):
+        return f"{cell['notebook']} {number}"
+    return number if (me is not None and kernel == me) else f"{kernel} {number}"
+
+
+def _less(whole: dict[str, Any] | None, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of ``whole`` minus those of ``parts`` (a bucket's rest), never below zero."""
+    out: dict[str, Any] = {}
+    for key in ("submitted", "finished", "erred", "running", "task_seconds", "busy_seconds", "gpu_seconds"):
+        total = float((whole or {}).get(key) or 0.0) - sum(float(p.get(key) or 0.0) for p in parts)
+        out[key] = max(0.0, total)
+    return out
+
+
+def _row(cell: dict[str, Any], kind: str, label: str, spend: Spend) -> dict[str, Any]:
+    """One attribution row: what a cell (or a catch-all) used and cost, as every view shows it."""
+    return {
+        "label": label, "kind": kind, "cost": spend.amount, "basis": spend.basis,
+        "task_seconds": float(cell.get("task_seconds") or 0.0),
+        "worker_seconds": float(cell.get("busy_seconds") or 0.0),
+        "gpu_seconds": float(cell.get("gpu_seconds") or 0.0),
+        "running": int(cell.get("running") or 0),
+        "execution_count": cell.get("execution_count"), "notebook": cell.get("notebook"),
+        "first_line": cell.get("first_line"),
+    }
+
+
+def _idle(totals: dict[str, Any] | None, rows: list[dict[str, Any]], spend: Spend) -> dict[str, Any]:
+    """The "idle" row: the spend minus every other row, so that the rows add up to the spend exactly.
+
+    ``worker_seconds`` / ``gpu_seconds``: the paid worker- and GPU-time no row's tasks used.
+    """
+    worker = gpu = None
+    if totals is not None:
+        worker = max(0.0, float(totals.get("worker_seconds") or 0.0) - sum(r["worker_seconds"] or 0.0 for r in rows))
+        gpu = max(0.0, float(totals.get("gpu_seconds") or 0.0) - sum(r["gpu_seconds"] or 0.0 for r in rows))
+    cost = None
+    if spend.amount is not None:
+        cost = spend.amount - sum(r["cost"] or 0.0 for r in rows)
+    return {"label": IDLE, "kind": "idle", "cost": cost, "basis": _IDLE_BASIS if cost is not None else spend.basis,
+            "task_seconds": 0.0, "worker_seconds": worker, "gpu_seconds": gpu, "running": 0,
+            "execution_count": None, "notebook": None, "first_line": None}
+
+
+def attribution(ledger: dict[str, Any], record: ClusterRecord | None, *, spend: Spend | None = None,
+                me: str | None = None) -> list[dict[str, Any]]:
+    """Where a cluster's spend went, as rows that add up to it: the ledger's top cells, the other cells,
+    work outside cells, and idle (the spend minus every other row).
+
+    ``spend``: the figure to add up to (default: :func:`spend_of` the row and this ledger,
+    now), so that a view pass the spend it shows. ``me``: this process's kernel id,
+    for :func:`cell_label`. Each row: ``label``, ``kind`` ("cell", "other", "outside",
+    "idle"), ``cost`` (None: no rate set), ``basis``, ``task_seconds``,
+    ``worker_seconds`` (busy worker-time; for idle, the unused worker-time),
+    ``gpu_seconds``, ``running``, and a cell's ``execution_count``, ``notebook`` and
+    ``first_line``. Cut them to a few with :func:`ranked`.
+    """
+    spend = spend_of(record, ledger) if spend is None else spend
+    summary = ledger.get("cell_summary") or {}
+    workers = len(ledger.get("workers") or ())
+    top = list(summary.get("top") or ())
+    rows = [_row(c, "cell", cell_label(c, me=me), cell_spend(c, record, workers)) for c in top]
+    # the rest of the cells: every cell the ledger counted (a ledger before v3 knows only the earlier ones)
+    rest = _less(summary["all_cells"], top) if "all_cells" in summary else dict(summary.get("earlier") or {})
+    rows.append(_row(rest, "other", OTHER_CELLS, cell_spend(rest, record, workers)))
+    outside = summary.get("outside") or {}
+    rows.append(_row(outside, "outside", OUTSIDE, cell_spend(outside, record, workers)))
+    rows.append(_idle(ledger.get("totals"), rows, spend))
+    return rows
+
+
+def ranked(rows: list[dict[str, Any]], *, limit: int = 5) -> list[dict[str, Any]]:
+    """The rows a view lists: the ``limit`` costliest cells (then by task time), the rest of the cells
+    folded into "other cells", then "outside cells" and "idle"; together they still add up to the spend.
+
+    Rows without a ``kind`` count as cells. "other cells" and "outside cells" are left
+    out when nothing ran there; "idle" is kept whenever it has a figure.
+    """
+    cells = [r for r in rows if r.get("kind", "cell") == "cell"]
+    cells.sort(key=lambda c: ((c.get("cost") or 0.0), c.get("task_seconds") or 0.0), reverse=True)
+    keep, drop = cells[:max(int(limit), 0)], cells[max(int(limit), 0):]
+    other = next((dict(r) for r in rows if r.get("kind") == "other"), None)
+    if drop:
+        other = other or {"label": OTHER_CELLS, "kind": "other", "cost": None, "basis": drop[0].get("basis"),
+                          "task_seconds": 0.0, "worker_seconds": 0.0, "gpu_seconds": 0.0, "running": 0}
+        for c in drop:
+            for key in ("cost", "task_seconds", "worker_seconds", "gpu_seconds", "running"):
+                if c.get(key) is not None:
+                    other[key] = (other.get(key) or 0) + c[key]
+    out = list(keep)
+    for extra in (other, next((r for r in rows if r.get("kind") == "outside"), None)):
+        if extra is not None and (extra.get("task_seconds") or extra.get("running") or extra.get("cost")):
+            out.append(extra)
+    idle = next((r for r in rows if r.get("kind") == "idle"), None)
+    if idle is not None and (idle.get("cost") is not None or idle.get("worker_seconds")):
+        out.append(idle)
+    return out
+
+
+def _idle_spend(ledger: dict[str, Any], record: ClusterRecord | None, spend: Spend,
+                fraction: float | None) -> float | None:
+    """What was paid for capacity no task used: the "idle" row of :func:`attribution`, so that the
+    summary and the rows say the same; by the idle fraction for a ledger that keeps no cells."""
+    if spend.amount is None:
+        return None
+    if "cell_summary" in ledger:
+        return attribution(ledger, record, spend=spend)[-1]["cost"]
+    return None if fraction is None else spend.amount * fraction
+
+
 @dataclass(frozen=True)
 class _RowOnly:
     """A cluster seen only through its registry row: what Usage reads of a cluster, without a client."""
@@ -333,7 +482,8 @@ class Usage:
         """Plain-data summary: busy vs idle worker-seconds, GPU-seconds, spend and its basis."""
         if ledger is None:
             ledger = self.ledger()
-        spend = spend_of(self._record(), ledger)
+        record = self._record()
+        spend = spend_of(record, ledger)
         out: dict[str, Any] = {"spend": spend.amount, "rate_per_hour": spend.rate_per_hour,
                                "cost_kind": spend.kind, "cost_basis": spend.basis, "estimate": spend.estimate}
         if ledger is None:
@@ -356,7 +506,7 @@ class Usage:
             "gpu_busy_seconds": t["gpu_busy_seconds"],
             "gpu_util_seconds": t["gpu_util_seconds"],
             "idle_fraction": idle,
-            "idle_spend": None if (spend.amount is None or idle is None) else spend.amount * idle,
+            "idle_spend": _idle_spend(ledger, record, spend, idle),
             "idle_seconds": ledger["idle_seconds"],
             "processing": ledger["processing"],
             "since": ledger["started"],
@@ -377,16 +527,22 @@ class Usage:
         while len(self._cells) > self._max_cells:
             self._cells.popitem(last=False)
 
-    def _refresh_cells(self) -> None:
-        """Read this kernel's cells from the ledger now (nothing when the cluster is gone)."""
+    def _refresh_cells(self) -> dict[str, Any] | None:
+        """Read this kernel's cells from the ledger now; return that reading (None when the cluster is
+        gone or did not answer: the figures stay as last read)."""
         from .cellhistory import kernel_id
 
         if getattr(self._cluster, "status", "running") != "running" or self._cluster.client is None:
-            return
+            return None
         try:
             ledger = fetch_ledger(self._cluster.client, kernel=kernel_id(), timeout=5.0)
         except Exception:  # unreachable: keep the figures as last read
-            return
+            return None
+        self.absorb(ledger)
+        return ledger
+
+    def absorb(self, ledger: dict[str, Any]) -> None:
+        """Take this kernel's cells and the catch-all rows from a ledger read with ``kernel=`` (or ``cells=``)."""
         if "cells" not in ledger:
             return  # a ledger from an older cumulo keeps no cells
         for row in ledger["cells"]:
@@ -397,66 +553,97 @@ class Usage:
         self._workers = len(ledger.get("workers") or ())
 
     def cells(self, *, others: bool = True) -> pd.DataFrame:
-        """One row per notebook cell of this kernel that submitted work to this cluster.
+        """One row per notebook cell of this kernel that submitted work to this cluster, and where the rest
+        of the spend went.
 
         Read live from the scheduler's ledger (a row whose tasks still run shows them
-        under ``running`` and grows as they finish); after close, as last read.
-        Columns: :data:`CELL_COLUMNS`. ``start``/``end`` are when the cell ran,
-        ``last_activity`` when its last task finished; ``wall`` is the cell's own
-        run time, so a cell that only waits for earlier work is charged its wall
-        time and nothing else. ``cost`` is the cell's task time x the price
-        (:func:`cell_spend`), with ``cost_kind``/``cost_basis`` saying so.
+        under ``running`` and grows as they finish); after close, as read while it closed.
+        Columns: :data:`CELL_COLUMNS`. ``cell`` names the cell as every view does
+        (:func:`cell_label`: "etl.ipynb [7]"), ``first_line`` is its first line of source.
+        ``start``/``end`` are when the cell ran, ``last_activity`` when its last task
+        finished; ``wall`` is the cell's own run time, so a cell that only waits for
+        earlier work is charged its wall time and nothing else. ``cost`` is the cell's
+        busy worker-time (``worker_seconds``) x the price (:func:`cell_spend`), with
+        ``cost_kind``/``cost_basis`` saying so.
 
         ``others``: add the rows "outside cells" (work submitted outside any cell: a
-        thread, a script), "other kernels" and "earlier cells" (older than the ledger
-        keeps), so that the rows add up to the ledger's totals.
+        thread, a script), "other kernels", "earlier cells" (older than the ledger
+        keeps) and "idle" (the spend no task used: its ``worker_seconds`` are the idle
+        worker-seconds), so that the rows add up to the ledger's totals and their
+        ``cost`` to the spend, which ``frame.attrs["spend"]`` holds (a :class:`Spend`).
         """
         import pandas as pd
 
-        from .cellhistory import history
+        from .cellhistory import history, kernel_id
 
-        self._refresh_cells()
+        ledger = self._refresh_cells()
+        if ledger is None and getattr(self._cluster, "status", "running") != "running":
+            ledger = self.final
         record = self._record()
+        spend = spend_of(record, ledger)
         local = history()
+        me = kernel_id()
         rows = []
         for tag, cell in sorted(self._cells.items(), key=lambda kv: (kv[1].get("seq") or 0)):
-            rows.append(self._cell_row(cell, local.get(tag), record))
+            rows.append(self._cell_row(cell, local.get(tag), record, me=me))
         if others:
             for cell in self._others:
                 if cell.get("submitted") or cell.get("task_seconds") or cell.get("finished") or cell.get("erred"):
                     rows.append(self._cell_row(cell, None, record, label=str(cell.get("tag"))))
+            idle = _idle(None if ledger is None else ledger.get("totals"),
+                         [{"worker_seconds": r["worker_seconds"], "gpu_seconds": r["gpu_seconds"],
+                           "cost": r["cost"]} for r in rows], spend)
+            rows.append({**dict.fromkeys(CELL_COLUMNS), "cell": IDLE, "submitted": 0, "finished": 0, "erred": 0,
+                         "running": 0, "task_seconds": 0.0, "worker_seconds": idle["worker_seconds"],
+                         "gpu_seconds": idle["gpu_seconds"], "cost": idle["cost"], "cost_kind": spend.kind,
+                         "cost_basis": idle["basis"]})
         frame = pd.DataFrame(rows, columns=CELL_COLUMNS)
         for col in ("start", "end", "last_activity"):
             frame[col] = pd.to_datetime(frame[col].astype("float64"), unit="s", utc=True)
         frame["execution_count"] = frame["execution_count"].astype("Int64")  # empty on the catch-all rows
-        for col in ("wall", "energy_wh", "cost"):  # NaN where there is none (no rate, nothing measured)
+        for col in ("wall", "worker_seconds", "gpu_seconds", "energy_wh", "cost"):  # NaN where there is none
             frame[col] = frame[col].astype("float64")
+        frame.attrs["spend"] = spend
         return frame
 
     def _cell_row(self, cell: dict[str, Any], local: dict[str, Any] | None, record: ClusterRecord | None,
-                  *, label: str | None = None) -> dict[str, Any]:
+                  *, label: str | None = None, me: str | None = None) -> dict[str, Any]:
         spend = cell_spend(cell, record, self._workers)
-        count = (local or {}).get("execution_count", cell.get("execution_count"))
+        local = local or {}
+        count = local.get("execution_count", cell.get("execution_count"))
+        named = {**cell, "execution_count": count, "notebook": cell.get("notebook") or local.get("notebook")}
         energy = cell.get("energy_j")
         return {
-            "cell": label or (f"[{count}]" if count is not None else str(cell.get("tag"))),
+            "cell": label or cell_label(named, me=me),
             "execution_count": count,
             "kernel": cell.get("kernel"),
-            "start": (local or {}).get("start", cell.get("start")),
-            "end": (local or {}).get("end", cell.get("end")),
-            "wall": (local or {}).get("wall", cell.get("wall")),
+            "start": local.get("start", cell.get("start")),
+            "end": local.get("end", cell.get("end")),
+            "wall": local.get("wall", cell.get("wall")),
             "submitted": cell.get("submitted", 0),
             "finished": cell.get("finished", 0),
             "erred": cell.get("erred", 0),
             "running": cell.get("running", 0),
             "task_seconds": cell.get("task_seconds", 0.0),
+            "worker_seconds": float(cell.get("busy_seconds") or 0.0),
             "gpu_seconds": cell.get("gpu_seconds", 0.0),
             "energy_wh": None if energy is None else energy / 3600.0,
             "cost": spend.amount,
             "cost_kind": spend.kind,
             "cost_basis": spend.basis,
             "last_activity": cell.get("last") if (cell.get("finished") or cell.get("erred")) else None,
+            "notebook": named["notebook"],
+            "first_line": cell.get("first_line") or local.get("first_line"),
         }
+
+    def closing(self, ledger: dict[str, Any]) -> dict[str, Any]:
+        """As the cluster closes: keep ``ledger`` (read with this kernel's cells) as the final reading, and
+        return the usage to keep in the registry row (:func:`final_usage`)."""
+        from .cellhistory import kernel_id
+
+        self.final = ledger
+        self.absorb(ledger)
+        return final_usage(self._record(), ledger, me=kernel_id())
 
     def __repr__(self) -> str:
         try:
@@ -497,3 +684,91 @@ def usage_text(s: dict[str, Any]) -> str:
         what = "GPUs" if s["gpus"] else "workers"
         lines.append(f"  ${s['idle_spend']:,.2f} of ${s['spend']:,.2f} paid for idle {what}")
     return "\n".join(lines)
+
+
+
+def final_usage(record: ClusterRecord | None, ledger: dict[str, Any], *, me: str | None = None,
+                limit: int = 5) -> dict[str, Any]:
+    """The usage a closed cluster keeps in its registry row (``usage``, as JSON): what ``cumulo usage``
+    shows once its scheduler is gone.
+
+    ``{"version", "recorded", "summary": Usage.summary (totals, busy/idle, GPU, energy, spend),
+    "cells": the :func:`ranked` rows of :func:`attribution` (top cells, other cells, outside
+    cells, idle)}``. Plain JSON: non-finite numbers become None.
+    """
+    summary = Usage.of_record(record).summary(ledger) if record is not None else {}
+    spend = spend_of(record, ledger)
+    rows = ranked(attribution(ledger, record, spend=spend, me=me), limit=limit)
+    return _finite({"version": USAGE_VERSION, "recorded": time.time(), "summary": summary, "cells": rows})
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def stored_usage(record: ClusterRecord) -> dict[str, Any] | None:
+    """The usage kept in a closed cluster's row, reconciled with its final spend; None when none was kept
+    (it closed before cumulo kept usage, or its ledger could not be read as it closed).
+
+    The row's spend may have grown after the reading (a provider bills until it
+    confirms termination): the "idle" row takes the difference, so that the rows
+    still add up to the spend shown.
+    """
+    if not record.usage:
+        return None
+    try:
+        data = json.loads(record.usage)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
+        return None
+    summary = dict(data["summary"])
+    spend = spend_of(record, None)
+    if spend.amount is None and record.cost is not None:
+        spend = Spend(record.cost, record.rate_per_hour, summary.get("cost_basis") or "recorded at close",
+                      estimate=(record.cost_kind or "estimate") != "billed")
+    rows = [dict(r) for r in data.get("cells") or () if isinstance(r, dict)]
+    if spend.amount is not None:
+        summary.update(spend=spend.amount, cost_kind=spend.kind, cost_basis=spend.basis, rate_per_hour=None)
+        for r in rows:
+            if r.get("kind") == "idle":
+                r["cost"] = spend.amount - sum(x.get("cost") or 0.0 for x in rows if x.get("kind") != "idle")
+                summary["idle_spend"] = r["cost"]
+    return {**data, "summary": summary, "cells": rows}
+
+
+def cells_text(rows: list[dict[str, Any]], spend: float | None = None) -> str:
+    """Where the spend went, as an aligned plain-text table (``cumulo usage``): row, task-s, cost, and a
+    cell's first line; with ``spend``, a total row that shows the rows add up to it."""
+    if not rows:
+        return ""
+    head = "where the spend went"
+    width = max(len(head), *(len(str(r.get("label"))) for r in rows))
+    lines = [f"  {head:<{width}}  {'task-s':>9}  {'cost':>10}"]
+    for r in rows:
+        cost = "no rate" if r.get("cost") is None else f"${r['cost']:,.4f}"
+        task = "" if r.get("kind") == "idle" else f"{r.get('task_seconds') or 0.0:.1f}"
+        hint = f"   {r['first_line']}" if r.get("first_line") else ""
+        lines.append(f"  {str(r.get('label')):<{width}}  {task:>9}  {cost:>10}{hint}")
+    if spend is not None and any(r.get("cost") is not None for r in rows):
+        lines.append(f"  {'total (the spend)':<{width}}  {'':>9}  {f'${spend:,.4f}':>10}")
+    return "\n".join(lines)
+
+
+def stored_usage_text(record: ClusterRecord) -> str:
+    """The lines `cumulo usage` prints for a closed cluster: its kept usage, or why there is none."""
+    data = stored_usage(record)
+    if data is None:
+        return ("  no usage kept for this cluster: it closed before cumulo kept usage at close, or its "
+                "scheduler did not answer as it closed (its spend above is all that was recorded)")
+    text = usage_text(data["summary"]) if data["summary"].get("since") is not None else ""
+    table = cells_text(data["cells"], data["summary"].get("spend"))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(data.get("recorded") or record.closed or 0))
+    return "\n".join(x for x in (f"  final usage, read at close ({when}):", text, table) if x)

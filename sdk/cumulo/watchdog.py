@@ -209,16 +209,34 @@ class Watchdog:
             logger.warning("cumulo: could not record that %r was disconnected: %s", self.cluster.name, exc)
 
     async def final_reading(self) -> None:
-        """As the cluster closes: keep the last ledger, and record the spend of an unpriced cluster.
+        """As the cluster closes: keep the last ledger (with this kernel's cells), keep the cluster's final
+        usage in its registry row (``cumulo usage`` shows it once the scheduler is gone), and record the
+        spend of an unpriced cluster.
 
         Priced clusters get no cost written here: their spend runs until the provider
         confirms termination, which the row's ``closed`` time records.
         """
+        import json
+
+        from .cellhistory import kernel_id
+
         self.stop()
-        ledger = await self._ledger()
+        ledger = None
+        if self.usage.installed and self.cluster.client is not None:
+            try:
+                ledger = await asyncio.wait_for(self.cluster.client.scheduler.cumulo_ledger(kernel=kernel_id()), 10)
+            except (asyncio.TimeoutError, OSError):
+                ledger = None  # the scheduler is too slow or gone: nothing to keep
+            except Exception:  # a ledger from an older cumulo takes no kernel=: the plain reading
+                ledger = await self._ledger()
         if ledger is None:
             return
-        self.usage.final = ledger
+        try:
+            kept = self.usage.closing(ledger)
+            self.registry.update(self.cluster.id, usage=json.dumps(kept, allow_nan=False))
+        except Exception as exc:  # the usage is a record, never a reason for a close to fail
+            self.usage.final = ledger
+            logger.debug("cumulo: could not keep the usage of %r: %s", self.cluster.name, exc)
         rec = self.registry.get(self.cluster.id)
         if rec.rate_per_hour is None:
             spend = spend_of(rec, ledger)

@@ -185,7 +185,7 @@ class ClusterManager:
             row["gpus"] = sum(int(w.get("gpus") or 0) for w in workers)
             row["gpu_model"] = next((w.get("gpu_model") for w in workers if w.get("gpu_model")), rec.gpu_model)
         row["live"] = ledger is not None
-        row["sparkline"], row["top_cells"] = _usage_pictures(rec, ledger)
+        row["sparkline"], row["top_cells"] = _usage_pictures(rec, ledger, spend)
         row["age"] = end - rec.created
         if rec.name in self._owned and rec.is_open:
             row["owned_by"] = "server"
@@ -196,12 +196,17 @@ class ClusterManager:
         row["budget_used"] = (spent / rec.budget) if (spent is not None and rec.budget) else None
         #: an open row can always be stopped from the sidebar, whoever owns it and whatever its state
         row["stoppable"] = rec.is_open
+        #: only the owner scales, and only where the provider can (its class flag): here, what this server launched
+        row["scalable"] = rec.state == "running" and row["owned_by"] == "server" and _can_scale(rec.provider)
         row["may_bill"] = rec.may_bill
         return row
 
     def _open(self, name: str) -> ClusterRecord:
+        """The open cluster with this name (or id, as `cumulo ls` shows it)."""
+        from ..inventory import find
+
         validate_name(name)
-        rec = self.registry.find_open(name)
+        rec = find(name, self.registry, open_only=True)
         if rec is None:
             raise ClusterNotFound(
                 f"no open cluster named {name!r}; the Compute sidebar lists the open ones (`cumulo ls` in a terminal)"
@@ -295,14 +300,14 @@ class ClusterManager:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_WORKERS:
             raise SpecError(f"workers={n!r} must be a whole number between 0 and {MAX_WORKERS}")
         rec = self._open(name)
-        cluster = self._owned.get(name)
+        cluster = self._owned.get(rec.name)
         if cluster is None:
             raise NotOwner(
                 f"cluster {name!r} was started by another process ({rec.owner_host}, pid {rec.owner_pid}); "
                 f"scale it there with cluster.scale({n}), or stop it here"
             )
         cluster.scale(n)
-        return {"name": name, "workers": n}
+        return {"name": rec.name, "workers": n}
 
     def stop(self, name: str) -> dict[str, Any]:
         """Stop a cluster by name, whoever started it and whatever its open state; returns its final row.
@@ -321,7 +326,7 @@ class ClusterManager:
         rec = self._open(name)
         # the last reading of the ledger, while the scheduler still answers: it becomes the final cost
         last = _spend(rec, self._read_ledgers([rec], samples=0).get(rec.id), time.time())
-        cluster = self._owned.pop(name, None)
+        cluster = self._owned.pop(rec.name, None)
         if cluster is not None and cluster.status == "running":
             cluster.close()
         else:
@@ -389,19 +394,34 @@ class ClusterManager:
         return form
 
     def usage(self, name: str) -> dict[str, Any]:
-        """What one cluster used and cost: its card, its event log, and the ledger summary when reachable."""
-        rec = self.registry.latest(validate_name(name))
-        if rec is None:
-            raise ClusterNotFound(f"no cluster named {name!r} in the registry")
-        ledger = self._read_ledgers([rec], samples=_sparkline_points()).get(rec.id) if rec.is_open else None
-        row = self._row(rec, now=time.time(), since=day_start(), ledger=ledger)
-        events = [{"ts": ts, "kind": kind, "message": msg} for ts, kind, msg in self.registry.events(rec.id)]
-        summary = None
-        if ledger is not None:
-            from ..metering import Usage
+        """What one cluster used and cost: its card, its event log, the ledger summary and where the spend
+        went (``cells``: top cells, other cells, outside cells, idle; they add up to the spend).
 
-            summary = _jsonable(Usage.of_record(rec, self.registry).summary(ledger))
-        return {"cluster": row, "events": events, "usage": summary}
+        ``name``: a name or an id (as `cumulo ls` shows). An open cluster's figures are
+        read from its scheduler; a closed one's are those kept in its row when it closed
+        (``final``: True), None when none were kept (it closed before cumulo kept them).
+        """
+        from ..inventory import find
+        from ..metering import Usage, attribution, ranked, stored_usage
+
+        rec = find(validate_name(name), self.registry)
+        if rec is None:
+            raise ClusterNotFound(f"no cluster named {name!r} (nor with that id) in the registry")
+        ledger = self._read_ledgers([rec], samples=_sparkline_points()).get(rec.id) if rec.is_open else None
+        now = time.time()
+        row = self._row(rec, now=now, since=day_start(), ledger=ledger)
+        events = [{"ts": ts, "kind": kind, "message": msg} for ts, kind, msg in self.registry.events(rec.id)]
+        summary = cells = None
+        if ledger is not None:
+            spend = _spend(rec, ledger, now)
+            summary = Usage.of_record(rec, self.registry).summary(ledger)
+            cells = ranked(attribution(ledger, rec, spend=spend))
+        elif not rec.is_open:
+            kept = stored_usage(rec)
+            if kept is not None:
+                summary, cells = kept["summary"], kept["cells"]
+        return {"cluster": row, "events": events, "usage": _jsonable(summary), "cells": _jsonable(cells),
+                "final": not rec.is_open and summary is not None}
 
     def reap(self) -> list[Any]:
         """One sweep, as `cumulo reap` does: clusters nobody watches (expired leases, budgets, idle
@@ -464,20 +484,32 @@ def _sparkline_points() -> int:
 
 
 def _usage_pictures(
-    rec: ClusterRecord, ledger: dict[str, Any] | None
+    rec: ClusterRecord, ledger: dict[str, Any] | None, spend: Any = None
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
     """A card's sparkline series and top cells, from the ledger just read, by the inline meter's own code.
 
-    (None, None) for a closed cluster or one whose scheduler did not answer: the
-    card then shows no picture rather than an old or made-up one.
+    The cells end with "other cells", "outside cells" and "idle", so that their costs
+    add up to ``spend`` (the card's own figure). (None, None) for a closed cluster or
+    one whose scheduler did not answer: the card then shows no picture rather than an
+    old or made-up one.
     """
     if ledger is None or not rec.is_open:
         return None, None
     from ..widgets.meter import rank_cells, top_cells, usage_series
 
     series = usage_series(ledger.get("samples"), points=_sparkline_points())
-    # the server runs no cells: every cell is labelled with the kernel that ran it
-    return series, rank_cells(top_cells(ledger, rec, mine=False))
+    # the server runs no cells: every cell is named by its notebook (or the kernel that ran it)
+    return series, rank_cells(top_cells(ledger, rec, mine=False, spend=spend))
+
+
+def _can_scale(provider: str) -> bool:
+    """Whether clusters of this provider can be scaled in place (its class flag; False when unknown here)."""
+    from ..providers import provider_class
+
+    try:
+        return bool(provider_class(provider).can_scale)
+    except CumuloError:
+        return False
 
 
 def _read_ledgers(

@@ -97,13 +97,14 @@ def usage_series(samples: list[dict[str, Any]] | None, *, points: int | None = N
 
 
 def rank_cells(cells: list[dict[str, Any]] | None, *, limit: int = _TOP) -> list[dict[str, Any]]:
-    """The top cells as the meter shows them: by cost, then by task time, at most ``limit``.
+    """The rows the meter lists: the top cells by cost (then by task time), at most ``limit``, then
+    "other cells", "outside cells" and "idle" (:func:`cumulo.metering.ranked`): together, the spend.
 
     Shared with the JupyterLab sidebar card, so both rank (and cut) the same way.
     """
-    ranked = sorted(cells or [], key=lambda c: ((c.get("cost") or 0.0), c.get("task_seconds") or 0.0),
-                    reverse=True)
-    return ranked[:max(int(limit), 0)]
+    from ..metering import ranked
+
+    return ranked(list(cells or []), limit=limit)
 
 
 def meter_model(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | None = None, *,
@@ -155,10 +156,13 @@ def render_text(name: str, s: dict[str, Any], *, budget: float | None = None, st
     idle = s.get("idle_spend")
     if idle is not None and s.get("spend"):
         line += f"\n{_money(idle)} of {_money(s['spend'])} paid for idle {'GPUs' if s.get('gpus') else 'workers'}"
-    for c in (cells or [])[:_TOP]:
+    for c in cells or []:
         cost = "" if c.get("cost") is None else f" ~${c['cost']:.4f}"
         run = f", {c['running']} running" if c.get("running") else ""
-        line += f"\n  {c.get('label')}: {c.get('task_seconds') or 0.0:.1f} task-s{cost}{run}"
+        if c.get("kind") == "idle":
+            line += f"\n  {c.get('label')}:{cost or ' -'}"
+        else:
+            line += f"\n  {c.get('label')}: {c.get('task_seconds') or 0.0:.1f} task-s{cost}{run}"
     return line
 
 
@@ -212,14 +216,7 @@ def render_model(m: dict[str, Any]) -> str:
     elif m.get("worker_seconds") is not None:
         rows.append(f"busy {m['busy_worker_seconds']:.0f} of {m['worker_seconds']:.0f} worker-seconds")
     if m["top_cells"]:
-        cells = "".join(
-            f"<tr><td>{esc(str(c.get('label')))}</td><td style='text-align:right'>{_cost(c.get('cost'))}</td>"
-            f"<td style='text-align:right'>{c.get('task_seconds') or 0.0:.1f}</td>"
-            f"<td style='text-align:right'>{c.get('running') or ''}</td></tr>"
-            for c in m["top_cells"])
-        rows.append("<table class='cumulo-top-cells' style='font-size:90%;border-collapse:collapse'>"
-                    "<tr style='color:#888'><td>top cells</td><td>cost</td><td>task-s</td><td>running</td></tr>"
-                    f"{cells}</table>")
+        rows.append(_cells_table(m["top_cells"], spend))
     body = "".join(f"<div>{r}</div>" for r in rows)
     return f"<div class='cumulo-meter' style='font-size:90%;line-height:1.5'>{body}</div>"
 
@@ -228,37 +225,66 @@ def _cost(v: float | None) -> str:
     return "-" if v is None else f"${v:.4f}"
 
 
-def top_cells(ledger: dict[str, Any], record: Any, *, mine: bool = True) -> list[dict[str, Any]]:
-    """The ledger's top cells (all kernels) and work outside cells, labelled and priced (the meter's rows).
+#: The top-cells table's columns: header, alignment. A header sits over its figures (same alignment).
+_COLUMNS = (("where the spend went", "left"), ("cost", "right"), ("task-s", "right"), ("running", "right"))
+_PAD = "padding:0 0 0 8px"
 
-    ``record``: the cluster's registry row (its price), or None. ``mine``: label
-    this process's own kernel's cells by execution count alone ("[7]"); the Jupyter
-    server, which runs no cells, passes False and every cell names its kernel.
-    Each row: ``label``, ``cost`` (None: no rate set), ``basis`` (what the cost
-    rests on), ``task_seconds``, ``running``.
+
+def _cells_table(cells: list[dict[str, Any]], spend: float | None) -> str:
+    """The meter's table: one row per top cell (its first line on hover), then other cells, outside
+    cells and idle (greyed: no cell's doing), and a total row when there is a spend."""
+    esc = html.escape
+    head = "".join(f"<th style='text-align:{align};font-weight:normal;{_PAD if i else 'padding:0'}'>{esc(title)}</th>"
+                   for i, (title, align) in enumerate(_COLUMNS))
+    body = []
+    for c in cells:
+        cell = c.get("kind", "cell") == "cell"
+        hover = c.get("first_line") if cell else c.get("basis")
+        title = f" title='{esc(str(hover))}'" if hover else ""
+        colour = "" if cell else " style='color:#888'"
+        task = "" if c.get("kind") == "idle" else f"{c.get('task_seconds') or 0.0:.1f}"
+        body.append(f"<tr class='cumulo-cell-{esc(str(c.get('kind', 'cell')))}'{colour}>"
+                    f"<td style='padding:0'{title}>{esc(str(c.get('label')))}</td>"
+                    f"<td style='text-align:right;{_PAD}'>{_cost(c.get('cost'))}</td>"
+                    f"<td style='text-align:right;{_PAD}'>{task}</td>"
+                    f"<td style='text-align:right;{_PAD}'>{c.get('running') or ''}</td></tr>")
+    if spend is not None and any(c.get("cost") is not None for c in cells):
+        body.append(f"<tr class='cumulo-cell-total' style='border-top:1px solid #ccc'><td style='padding:0'>total"
+                    f" (the spend)</td><td style='text-align:right;{_PAD}'><b>{_cost(spend)}</b></td>"
+                    f"<td style='text-align:right;{_PAD}'></td><td style='text-align:right;{_PAD}'></td></tr>")
+    return ("<table class='cumulo-top-cells' style='font-size:90%;border-collapse:collapse'>"
+            f"<thead><tr style='color:#888'>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def top_cells(ledger: dict[str, Any], record: Any, *, mine: bool = True, spend: Any = None) -> list[dict[str, Any]]:
+    """Where the spend went, from a ledger: its top cells (all kernels), the other cells, work outside
+    cells and idle, named and priced as every view does (:func:`cumulo.metering.attribution`).
+
+    ``record``: the cluster's registry row (its price), or None. ``mine``: a cell of
+    this process's kernel whose notebook is unknown is "[7]"; the Jupyter server, which
+    runs no cells, passes False. ``spend``: the figure the rows add up to (default: the
+    row's spend with this ledger, now). Each row: ``label``, ``kind``, ``cost`` (None:
+    no rate set), ``basis``, ``task_seconds``, ``worker_seconds``, ``running``,
+    ``first_line``; :func:`rank_cells` cuts them to what the meter lists.
     """
-    from ..metering import cell_spend
+    from ..metering import attribution
 
-    summary = ledger.get("cell_summary") or {}
-    workers = len(ledger.get("workers") or ())
     me: str | None = None
     if mine:
         from ..cellhistory import kernel_id
 
         me = kernel_id()
-    out = []
-    for c in [*summary.get("top", ()), *(r for r in (summary.get("outside"),) if r and r.get("task_seconds"))]:
-        count = c.get("execution_count")
-        if c.get("kernel") is None:
-            label = str(c.get("tag"))
-        elif me is not None and c.get("kernel") == me:
-            label = f"[{count}]" if count is not None else f"cell {c.get('seq')}"
-        else:
-            label = f"{c['kernel']} [{count if count is not None else '?'}]"
-        spend = cell_spend(c, record, workers)
-        out.append({"label": label, "cost": spend.amount, "basis": spend.basis,
-                    "task_seconds": c.get("task_seconds"), "running": c.get("running")})
-    return out
+    return attribution(ledger, record, spend=spend, me=me)
+
+
+def _cells_of(usage: Any, ledger: dict[str, Any] | None, s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The meter's rows for a ledger reading, adding up to the spend its summary ``s`` shows."""
+    if ledger is None or usage is None:
+        return []
+    from ..metering import Spend
+
+    spend = Spend(s.get("spend"), s.get("rate_per_hour"), str(s.get("cost_basis")))
+    return top_cells(ledger, usage.record(), spend=spend)
 
 
 class CostMeter:
@@ -291,7 +317,7 @@ class CostMeter:
         usage = self._usage()
         s = usage.summary(ledger) if usage is not None else {}
         samples = list((ledger or {}).get("samples") or [])
-        cells = top_cells(ledger, usage.record()) if ledger is not None and usage is not None else []
+        cells = rank_cells(_cells_of(usage, ledger, s))
         return render_html(self.cluster.name, s, samples, budget=self._budget(), status=self.cluster.status,
                            cells=cells)
 
@@ -300,8 +326,8 @@ class CostMeter:
         if usage is None or self.cluster.status != "running":
             return {}, [], []
         ledger = usage.ledger(samples=self.points)
-        cells = top_cells(ledger, usage.record()) if ledger is not None else []
-        return usage.summary(ledger), list((ledger or {}).get("samples") or []), cells
+        s = usage.summary(ledger)
+        return s, list((ledger or {}).get("samples") or []), rank_cells(_cells_of(usage, ledger, s))
 
     def html(self) -> str:
         """The current view as HTML (one ledger read)."""
@@ -432,19 +458,23 @@ class CostMeter:
                 s = dict(self._usage().summary(final))
             except Exception:
                 s = {}
+        cells: list[dict[str, Any]] = []
         try:
             rec = self.cluster.registry.get(self.cluster.id)
-            from ..metering import spend_of
+            from ..metering import spend_of, stored_usage
 
             sp = spend_of(rec, None)
             spend = sp.amount if sp.amount is not None else rec.cost
             if spend is not None or "spend" not in s:
                 s["spend"] = spend
             state = rec.state
+            kept = stored_usage(rec)  # the usage kept at close: its rows add up to the final spend
+            if kept is not None:
+                s, cells = dict(kept["summary"]), list(kept["cells"])
         except Exception:
             pass
         s["rate_per_hour"] = None  # nothing bills at a rate any more (or the row says it may)
-        self._widget.value = render_html(self.cluster.name, s, budget=self._budget(), status=state)
+        self._widget.value = render_html(self.cluster.name, s, budget=self._budget(), status=state, cells=cells)
 
 
 def in_kernel() -> bool:

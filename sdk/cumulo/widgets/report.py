@@ -1,4 +1,7 @@
-"""The picture a user sends their manager: spend over time (busy vs idle) and cost per cell, with bokeh.
+"""The picture a user sends their manager: spend over time (busy vs idle) and where it went, with bokeh.
+
+The cost bars are the rows of ``cluster.usage.cells()``: every cell, then
+"outside cells", "other kernels", "earlier cells" and "idle", which together add up to the spend.
 
 bokeh comes with distributed's dashboard, so this needs nothing new. ``figure``
 builds the plots from plain data (a usage summary, the ledger's samples and a
@@ -45,7 +48,7 @@ def spend_series(samples: list[dict[str, Any]], summary: dict[str, Any]) -> dict
 
 
 def figure(name: str, summary: dict[str, Any], samples: list[dict[str, Any]], cells: pd.DataFrame) -> Any:
-    """A bokeh layout: spend over time (stacked busy/idle) above cost (or task time) per cell."""
+    """A bokeh layout: spend over time (stacked busy/idle) above cost (or worker-time) per cell and idle."""
     from bokeh.layouts import column
     from bokeh.models import ColumnDataSource, Div
     from bokeh.plotting import figure as bfigure
@@ -65,16 +68,20 @@ def figure(name: str, summary: dict[str, Any], samples: list[dict[str, Any]], ce
         spend.legend.location = "top_left"
     spend.yaxis.axis_label = unit
     priced = cells["cost"].notna().any() if len(cells) else False
-    value = "cost" if priced else "task_seconds"
+    # priced: dollars, which add up to the spend; else the worker-seconds they stand for (busy, and idle)
+    value = "cost" if priced else "worker_seconds"
     labels = [str(x) for x in cells["cell"]] if len(cells) else []
-    values = [float(v or 0.0) for v in cells[value]] if len(cells) else []
-    bars = bfigure(title="Cost per cell ($, estimate)" if priced else "Task-seconds per cell (no rate set)",
-                   y_range=list(reversed(labels)) or ["(no cells)"], height=max(160, 28 * len(labels) + 60),
-                   width=640, tools="save")
+    values = [0.0 if v != v or v is None else float(v) for v in cells[value]] if len(cells) else []
+    total = sum(values)
+    title = (f"Cost per cell, outside cells and idle ($, estimate): ${total:,.4f} in all, the spend" if priced
+             else f"Worker-seconds per cell, outside cells and idle (no rate set): {total:,.1f} in all")
+    bars = bfigure(title=title, y_range=list(reversed(labels)) or ["(no cells)"],
+                   height=max(160, 28 * len(labels) + 60), width=640, tools="save")
     if labels:
-        bars.hbar(y="cell", right="value", height=0.6, color="#3b82f6",
-                  source=ColumnDataSource({"cell": labels, "value": values}))
-    bars.xaxis.axis_label = "$" if priced else "task-seconds"
+        colours = ["#d1d5db" if label == "idle" else "#3b82f6" for label in labels]
+        bars.hbar(y="cell", right="value", height=0.6, color="colour",
+                  source=ColumnDataSource({"cell": labels, "value": values, "colour": colours}))
+    bars.xaxis.axis_label = "$" if priced else "worker-seconds"
     return column(head, spend, bars)
 
 
