@@ -170,6 +170,11 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     estimate = form.locator(".cumulo-lab-estimate").inner_text()
     assert "$" in estimate and "/h" in estimate and "budget lasts" in estimate, estimate
     form.screenshot(path=str(ARTIFACTS / "new-cluster-form.png"))
+    form.locator('select[name="provider"]').select_option("ssh")  # your own hosts: a target, no price list
+    form.locator('input[name="hosts"]').wait_for(state="visible", timeout=10_000)
+    assert not form.locator('select[name="gpu"]').is_visible()
+    assert form.locator('input[name="hosts"]').get_attribute("placeholder") == "ssh://user@host1,host2"
+    form.screenshot(path=str(ARTIFACTS / "new-cluster-form-ssh.png"))
     form.locator('select[name="provider"]').select_option("local")
     form.locator('input[name="count"]').fill("1")
     form.locator('input[name="budget"]').fill("5")
@@ -221,6 +226,11 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
              what="the work cell, finished, among the card's top cells")
     top = card.locator(".cumulo-lab-top").inner_text()
     assert "Top cells by cost" in top and "task-s" in top and "$" in top, top
+    # the cell is named by its notebook and execution count, its first line on hover; the rest of the
+    # spend has its own rows, and a total row says they add up to it
+    label = card.locator(".cumulo-lab-top-label", has_text="connect.ipynb [2]")
+    assert label.get_attribute("title").startswith("import time; c = cluster.client"), label.get_attribute("title")
+    assert "idle" in top and "total (the spend)" in top, top
     assert "workers: busy" in card.locator(".cumulo-lab-usage").inner_text()
     card.screenshot(path=str(ARTIFACTS / "sidebar-usage-card.png"))
 
@@ -230,7 +240,7 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
     page.wait_for_selector('.jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
     third.locator(".cm-content").click()
     page.keyboard.type("from cumulo.widgets.meter import rank_cells, top_cells; u = cluster.usage; "
-                       "print('PY', [(c['label'], f\"{c['task_seconds']:.1f}\") "
+                       "print('PY', [(c['label'], '' if c['kind'] == 'idle' else f\"{c['task_seconds']:.1f}\") "
                        "for c in rank_cells(top_cells(u.ledger(), u.record()))])")
     page.keyboard.press("Shift+Enter")
     printed = third.locator(".jp-OutputArea-output")
@@ -244,6 +254,10 @@ def test_compute_sidebar_end_to_end(lab: dict[str, Any], page: Any) -> None:
 
     wait_for(lambda: widget_rows()[:len(python_side)] == [tuple(x) for x in python_side], timeout=30,
              what=f"the inline meter to show the Python side's top cells {python_side}")
+    assert ("connect.ipynb [2]", python_side[0][1]) in widget_rows()  # named as the sidebar card names it
+    headers = widget.locator("th")
+    for i in range(1, headers.count()):  # each header sits over its figures (right-aligned numbers)
+        assert headers.nth(i).evaluate("e => getComputedStyle(e).textAlign") == "right"
     page.locator(".jp-Notebook .jp-Cell").first.locator(".cumulo-meter").screenshot(
         path=str(ARTIFACTS / "inline-meter.png"))
     panel.screenshot(path=str(ARTIFACTS / "sidebar-usage.png"))

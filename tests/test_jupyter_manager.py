@@ -12,6 +12,7 @@ import pytest
 from cumulo.exceptions import ClusterNotFound, NotOwner, ProviderError, SpecError
 from cumulo.jupyter.manager import ClusterManager, day_start
 from cumulo.lifecycle import Lifecycle
+from cumulo.owner import start_time
 from cumulo.registry import Registry
 
 from .conftest import DaskProcesses, wait_for
@@ -155,7 +156,8 @@ def test_stop_a_cluster_started_by_another_process(
 ) -> None:
     """A kernel's cluster (here: a scheduler started by the CLI) is stopped through its provider."""
     rec = registry.create("kernels", "local", {}, state="running", address=dask_processes.address)
-    registry.update(rec.id, owner_pid=dask_processes.scheduler.pid, rate_per_hour=1.2)
+    pid = dask_processes.scheduler.pid  # an owner is a process identity: its PID and its start time
+    registry.update(rec.id, owner_pid=pid, owner_started=start_time(pid), rate_per_hour=1.2)
     manager = ClusterManager(registry)
     assert manager.list(live=False)["clusters"][0]["owned_by"] == "kernel"
     row = manager.stop("kernels")
@@ -279,3 +281,31 @@ def test_reap_with_the_real_guards_marks_a_dead_kernels_cluster(registry: Regist
     reaped = ClusterManager(registry).reap()
     assert [r.name for r in reaped] == ["abandoned"]
     assert not registry.get(rec.id).is_open
+
+
+def test_only_what_the_server_owns_and_can_scale_offers_scale(manager: ClusterManager, registry: Registry) -> None:
+    """The card's Scale follows the row: the server scales only what it launched, and only where the
+    provider's class flag ``can_scale`` allows (an ssh:// cluster is what its hosts are)."""
+    manager.launch({"provider": "local", "name": "mine"})
+    manager.wait_launch("mine", timeout=10)
+    # ssh is launchable from the sidebar: the form's hosts field is the launch target
+    manager.launch({"provider": "ssh", "name": "hosts", "address": "ssh://alice@gpu1,gpu2", "workers": 2})
+    manager.wait_launch("hosts", timeout=10)
+    assert manager.calls[-1]["provider"] == "ssh://alice@gpu1,gpu2"  # type: ignore[attr-defined]
+    registry.create("theirs", "local", {}, state="running")
+    rows = {r["name"]: r for r in manager.list(live=False)["clusters"]}
+    assert rows["mine"]["scalable"] is True
+    assert rows["hosts"]["owned_by"] == "server" and rows["hosts"]["scalable"] is False  # ssh cannot scale
+    assert rows["theirs"]["scalable"] is False  # only its owner scales it
+    with pytest.raises(SpecError, match="is for provider 'gateway', not 'ssh'"):
+        manager.launch({"provider": "ssh", "name": "nohosts", "address": "gateway://h:1"})
+
+
+def test_the_id_from_cumulo_ls_names_a_cluster_too(manager: ClusterManager, registry: Registry) -> None:
+    manager.launch({"provider": "local", "name": "by-id", "workers": 1})
+    cluster = manager.wait_launch("by-id", timeout=10)
+    cid = cluster.record.id
+    assert manager.scale(cid, {"workers": 2}) == {"name": "by-id", "workers": 2} and cluster.scaled == [2]
+    assert manager.usage(cid)["cluster"]["name"] == "by-id"
+    assert manager.stop(cid)["state"] == "closed" and cluster.closed
+    assert manager.usage(cid)["final"] is False  # closed without a ledger (a fake cluster): nothing kept

@@ -15,6 +15,8 @@ export interface ClusterRow {
   state: string;
   /** Whether the server can stop it now (every open registry row, whatever its owner or state). */
   stoppable?: boolean;
+  /** Whether the server can scale it: it launched it (only the owner scales) and its provider can scale. */
+  scalable?: boolean;
   /** A stop or cleanup failed: its resources may still bill until a stop is confirmed. */
   may_bill?: boolean;
   address?: string | null;
@@ -44,7 +46,8 @@ export interface ClusterRow {
   live?: boolean;
   /** Recent usage, as the notebook's inline meter draws it; null when closed or unreachable. */
   sparkline?: Sparkline | null;
-  /** The costliest cells, as the inline meter ranks them; null when closed or unreachable. */
+  /** The costliest cells, as the inline meter ranks them, then other cells, outside cells and idle
+   * (their costs add up to `spent`); null when closed or unreachable. */
   top_cells?: TopCell[] | null;
 }
 
@@ -60,10 +63,17 @@ export interface Sparkline {
   worker_gpu_util: (number | null)[][];
 }
 
-/** One row of the "top cells" list: a notebook cell (or work outside cells) and what it cost. */
+/** One row of the "top cells" list: a notebook cell, or where the rest of the spend went. */
 export interface TopCell {
-  /** "<kernel> [7]" for a cell, "outside cells" for work no cell submitted. */
+  /** "etl.ipynb [7]" for a cell (its notebook and execution count, as the inline meter names it);
+   * "other cells", "outside cells" (work no cell submitted) or "idle" (paid time no task used). */
   label: string;
+  /** cell | other | outside | idle (absent: a cell). */
+  kind?: string;
+  /** A cell's first line of source, shown on hover. */
+  first_line?: string | null;
+  /** Busy worker-seconds (for idle: the worker-seconds no task used). */
+  worker_seconds?: number | null;
   /** Dollars; null means "no rate set" (never shown as $0). */
   cost: number | null;
   /** What the cost rests on, e.g. "task time x configured rate". */

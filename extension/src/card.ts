@@ -1,7 +1,7 @@
 /** One cluster card: status, provider, size, money, budget bar, and its buttons. */
 import type { ClusterRow, TopCell } from './api';
 import { h } from './dom';
-import { budgetFraction, canStop, cellCost, duration, money, rate, size, stateLabel, taskSeconds } from './format';
+import { budgetFraction, canScale, canStop, cellCost, duration, money, rate, size, stateLabel, taskSeconds } from './format';
 import { usageCharts } from './sparkline';
 
 export interface CardActions {
@@ -47,12 +47,34 @@ function budgetBar(row: ClusterRow): HTMLElement | null {
   );
 }
 
+/** Whether a row of the list is a notebook cell (not other cells, outside cells or idle). */
+export function isCell(c: TopCell): boolean {
+  return (c.kind ?? 'cell') === 'cell';
+}
+
+/** What a row says on hover: a cell's first line (and what its cost rests on); for the others, what they are. */
+export function cellHint(c: TopCell): string {
+  const basis = c.basis ? `cost: ${c.basis}` : '';
+  if (isCell(c)) {
+    return [c.first_line ?? '', basis].filter(Boolean).join('\n');
+  }
+  const what =
+    c.kind === 'idle'
+      ? 'idle: paid time no task used'
+      : c.kind === 'outside'
+        ? 'outside cells: work submitted outside any notebook cell (a thread, a script)'
+        : 'other cells: the cells not listed above';
+  return [what, basis].filter(Boolean).join('\n');
+}
+
 /**
- * The costliest cells, as the notebook's meter ranks them: label, task time and cost (its basis
- * in the tooltip), then a line for each of them whose tasks still run. Null when the server sent
- * none (closed, unreachable, or no cell has used the cluster yet).
+ * The costliest cells, as the notebook's meter ranks and names them ("etl.ipynb [7]", its first
+ * line on hover): label, task time and cost, then other cells, outside cells and idle (greyed), whose
+ * costs with the cells' add up to the spend (a total row says so); then a line for each cell whose
+ * tasks still run. Null when the server sent none (closed, unreachable, or no cell has used the
+ * cluster yet).
  */
-export function topCellsList(cells: TopCell[] | null | undefined): HTMLElement | null {
+export function topCellsList(cells: TopCell[] | null | undefined, spent?: number | null): HTMLElement | null {
   if (!cells || !cells.length) {
     return null;
   }
@@ -68,15 +90,21 @@ export function topCellsList(cells: TopCell[] | null | undefined): HTMLElement |
   const rows = cells.map(c => {
     // the label takes what the figures leave, cut with an ellipsis (the whole of it in the tooltip)
     const label = cell(c.label, 'padding-left: 0; width: 100%; max-width: 0; overflow: hidden; text-overflow: ellipsis', 'cumulo-lab-top-label');
-    label.setAttribute('title', c.label);
-    return h(
+    label.setAttribute('title', cellHint(c) || c.label);
+    const tr = h(
       'tr',
-      { className: 'cumulo-lab-top-cell', title: c.basis ? `cost: ${c.basis}` : undefined },
+      { className: isCell(c) ? 'cumulo-lab-top-cell' : `cumulo-lab-top-cell cumulo-lab-top-${c.kind} cumulo-lab-muted`, title: c.basis ? `cost: ${c.basis}` : undefined },
       label,
-      cell(taskSeconds(c.task_seconds), 'text-align: right'),
+      cell(c.kind === 'idle' ? '' : taskSeconds(c.task_seconds), 'text-align: right'),
       cell(cellCost(c.cost), 'text-align: right', 'cumulo-lab-top-cost')
     );
+    return tr;
   });
+  const priced = cells.some(c => c.cost !== null && c.cost !== undefined);
+  if (priced && spent !== null && spent !== undefined) {
+    const total = h('tr', { className: 'cumulo-lab-top-total', title: 'the cells, other cells, outside cells and idle add up to the spend' }, cell('total (the spend)', 'padding-left: 0'), cell('', ''), cell(cellCost(spent), 'text-align: right; font-weight: bold', 'cumulo-lab-top-cost'));
+    rows.push(total);
+  }
   const table = h('table', { className: 'cumulo-lab-top-cells' }, h('tbody', {}, ...rows));
   table.setAttribute('style', 'width: 100%; border-collapse: collapse; font-size: var(--jp-ui-font-size0)');
   const block = h('div', { className: 'cumulo-lab-top' }, small(h('div', { className: 'cumulo-lab-muted' }, 'Top cells by cost')), table);
@@ -143,7 +171,7 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
     card.append(bar);
   }
   if (!launching) {
-    for (const part of [usageCharts(row.sparkline), topCellsList(row.top_cells)]) {
+    for (const part of [usageCharts(row.sparkline), topCellsList(row.top_cells, row.spent)]) {
       if (part) {
         card.append(part);
       }
@@ -156,10 +184,10 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
     );
   }
   if (row.state === 'running') {
-    buttons.append(
-      button('Connect cell', 'Insert a cell that connects to this cluster into the active notebook', () => actions.insertConnect(row)),
-      button('Scale', 'Change the number of workers', () => actions.scale(row))
-    );
+    buttons.append(button('Connect cell', 'Insert a cell that connects to this cluster into the active notebook', () => actions.insertConnect(row)));
+    if (canScale(row)) {
+      buttons.append(button('Scale', 'Change the number of workers', () => actions.scale(row)));
+    }
   }
   if (canStop(row)) {
     buttons.append(button('Stop', 'Stop this cluster (asks first)', () => actions.stop(row), 'jp-mod-warn cumulo-lab-stop'));

@@ -12,6 +12,21 @@ import { gatewayEstimate, GatewaySection } from './gatewayform';
 
 /** The provider whose form is the gateway's address and options instead of the price list. */
 export const GATEWAY = 'gateway';
+/** The provider whose form is a hosts target (ssh://user@host1,host2) instead of the price list. */
+export const SSH = 'ssh';
+
+/**
+ * The launch target of an ssh cluster from the hosts field: "ssh://user@gpu1,gpu2" as written,
+ * "user@gpu1,gpu2" with ssh:// put in front; throws Error when no host is named.
+ */
+export function sshTarget(hosts: string): string {
+  const text = hosts.trim();
+  const body = text.replace(/^ssh:\/\//, '').trim();
+  if (!body || body.split(',').every(part => !part.trim())) {
+    throw new Error('Hosts: name at least one host, like ssh://user@host1,host2');
+  }
+  return text.startsWith('ssh://') ? text : `ssh://${text}`;
+}
 
 export interface FormCallbacks {
   /** Launch; resolve when the server accepted the request (it then launches in the background). */
@@ -118,10 +133,13 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
     : (address: string) => new RestAPI().gatewayOptions(address);
   // `update` is defined below; the section calls it after each load (the estimate needs the gateway's rate)
   const gateway = new GatewaySection(loader, () => update(), showError);
+  const hosts = h('input', { className: 'jp-mod-styled', name: 'hosts', placeholder: 'ssh://user@host1,host2', spellcheck: 'false' });
+  const hostsRow = field('Hosts', hosts, 'the scheduler runs on the first; this server logs in with its own SSH keys');
   const gpuRow = field('GPU type', gpu, 'from the price catalog, $/h per instance');
   const spotRow = h('label', { className: 'cumulo-lab-field cumulo-lab-check' }, spot, h('span', {}, 'Spot / preemptible'));
   const countHint = h('small', { className: 'cumulo-lab-muted' });
   const isGateway = () => provider.value === GATEWAY;
+  const isSsh = () => provider.value === SSH;
 
   let offers: Offer[] = [];
   const fillGpus = () => {
@@ -140,9 +158,9 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
   const values = () => ({
     name: name.value,
     provider: provider.value,
-    offer: isGateway() || gpu.value === '' ? undefined : offers[Number(gpu.value)],
+    offer: isGateway() || isSsh() || gpu.value === '' ? undefined : offers[Number(gpu.value)],
     count: count.value,
-    spot: !isGateway() && spot.checked,
+    spot: !isGateway() && !isSsh() && spot.checked,
     budget: budget.value,
     idle: idle.value,
     address: isGateway() ? gateway.address.value : undefined
@@ -159,10 +177,12 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
   };
   const showProvider = () => {
     const gw = isGateway();
-    show(gpuRow, !gw);
-    show(spotRow, !gw);
+    const ssh = isSsh();
+    show(gpuRow, !gw && !ssh);
+    show(spotRow, !gw && !ssh);
     show(gateway.node, gw);
-    countHint.textContent = gw ? 'workers the gateway starts' : 'workers (instances for cloud providers)';
+    show(hostsRow, ssh);
+    countHint.textContent = gw ? 'workers the gateway starts' : ssh ? 'workers, spread over the hosts' : 'workers (instances for cloud providers)';
   };
   provider.addEventListener('change', () => {
     fillGpus();
@@ -185,6 +205,7 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
     field('Name', name),
     field('Provider', provider),
     gateway.node,
+    hostsRow,
     gpuRow,
     h('label', { className: 'cumulo-lab-field' }, h('span', {}, 'Count'), count, countHint),
     spotRow,
@@ -206,7 +227,8 @@ export function launchForm(prices: Prices, callbacks: FormCallbacks): HTMLElemen
     }
     let spec: LaunchSpec;
     try {
-      spec = specFrom({ ...values(), options: isGateway() ? gateway.options() : undefined });
+      const address = isSsh() ? sshTarget(hosts.value) : values().address;
+      spec = specFrom({ ...values(), address, options: isGateway() ? gateway.options() : undefined });
     } catch (e) {
       showError((e as Error).message);
       return;

@@ -74,6 +74,12 @@ export function canStop(row: ClusterRow): boolean {
   return row.state !== 'launching' && (row.stoppable ?? row.state === 'running');
 }
 
+/** Whether the card offers Scale: the server says it can (it launched the cluster, whose provider can
+ * scale); a cluster started by a kernel is scaled by that kernel, one whose provider cannot scale never. */
+export function canScale(row: ClusterRow): boolean {
+  return row.state === 'running' && row.scalable === true;
+}
+
 /** The state as a user reads it: the one that matters says that it may still bill. */
 export function stateLabel(row: ClusterRow): string {
   return row.state === 'stop-failed' || row.may_bill ? 'stop failed: may still bill' : row.state;

@@ -55,7 +55,9 @@ class SSHProvider(Provider):
 
     name = "ssh"
     lives_in_owner_process = False
-    launchable_from_server = False  # the server has no SSH agent of the user's notebook; connect from a notebook
+    #: the sidebar's New cluster form takes the hosts target; the server logs in as its own user would with
+    #: `ssh` (its SSH agent, ~/.ssh or cumulo.ssh.key-file), checking known_hosts as from a notebook
+    launchable_from_server = True
     owns_scheduler = True
     #: processes on the hosts outlive an unreachable scheduler: only a confirmed stop closes the row
     bills_independently = True
