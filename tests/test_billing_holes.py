@@ -84,6 +84,7 @@ def test_disconnected_clusters_stay_under_their_limits_while_their_kernel_lives(
         assert "budget" in reaped[pricey].reason and reaped[pricey].action == "stopped"
         assert "idle" in reaped[idle].reason and reaped[idle].action == "stopped"
         assert registry.get(pricey).state == registry.get(idle).state == "closed"
+        assert all(registry.get(cid).usage for cid in (pricey, idle)), "a reaped cluster keeps its final usage"
         wait_for(lambda: not any(detached_provider._alive(p) for p in pids), what="their processes gone")
     finally:
         proc.kill()

@@ -89,7 +89,7 @@ def test_cost_control_notebook_runs(tmp_path: Path) -> None:
     assert "tiny-budget: closed (budget reached)" in text
     assert "idle-demo: closed (idle timeout" in text
     assert "$ cumulo reap --dry-run" in text and "nothing to reap" in text
-    assert "kernel gone" in text and "would stop" in text
+    assert "no heartbeat for" in text and "would stop" in text
     assert "forgotten 64 h" in text and "3072.0" in text  # 2 workers x $24/h x 64 h
     for name in ("cost-demo", "tiny-budget", "idle-demo"):
         assert Registry().latest(name).state == "closed", name

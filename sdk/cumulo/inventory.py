@@ -101,12 +101,21 @@ async def stop_record(record: ClusterRecord, registry: Registry, *, why: str | N
     provider = get_provider(record.provider)
     kept = await _final_usage(record, provider)
     await Lifecycle(registry).stop(record, provider, why=why or who("stopped by `cumulo down`"))
-    if kept is not None:
-        try:
-            if not registry.get(record.id).usage:  # the owner's own reading, if it made one, wins
-                registry.update(record.id, usage=json.dumps(kept, allow_nan=False))
-        except Exception as exc:  # a record, never a reason for a stop to fail
-            logger.debug("cumulo: could not keep the usage of %r: %s", record.name, exc)
+    keep_usage(registry, record.id, kept)
+
+
+def keep_usage(registry: Registry, cluster_id: str, usage: dict[str, Any] | None) -> None:
+    """Keep ``usage`` (metering.final_usage) in a closed row, unless its owner already kept its own reading.
+
+    A record, never a reason for a stop to fail: errors are logged at debug level.
+    """
+    if usage is None:
+        return
+    try:
+        if not registry.get(cluster_id).usage:  # the owner's own reading, if it made one, wins
+            registry.update(cluster_id, usage=json.dumps(usage, allow_nan=False))
+    except Exception as exc:
+        logger.debug("cumulo: could not keep the usage of cluster %s: %s", cluster_id, exc)
 
 
 async def _final_usage(record: ClusterRecord, provider: Any) -> dict[str, Any] | None:

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 
 from . import guards
 from .exceptions import CredentialsError, CumuloError
-from .inventory import reconcile, who
+from .inventory import keep_usage, reconcile, who
 from .lifecycle import Lifecycle, State
-from .metering import Spend, fetch_ledger_async, spend_of
+from .metering import Spend, fetch_ledger_async, final_usage, spend_of
 from .providers import Orphan, Provider, get_provider, known_providers, provider_class
 from .registry import ClusterRecord, Registry
 
@@ -177,6 +177,8 @@ async def _one(lifecycle: Lifecycle, record: ClusterRecord, *, dry_run: bool, no
         await lifecycle.stop(record, provider, why=who(f"reaped: {reason}"))
     except Exception as exc:
         return out(f"FAILED: {exc}; it may still bill: run `cumulo down {record.name}`")
+    if ledger is not None:
+        keep_usage(lifecycle.registry, record.id, final_usage(record, ledger))
     final = spend_of(lifecycle.registry.get(record.id), ledger, now=time.time())
     if final.amount is not None:
         spend = final
