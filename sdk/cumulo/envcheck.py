@@ -18,7 +18,6 @@ such a pair is quiet while every other table (and cumulo's own gate) still shows
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import warnings
 from dataclasses import dataclass, field

@@ -21,8 +21,8 @@ import difflib
 import math
 import re
 import socket
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
