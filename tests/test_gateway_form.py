@@ -303,8 +303,9 @@ def test_a_launch_passes_the_gateway_address_and_options_to_connect(registry: Re
     calls: list[dict[str, Any]] = []
     manager = ClusterManager(registry, connect=fake_connect(calls))
     try:
-        manager.launch({"provider": "gateway", "address": "gateway://127.0.0.1:8000", "name": "gw", "workers": 2,
-                        "budget": 5, "options": {"worker_cores": 2, "queue": "default"}})
+        with configured("gateway://127.0.0.1:8000"):
+            manager.launch({"provider": "gateway", "address": "gateway://127.0.0.1:8000", "name": "gw",
+                            "workers": 2, "budget": 5, "options": {"worker_cores": 2, "queue": "default"}})
         manager.wait_launch("gw", 10)
     finally:
         manager.close_owned()
@@ -321,6 +322,18 @@ def test_an_address_of_another_provider_is_refused(registry: Registry) -> None:
         manager.close_owned()
 
 
+@on_server_loop
+async def test_a_launch_on_another_gateway_is_refused_before_any_request(
+        jp_fetch: Any, fakes: tuple[FakeGateway, FakeGateway]) -> None:
+    """The server launches only on its own gateway: a request naming another never gets its credentials."""
+    own, attacker = fakes
+    status, data = await call(jp_fetch, "POST", "cumulo/clusters",
+                              {"provider": "gateway", "address": attacker.address, "name": "elsewhere"})
+    assert status == 400 and data["error"] == "SpecError" and own.address in data["message"], data
+    await asyncio.sleep(0.2)
+    assert attacker.seen == [] and own.seen == []
+
+
 @pytest.fixture
 def registry() -> Registry:
     return Registry()
@@ -332,9 +345,9 @@ def test_a_launch_from_the_server_starts_the_gateway_cluster_with_the_forms_opti
     try:
         with configured(gateway.address):
             form = manager.gateway_options()
-        options = {f["name"]: f["default"] for f in form["fields"]} | {"worker_cores": 2}
-        card = manager.launch({"provider": "gateway", "address": form["address"], "name": "form-gw", "workers": 1,
-                               "options": options})
+            options = {f["name"]: f["default"] for f in form["fields"]} | {"worker_cores": 2}
+            card = manager.launch({"provider": "gateway", "address": form["address"], "name": "form-gw",
+                                   "workers": 1, "options": options})
         assert (card["provider"], card["state"]) == ("gateway", "launching")
         cluster = manager.wait_launch("form-gw", 120)
         assert cluster is not None, manager.list(live=False)["clusters"]

@@ -233,6 +233,8 @@ class ClusterManager:
                 f"address {spec.address!r} is for provider {provider_for_address(spec.address)!r}, not "
                 f"{spec.provider!r}: send the provider the address belongs to, or leave the address out"
             )
+        if spec.address is not None:  # the server reaches it with its own credentials: the provider decides
+            provider_class(spec.provider).check_server_target(spec.address)
         return spec
 
     def launch(self, body: Any) -> dict[str, Any]:
@@ -380,14 +382,10 @@ class ClusterManager:
         """
         from .. import config
         from ..providers.gateway.options import cluster_form
+        from ..providers.gateway.server_gateway import check_same
+        from ..providers.gateway.server_gateway import configured as server_gateway
 
-        configured = _configured_gateway()
-        if address and not _same_gateway(address, configured):
-            raise SpecError(
-                f"this server reads cluster options only from its own gateway, {configured}; {address} is not it "
-                "(the server's gateway credentials go nowhere else). To use another gateway, set gateway.address "
-                "in the dask config of the Jupyter server (e.g. DASK_GATEWAY__ADDRESS) and restart it, or call "
-                "cumulo.gateway_options(address) in a notebook")
+        configured = check_same(address, what="reads cluster options only from") if address else server_gateway()
         form = cluster_form(configured)
         rate = config.get("gateway.rate-per-hour")
         form["rate_per_hour"] = None if rate is None else float(rate)
@@ -437,30 +435,6 @@ class ClusterManager:
         for provider, why in done.unchecked.items():
             log.debug("cumulo reaper: %s orphans not checked: %s", provider, why)
         return [*done.clusters, *done.orphans]
-
-
-def _configured_gateway() -> str:
-    """The server's own gateway (dask-gateway's ``gateway.address`` config) as cumulo writes it; SpecError if none."""
-    from ..providers.gateway import api
-
-    api.dask_gateway()  # MissingDependency naming the extra, before its config is read
-    try:
-        return api.target_from_dask_config().address
-    except SpecError:
-        raise SpecError("this server has no dask-gateway configured: set gateway.address in the dask config of "
-                        "the Jupyter server (e.g. DASK_GATEWAY__ADDRESS=https://gateway.example.org) and restart "
-                        "it; the server reads cluster options only from that gateway") from None
-
-
-def _same_gateway(address: str, configured: str) -> bool:
-    """Whether ``address`` names the ``configured`` gateway (scheme, host, port and path; host case ignored)."""
-    from urllib.parse import urlsplit
-
-    from ..providers.gateway import api
-
-    a, b = urlsplit(api.target_of(address).url), urlsplit(api.target_of(configured).url)
-    return (a.scheme, (a.hostname or "").lower(), a.port, a.path) == \
-        (b.scheme, (b.hostname or "").lower(), b.port, b.path)
 
 
 def _default_connect() -> Callable[..., Any]:

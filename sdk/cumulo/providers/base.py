@@ -191,6 +191,11 @@ class Provider(abc.ABC):
         self.allow_insecure = allow_insecure
         self.progress = progress
 
+    @classmethod
+    def check_server_target(cls, address: str) -> None:
+        """Refuse a launch target that a request asks the Jupyter server to reach with the server's own
+        credentials, where that would send them to a host the request chose (SpecError). Default: any."""
+
     async def preflight(self, spec: ClusterSpec) -> None:
         """Refuse a spec that cannot work here, before any row is written or anything starts."""
 

@@ -132,6 +132,13 @@ class GatewayProvider(Provider):
     sweeps_orphans = False
     takes_own_options = True  # connect("gateway://...", worker_cores=2): the gateway's own cluster options
 
+    @classmethod
+    def check_server_target(cls, address: str) -> None:
+        """The server launches only on its own gateway (server_gateway.py): its credentials go nowhere else."""
+        from .server_gateway import check_same
+
+        check_same(address, what="launches clusters only on")
+
     def _say(self, message: str) -> None:
         Say(self.progress, logger=logger)(message)  # log and callback only, as before: no stderr echo
 
