@@ -60,18 +60,45 @@ class _Text:
     put: Callable[[str], None]
     code: bool = False
     binary: bool = False  # base64 of binary data (an image, a PDF): scanned, never edited
+    name: str | None = None  # the JSON key this is the value of ({"api_token": "..."} is a secret by its name)
+
+
+class _Slot:
+    """One entry of a JSON object, whose key may be renamed (a secret used as a key) and value replaced."""
+
+    def __init__(self, container: dict[str, Any], key: str) -> None:
+        self.container = container
+        self.key = key
+
+    def put(self, value: str) -> None:
+        self.container[self.key] = value
+
+    def rename(self, new: str) -> None:
+        """Give the entry key ``new`` in place (order kept); ``new#2``, ... when another entry has it."""
+        d, old = self.container, self.key
+        unique, n = new, 2
+        while unique in d and unique != old:
+            unique, n = f"{new}#{n}", n + 1
+        items = list(d.items())
+        d.clear()
+        for k, v in items:
+            d[unique if k == old else k] = v
+        self.key = unique
 
 
 def _strings(obj: Any, cell: int | None, where: str) -> Iterator[_Text]:
-    """Every string leaf of a JSON value (dict keys are not secrets' places in nbformat)."""
+    """Every string of a JSON value, its keys included (a token can be a key: {"hf_...": {...}})."""
     if isinstance(obj, dict):
         for k in list(obj):
+            slot = _Slot(obj, k)
+            if isinstance(k, str):
+                yield _Text(cell, f"{where}, key", k, slot.rename)
             v = obj[k]
             if isinstance(v, str):
-                yield _Text(cell, where, v, _setter(obj, k))
+                yield _Text(cell, where, v, slot.put, name=k)
             else:
                 yield from _strings(v, cell, where)
-    elif isinstance(obj, list):
+    elif isinstance(obj, list):  # items are not named by the key above ({"tokens": ["Hello", ...]})
         for i, v in enumerate(obj):
             if isinstance(v, str):
                 yield _Text(cell, where, v, _setter(obj, i))
@@ -86,13 +113,17 @@ def _setter(container: Any, key: Any) -> Callable[[str], None]:
     return put
 
 
+def _binary_mime(mime: str) -> bool:
+    """Is an output of this MIME type base64 of binary data (an image, a PDF) rather than text?"""
+    return bool(re.match(r"^(image|audio|video|font)/", mime) or mime == "application/pdf") \
+        and not _TEXT_MIME.match(mime)
+
+
 def _mime_bundle(bundle: dict[str, Any], cell: int | None, where: str) -> Iterator[_Text]:
     for mime in list(bundle):
         value = bundle[mime]
         if isinstance(value, str):
-            text = not bool(re.match(r"^(image|audio|video|font)/", mime) or mime == "application/pdf") \
-                or bool(_TEXT_MIME.match(mime))
-            yield _Text(cell, f"{where}, {mime}", value, _setter(bundle, mime), binary=not text)
+            yield _Text(cell, f"{where}, {mime}", value, _setter(bundle, mime), binary=_binary_mime(mime))
         else:
             yield from _strings(value, cell, f"{where}, {mime}")
 
@@ -101,7 +132,10 @@ def _texts(nb: Any) -> Iterator[_Text]:
     """Every place of a notebook where text (or binary data) lives."""
     for index, cell in enumerate(nb.cells, start=1):
         yield _Text(index, "source", cell.source, _setter(cell, "source"), code=cell.cell_type == "code")
-        for name, bundle in (cell.get("attachments") or {}).items():
+        attachments = cell.get("attachments") or {}
+        for name in list(attachments):
+            yield _Text(index, "attachment name", name, _Slot(attachments, name).rename)
+        for name, bundle in list(attachments.items()):
             for mime in list(bundle):
                 value = bundle[mime]
                 if not isinstance(value, str):
@@ -117,8 +151,8 @@ def _texts(nb: Any) -> Iterator[_Text]:
                 for key in ("ename", "evalue"):
                     yield _Text(index, f"{label}, error", str(out.get(key, "")), _setter(out, key))
                 tb = out.get("traceback") or []
-                for i, line in enumerate(tb):
-                    yield _Text(index, f"{label}, traceback", line, _setter(tb, i))
+                for i, line in enumerate(tb):  # Python source lines: a bare NAME=value there is a variable
+                    yield _Text(index, f"{label}, traceback", line, _setter(tb, i), code=True)
             else:
                 yield from _mime_bundle(out.get("data") or {}, index, label)
                 yield from _strings(out.get("metadata") or {}, index, f"{label}, metadata")
@@ -163,3 +197,61 @@ def _blob_kinds(scanner: Scanner, text: str) -> list[tuple[str, str]]:
                 continue
             found += [(k, label) for k in scanner.kinds_in(data)]
     return found
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One string anywhere in a notebook's JSON (a key or a value), for the check of the written copy."""
+
+    cell: int | None
+    where: str
+    value: str
+    code: bool = False
+    name: str | None = None
+    binary: bool = False
+
+
+def _fields(node: Any, path: tuple[Any, ...] = (), name: str | None = None, *,
+            code_cells: frozenset[int] = frozenset()) -> Iterator[_Field]:
+    """Every key and string value of a notebook read back from its JSON, whatever field holds it (cell
+    ids, output names and MIME types too, which :func:`_texts` does not walk); text attachments decoded."""
+    if not path:
+        code_cells = frozenset(i for i, c in enumerate(node.get("cells") or ()) if c.get("cell_type") == "code")
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield _field(path, str(k), key=True)
+            yield from _fields(v, (*path, k), k if isinstance(k, str) else name, code_cells=code_cells)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _fields(v, (*path, i), code_cells=code_cells)
+    elif isinstance(node, str):
+        yield _field(path, node, name=name, code_cells=code_cells)
+
+
+def _field(path: tuple[Any, ...], value: str, *, key: bool = False, name: str | None = None,
+           code_cells: frozenset[int] = frozenset()) -> _Field:
+    in_cell = len(path) >= 2 and path[0] == "cells" and isinstance(path[1], int)
+    cell = path[1] + 1 if in_cell else None
+    rest = path[2:] if in_cell else path
+    where = ".".join(str(p) for p in rest)
+    if not in_cell:
+        where = f"notebook {where}".rstrip()
+    if key:
+        return _Field(cell, f"{where} key" if where else "key", value)
+    if not in_cell:
+        return _Field(None, where, value, name=name)
+    code = (rest == ("source",) or rest[-2:-1] == ("traceback",)) and path[1] in code_cells
+    mime = str(rest[-1]) if len(rest) >= 3 else ""
+    if (rest[:1] == ("attachments",) and len(rest) == 3) or (rest[:1] == ("outputs",) and rest[2:3] == ("data",)
+                                                            and len(rest) == 4):
+        name = None  # a MIME type is not a name (the first pass gives these texts none either)
+    if rest[:1] == ("attachments",) and len(rest) == 3:
+        if not _TEXT_MIME.match(mime):
+            return _Field(cell, where, value, binary=True)
+        try:
+            value = base64.b64decode(value, validate=False).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return _Field(cell, where, value, binary=True)
+    elif rest[:1] == ("outputs",) and len(rest) == 4 and rest[2] == "data" and _binary_mime(mime):
+        return _Field(cell, where, value, binary=True)
+    return _Field(cell, where, value, code=code, name=name)

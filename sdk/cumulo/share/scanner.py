@@ -7,7 +7,16 @@ import re
 from collections.abc import Iterable, Iterator
 
 from ..exceptions import CumuloError
-from .detectors import _ASSIGNMENT, _builtin_plugins, _detect_secrets, _extra_plugins
+from .detectors import (
+    _ASSIGNMENT,
+    SECRET_NAMED,
+    _builtin_plugins,
+    _detect_secrets,
+    _extra_plugins,
+    _secret_word,
+    _secret_pairs,
+    _value_shaped,
+)
 
 __all__ = ["Scanner", "configured_secrets"]
 
@@ -20,9 +29,40 @@ _PRIVATE_BLOCK = re.compile(
     r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY((?: BLOCK)?)-----.*?(?:-----END \1PRIVATE KEY\2-----|\Z)", re.DOTALL)
 _PUTTY = re.compile(r"PuTTY-User-Key-File-\d.*?(?:Private-MAC: *[0-9a-fA-F]+|\Z)", re.DOTALL)
 _PRINTABLE_RUN = re.compile(rb"[\x20-\x7e\t\r\n]{6,}")
+#: A code cell whose body is not Python (%%writefile .env, %%bash): its NAME=value lines are values.
+_SHELL_CELL = re.compile(r"\s*%%(writefile|file|bash|sh|script|system|html|markdown|latex|javascript|js|perl|ruby)\b")
+#: A string literal on one line (prefixes r, b, u, f), and what may join two into one string.
+_LITERAL = re.compile(r"""(?<![\w"'])[rRbBuUfF]{0,2}(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q))[^\\\n])*)(?P=q)""")
+_JOIN = re.compile(r"(?:\s|\\\n)*\+?(?:\s|\\\n)*")
 #: Environment variable names that say they hold a secret.
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH)",
                          re.IGNORECASE)
+
+
+def _edge_word(body: str, end: int) -> str:
+    """The word (no spaces) a literal's body starts (``end`` 0) or ends (``end`` -1) with."""
+    if not body or body[end].isspace():
+        return ""
+    words = body.split()
+    return words[end]
+
+
+def _literal_runs(text: str) -> Iterator[list[re.Match[str]]]:
+    """Runs of two or more string literals joined by ``+`` or by adjacency only, where some join could be
+    inside a secret: at least 8 characters without a space across it (``'sk-' + 'ant...'``, not ``'a' + 'b'``)."""
+    run: list[re.Match[str]] = []
+    joins = False
+    for m in _LITERAL.finditer(text):
+        if run and _JOIN.fullmatch(text, run[-1].end(), m.start()):
+            left, right = _edge_word(run[-1].group("body"), -1), _edge_word(m.group("body"), 0)
+            joins = joins or (bool(left) and bool(right) and len(left) + len(right) >= 8)
+            run.append(m)
+            continue
+        if len(run) > 1 and joins:
+            yield run
+        run, joins = [m], False
+    if len(run) > 1 and joins:
+        yield run
 
 
 def _slug(kind: str) -> str:
@@ -54,10 +94,10 @@ class Scanner:
         if len(value) >= _MIN_VALUE and value not in self._values:
             self._values[value] = kind
 
-    def learn(self, text: str, *, code: bool = False) -> None:
+    def learn(self, text: str, *, code: bool = False, name: str | None = None) -> None:
         """Remember the values found in ``text``, so that they are removed wherever else they appear."""
-        for start, end, kind in self._detected(text, code=code):
-            self._add_value(text[start:end], kind)
+        for start, end, kind, value in self._findings(text, code=code, name=name):
+            self._add_value(value, kind)
 
     @property
     def values(self) -> int:
@@ -75,20 +115,65 @@ class Scanner:
                     or h.is_sequential_string(secret) or h.is_potential_uuid(secret)
                     or h.is_likely_id_string(secret, line) or h.is_not_alphanumeric_string(secret))
 
-    def _detected(self, text: str, *, code: bool) -> Iterator[tuple[int, int, str]]:
+    def _detected(self, text: str, *, code: bool, name: str | None = None) -> Iterator[tuple[int, int, str]]:
         """Spans the detectors find (not the known values)."""
+        for start, end, kind, _ in self._findings(text, code=code, name=name):
+            yield start, end, kind
+
+    def _findings(self, text: str, *, code: bool, name: str | None = None) -> Iterator[tuple[int, int, str, str]]:
+        """(start, end, kind, secret) the detectors find; ``secret`` differs from ``text[start:end]`` only for a
+        secret split over concatenated string literals. ``name``: the JSON key ``text`` is the value of."""
+        word = _secret_word(name) if name is not None else None
+        if word and _value_shaped(text, word=word, bare=False, python=False, colon=True) \
+                and self._plausible(text.strip(), text):
+            yield 0, len(text), SECRET_NAMED, text  # {"api_token": "..."} in JSON output or metadata
+            return
         for rx, kind in ((_PRIVATE_BLOCK, "Private Key"), (_PUTTY, "Private Key")):
             for m in rx.finditer(text):
-                yield m.start(), m.end(), kind
-        filename = "cell.py" if code else "output.txt"
+                yield m.start(), m.end(), kind, m.group()
+        python = code and not _SHELL_CELL.match(text)
         offset = 0
         for line in text.splitlines(keepends=True):
             stripped = line.rstrip("\r\n")
             if len(stripped) > 4 and not stripped.isspace():
-                yield from ((offset + s, offset + e, k) for s, e, k in self._line(stripped, filename))
+                py = python and not stripped.lstrip().startswith(("!", "%"))
+                yield from ((offset + s, offset + e, k, stripped[s:e]) for s, e, k in self._line(stripped, python=py))
             offset += len(line)
+        yield from self._split(text, python=python)
 
-    def _line(self, line: str, filename: str) -> Iterator[tuple[int, int, str]]:
+    def _split(self, text: str, *, python: bool) -> Iterator[tuple[int, int, str, str]]:
+        """Secrets split over string literals joined by ``+`` or by adjacency (``'ghp_R7t' + 'L8vB...'``).
+
+        Each run of two or more literals is joined and scanned with the text before it on its line
+        (so ``TOKEN = 'a' + 'b'`` still has its name); a secret that crosses a join is reported over the
+        whole stretch it covers, so that redaction leaves one literal, ``'[REDACTED:...]'``."""
+        if "'" not in text and '"' not in text:
+            return
+        for run in _literal_runs(text):
+            joined, where = "", []
+            for m in run:
+                body = m.start("body")
+                joined += m.group("body")
+                where += range(body, m.end("body"))
+            head = text.rfind("\n", 0, run[0].start()) + 1
+            prefix = text[head:run[0].start()] + run[0].group("q")
+            line = prefix + joined + run[0].group("q")
+            for s, e, kind in self._line(line, python=python):
+                s, e = max(s - len(prefix), 0), min(e - len(prefix), len(joined))
+                if e <= s:
+                    continue
+                pieces = [m for m in run if m.start("body") <= where[e - 1] and m.end("body") > where[s]]
+                if len(pieces) < 2:
+                    continue  # inside one literal: the line scan has it
+                if len({m.group("q") for m in pieces}) == 1:
+                    yield where[s], where[e - 1] + 1, kind, joined[s:e]
+                    continue
+                for m in pieces:  # mixed quotes: redact each part in its own literal
+                    yield max(where[s], m.start("body")), min(where[e - 1] + 1, m.end("body")), kind, joined[s:e]
+
+    def _line(self, line: str, *, python: bool) -> Iterator[tuple[int, int, str]]:
+        """Secrets in one line: detect-secrets' plugins, cumulo's, and values of secret-looking names."""
+        filename = "cell.py" if python else "output.txt"
         for plugin in self._plugins:
             name = type(plugin).__name__
             if name == "PrivateKeyDetector":
@@ -115,10 +200,16 @@ class Scanner:
             while start >= 0:
                 yield start, start + len(secret), "Secret Keyword"
                 start = line.find(secret, start + len(secret))
+        for start, end in _secret_pairs(line, python=python):
+            secret = line[start:end].strip()
+            if secret and self._plausible(secret, line):
+                yield start, end, SECRET_NAMED
 
-    def spans(self, text: str, *, code: bool = False) -> list[tuple[int, int, str]]:
-        """Non-overlapping (start, end, kind) of every secret in ``text``, in order."""
-        found = list(self._detected(text, code=code))
+    def spans(self, text: str, *, code: bool = False, name: str | None = None) -> list[tuple[int, int, str]]:
+        """Non-overlapping (start, end, kind) of every secret in ``text``, in order.
+
+        ``code``: ``text`` is a code cell's source; ``name``: the JSON key whose value ``text`` is."""
+        found = list(self._detected(text, code=code, name=name))
         for value, kind in self._values.items():
             start = text.find(value)
             while start >= 0:
@@ -134,13 +225,13 @@ class Scanner:
                 merged.append((start, end, kind))
         return merged
 
-    def redact(self, text: str, *, code: bool = False) -> tuple[str, list[str]]:
+    def redact(self, text: str, *, code: bool = False, name: str | None = None) -> tuple[str, list[str]]:
         """``text`` with each secret replaced by ``[REDACTED:<kind>]``, and the kinds removed (one per secret)."""
         if "\x1b[" in text:  # colour codes can split a token in a traceback: a text with secrets loses them
             plain = _ANSI.sub("", text)
-            if self.spans(plain, code=code):
+            if self.spans(plain, code=code, name=name):
                 text = plain
-        spans = self.spans(text, code=code)
+        spans = self.spans(text, code=code, name=name)
         if not spans:
             return text, []
         out, kinds, pos = [], [], 0
