@@ -178,9 +178,9 @@ class ShareRefused(CumuloError):
         self.refusals = refusals
         lines = "; ".join(r.text() for r in refusals)
         super().__init__(
-            f"refusing to share {path.name}: {lines}. Nothing was written. Remove that output or "
-            "attachment (or the encoded data) from the notebook, or pass --strip-outputs when it is an "
-            "output, and try again.")
+            f"refusing to share {path.name}: {lines}. Nothing was written. Remove or change that part of "
+            "the notebook by hand (an output, an attachment, encoded data, or a field cumulo does not "
+            "redact such as a cell id), or pass --strip-outputs when it is an output, and try again.")
 
 
 class RemoteError(CumuloError):
