@@ -463,8 +463,8 @@ class Usage:
 
     def ledger(self, *, samples: int = 0, cells: bool = False, kernel: str | None = None) -> dict[str, Any] | None:
         """The raw ledger (None if the plugin is not installed on this scheduler)."""
-        if self.final is not None and getattr(self._cluster, "status", "running") != "running":
-            return self.final
+        if getattr(self._cluster, "status", "running") != "running":
+            return self.final  # closed or lost: the last reading, if one was kept (the row has the rest)
         try:
             return fetch_ledger(self._cluster.client, samples=samples, cells=cells, kernel=kernel)
         except ClusterLost:

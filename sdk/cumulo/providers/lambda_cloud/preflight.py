@@ -19,7 +19,7 @@ from ...exceptions import SpecError
 from ...spec import ClusterSpec
 from .api import LambdaApi
 from .network import client_cidr
-from .settings import Say
+from .settings import Say, seconds
 from .shapes import InstanceType, choose_instance_type
 
 __all__ = ["Plan", "make_plan", "refuse_unsupported"]
@@ -40,6 +40,17 @@ class Plan:
     #: Seconds without work after which the head's scheduler stops by itself (the last resort when no
     #: cumulo process is left to enforce the idle timeout); None: never.
     idle_timeout: float | None = None
+
+
+def _last_resort_idle(spec: ClusterSpec) -> float | None:
+    """The head scheduler's own idle timeout: the cluster's, plus the time a launch may wait for its workers.
+
+    dask counts a scheduler idle from its start, and workers may still be booting and installing
+    then; the kernel's guards and the reapers enforce the real idle timeout, this only ends a
+    scheduler that nobody is left to stop.
+    """
+    idle = spec.idle_timeout or config.get("guards.idle-timeout")
+    return float(parse_timedelta(idle)) + seconds("workers-timeout") if idle else None
 
 
 def refuse_unsupported(spec: ClusterSpec) -> None:
@@ -78,6 +89,5 @@ async def make_plan(api: LambdaApi, spec: ClusterSpec, say: Say) -> Plan:
                 f"(it has: {', '.join(names) or 'none'}). Fix the name, or unset it and cumulo makes a key "
                 "pair for each cluster.")
     source = client_cidr(api.client.base_url)
-    idle = spec.idle_timeout or config.get("guards.idle-timeout")
     return Plan(shape=shape, region=region, instances=n_instances, rate_per_hour=rate, ssh_key=ssh_key,
-                source=source, idle_timeout=float(parse_timedelta(idle)) if idle else None)
+                source=source, idle_timeout=_last_resort_idle(spec))
