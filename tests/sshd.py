@@ -55,12 +55,17 @@ class SSHServer:
         subprocess.run(["pkill", "-KILL", "-u", self.user], check=False)
 
 
+#: useradd/usermod/userdel fail at once ("cannot lock /etc/passwd") when two test processes (pytest-xdist
+#: workers) change users together: they take turns on this lock.
+_USERS_LOCK = ("flock", "/tmp/cumulo-test-users.lock")
+
+
 def start(tmp: Path, port: int) -> SSHServer:
     """Start sshd on 127.0.0.1:``port`` with a new user; stop with :func:`stop`."""
     tmp.mkdir(parents=True, exist_ok=True)
     user = f"cumulo-t{secrets.token_hex(3)}"
-    subprocess.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
-    subprocess.run(["usermod", "-p", "*", user], check=True)  # unlocked, with no password
+    subprocess.run([*_USERS_LOCK, "useradd", "-m", "-s", "/bin/sh", user], check=True)
+    subprocess.run([*_USERS_LOCK, "usermod", "-p", "*", user], check=True)  # unlocked, with no password
     home = Path(pwd.getpwnam(user).pw_dir)
     host_key, client_key = tmp / "host_ed25519", tmp / "client_ed25519"
     for key in (host_key, client_key):
@@ -139,4 +144,4 @@ def stop(server: SSHServer) -> None:
         return
     server.kill_user_processes()
     time.sleep(0.2)
-    subprocess.run(["userdel", "-r", "-f", server.user], check=False, capture_output=True)
+    subprocess.run([*_USERS_LOCK, "userdel", "-r", "-f", server.user], check=False, capture_output=True)
