@@ -1,4 +1,5 @@
-"""Worker preload of local workers: no provider secrets, and a kernel interrupt does not kill them.
+"""Worker preload of local workers: no provider secrets, a kernel interrupt does not kill them, and
+TLS connections they accept do not load the system's CA store (accepted_tls_keeps_its_context).
 
 Interrupting a Jupyter kernel sends SIGINT to the kernel's whole process
 group, local worker processes included: by default they died of it, losing
@@ -40,7 +41,7 @@ from typing import Any
 
 import click
 
-__all__ = ["dask_setup", "ignore_interrupts", "scrub"]
+__all__ = ["accepted_tls_keeps_its_context", "dask_setup", "ignore_interrupts", "scrub"]
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
@@ -100,6 +101,46 @@ def dask_setup(worker: Any, patterns: tuple[str, ...]) -> None:
     """Preload entry point: ``patterns`` come from the preload's argv (local_security)."""
     scrub(patterns)
     ignore_interrupts()
+    accepted_tls_keeps_its_context()
+
+
+def accepted_tls_keeps_its_context() -> bool:
+    """Let a TLS stream that a tornado server accepts carry the context its socket was wrapped with.
+
+    tornado's TCPServer wraps each accepted socket with the server's own SSLContext, then
+    builds the SSLIOStream without ``ssl_options``; the stream therefore makes tornado's
+    default *client* context, which loads the system's whole CA store (about 40 ms of CPU,
+    once per process) and is never used: the socket already speaks TLS, and a stream
+    uses its options only to wrap a socket it connects itself. Every process of a local
+    TLS cluster (the scheduler's, each worker) paid that on its first accepted connection,
+    the workers on connect()'s first round trip to them. Handing the stream the socket's
+    own context changes nothing else: the handshake, the certificates required and their
+    checks are the server context's, as before. Idempotent; False where tornado has no
+    such class (nothing is changed then).
+    """
+    import ssl
+
+    try:
+        from tornado import iostream, tcpserver
+    except ImportError:
+        return False
+    accepted = getattr(tcpserver, "SSLIOStream", None)
+    if not isinstance(accepted, type) or not issubclass(accepted, iostream.SSLIOStream):
+        return False
+    if getattr(accepted, "keeps_socket_context", False):
+        return True
+
+    class AcceptedSSLIOStream(accepted):  # type: ignore[misc, valid-type]
+        keeps_socket_context = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            sock = args[0] if args else kwargs.get("socket")
+            if kwargs.get("ssl_options") is None and isinstance(sock, ssl.SSLSocket):
+                kwargs["ssl_options"] = sock.context
+            super().__init__(*args, **kwargs)
+
+    tcpserver.SSLIOStream = AcceptedSSLIOStream  # type: ignore[misc]
+    return True
 
 
 def ignore_interrupts() -> bool:

@@ -34,6 +34,7 @@ import contextvars
 import functools
 import html
 import itertools
+import sys
 import time
 import weakref
 from typing import Any
@@ -65,10 +66,10 @@ def track(cluster: Any) -> None:
     """Follow ``cluster`` in per-cell lines; registers the IPython hooks if running in IPython."""
     _tracked[:] = [r for r in _tracked if r() is not None and r() is not cluster]
     _tracked.append(weakref.ref(cluster))
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
+    if "IPython" not in sys.modules:
+        return  # no shell can be running (a script, `cumulo run`): importing IPython to ask costs some 45 ms
+    from IPython import get_ipython
+
     ip = get_ipython()
     if ip is not None:
         register(ip)

@@ -31,16 +31,25 @@ _DEFAULTS_FILE = _HERE / "cumulo.yaml"
 _SCHEMA_FILE = _HERE / "cumulo-schema.yaml"
 
 
+#: PyYAML's libyaml-backed safe loader where the wheel has it: the same documents, about 7x faster to read than
+#: the pure-Python one (the schema alone took some 40 ms of every first connect()).
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_yaml(path: Path) -> Any:
+    """One of the YAML files shipped beside this module, read with a safe loader (plain data only)."""
+    with open(path) as f:
+        return yaml.load(f, Loader=_SafeLoader)
+
+
 def _load_defaults() -> dict[str, Any]:
     """The shipped defaults, as {"cumulo": {...}}."""
-    with open(_DEFAULTS_FILE) as f:
-        return yaml.safe_load(f)
+    return _read_yaml(_DEFAULTS_FILE)
 
 
 def schema() -> dict[str, Any]:
     """The JSON schema that every ``cumulo.*`` setting must satisfy."""
-    with open(_SCHEMA_FILE) as f:
-        return yaml.safe_load(f)
+    return _read_yaml(_SCHEMA_FILE)
 
 
 dask.config.update_defaults(_load_defaults())

@@ -50,6 +50,7 @@ import yaml
 from distributed.security import Security
 
 from . import config
+from ._local_worker import accepted_tls_keeps_its_context
 from .exceptions import ConfigError, CredentialsError, SpecError
 from .tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls
 
@@ -133,6 +134,9 @@ def create_local_tls(cluster_id: str) -> Security:
     """
     prune_stale()
     _folder(cluster_id)
+    # the scheduler and nannies in this process accept TLS: without this, their first accepted
+    # connection loads the system CA store for nothing (the workers do the same in their preload)
+    accepted_tls_keeps_its_context()
     try:
         tls = create_cluster_tls(cluster_id, directory=certs_root())
         owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
