@@ -347,6 +347,7 @@ def test_a_dead_worker_is_reported_and_the_cluster_recovers():
 def test_rank_placement_follows_the_gpus(monkeypatch):
     """Which workers get ranks, decided from what each worker reports (no GPU needed to check)."""
     from cumulo._workers import WorkerInfo
+    from cumulo.train import placement
 
     fleet = [
         WorkerInfo("tcp://10.0.0.1:1", "10.0.0.1", "a", gpus=1, nthreads=1),
@@ -354,18 +355,18 @@ def test_rank_placement_follows_the_gpus(monkeypatch):
         WorkerInfo("tcp://10.0.0.2:1", "10.0.0.2", "b", gpus=0, nthreads=1),
     ]
     monkeypatch.setattr(
-        cumulo.train, "probe_workers", lambda client, workers=None: [w for w in fleet if not workers or w.address in workers]
+        placement, "probe_workers", lambda client, workers=None: [w for w in fleet if not workers or w.address in workers]
     )
-    infos, on_gpu = cumulo.train._choose_workers(None, None)
+    infos, on_gpu = placement.choose_workers(None, None)
     assert on_gpu and [i.address for i in infos] == ["tcp://10.0.0.1:1", "tcp://10.0.0.1:2"]
-    assert cumulo.train._local_ranks(infos) == [(0, 2), (1, 2)]
+    assert placement.local_ranks(infos) == [(0, 2), (1, 2)]
     with pytest.raises(SpecError, match="have no GPU but the others do"):
-        cumulo.train._choose_workers(None, [w.address for w in fleet])
-    infos, on_gpu = cumulo.train._choose_workers(None, ["tcp://10.0.0.2:1"])
+        placement.choose_workers(None, [w.address for w in fleet])
+    infos, on_gpu = placement.choose_workers(None, ["tcp://10.0.0.2:1"])
     assert not on_gpu
     fleet[0] = WorkerInfo("tcp://10.0.0.1:1", "10.0.0.1", "a", gpus=4, nthreads=1)
     with pytest.warns(UserWarning, match="dask-cuda"):
-        cumulo.train._choose_workers(None, None)
+        placement.choose_workers(None, None)
 
 
 def _tag_worker(df):
