@@ -33,7 +33,7 @@ from ...exceptions import (
     SpecError,
     TerminateError,
 )
-from ...spec import duration_seconds, is_loopback_host
+from ...spec import is_loopback_host
 
 __all__ = ["CUMULO_OPTIONS", "KIND", "Api", "Target", "call", "check_transport", "dask_gateway", "gateway_options",
            "make_auth", "session", "target_from_dask_config", "target_of", "timeout"]
@@ -62,7 +62,7 @@ def dask_gateway() -> Any:
 
 def timeout() -> float:
     """``cumulo.gateway.timeout`` in seconds: the bound on a start, a stop and each request."""
-    return duration_seconds(config.get("gateway.timeout"))
+    return config.duration_seconds(config.get("gateway.timeout"))
 
 
 @dataclass(frozen=True)
