@@ -552,8 +552,7 @@ class Cluster(SyncMethodMixin):
                 f"the {self.provider} cluster {self.name!r} runs inside this kernel and stops with it, so it "
                 "cannot be detached; start it on hosts or a provider that outlive the kernel to keep it running"
             )
-        self.registry.update(self.id, lease_seconds=None)
-        self.registry.event(self.id, "detached", "detached from its kernel: no lease, stop it with `cumulo down`")
+        self.lifecycle.detach(self.id)
 
     # -- state ---------------------------------------------------------------------------
 

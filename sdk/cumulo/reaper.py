@@ -182,8 +182,7 @@ async def _one(lifecycle: Lifecycle, record: ClusterRecord, *, dry_run: bool, no
     final = spend_of(lifecycle.registry.get(record.id), ledger, now=time.time())
     if final.amount is not None:
         spend = final
-        if record.rate_per_hour is None:
-            lifecycle.registry.update(record.id, cost=spend.amount, cost_kind=spend.kind)
+        lifecycle.record_cost(record, spend)
     return out("stopped" if owns else "closed the row (scheduler not ours)", spend)
 
 

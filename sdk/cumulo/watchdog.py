@@ -118,9 +118,7 @@ class Watchdog:
             return ["lost (its instances are gone)"]
         spend = spend_of(rec, ledger)
         self.last_spend = spend
-        if spend.amount is not None and rec.rate_per_hour is None:
-            # priced clusters need no write: their spend follows from the row's own clock
-            self.registry.update(cid, cost=spend.amount, cost_kind=spend.kind)
+        self.cluster.lifecycle.record_cost(rec, spend)
         owns = self.cluster._provider.owns_scheduler
         done: list[str] = []
         for verdict in guards.in_kernel(rec, ledger, spend, warned=self.warned, owns=owns):
@@ -196,15 +194,7 @@ class Watchdog:
         ownership, so that every reaper (``cumulo reap``, the Jupyter server's timer) enforces its budget
         and idle timeout from now on, whether or not this process lives on."""
         try:
-            rec = self.registry.get(self.cluster.id)
-            if rec.state != "running" or (rec.owner is not None and not rec.owned_here()):
-                return  # closed meanwhile, or another process owns it (this one only re-attached)
-            if rec.lease_seconds is not None:
-                self.registry.update(rec.id, lease_seconds=None)
-            if rec.owner is not None:
-                self.registry.disown(rec.id)
-            self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease, no "
-                                "owner; every reaper enforces its budget and idle timeout")
+            self.cluster.lifecycle.detach(self.cluster.id, disown=True)
         except Exception as exc:  # a registry hiccup must not fail a disconnect; say so
             logger.warning("cumulo: could not record that %r was disconnected: %s", self.cluster.name, exc)
 
@@ -238,10 +228,7 @@ class Watchdog:
             self.usage.final = ledger
             logger.debug("cumulo: could not keep the usage of %r: %s", self.cluster.name, exc)
         rec = self.registry.get(self.cluster.id)
-        if rec.rate_per_hour is None:
-            spend = spend_of(rec, ledger)
-            if spend.amount is not None:
-                self.registry.update(self.cluster.id, cost=spend.amount, cost_kind=spend.kind)
+        self.cluster.lifecycle.record_cost(rec, spend_of(rec, ledger))
 
 
 def _warn(message: str) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
+from ..lifecycle import Lifecycle
 from ..registry import OPEN_STATES, ClusterRecord, Registry
 from ..spec import MAX_WORKERS, ClusterSpec, validate_name
 
@@ -333,11 +334,8 @@ class ClusterManager:
             cluster.close()
         else:
             _stop_elsewhere(rec, self.registry)
-        final = self.registry.get(rec.id)
-        if final.cost is None and last.amount is not None:
-            self.registry.update(rec.id, cost=last.amount, cost_kind=last.kind)
-            final = self.registry.get(rec.id)
-        return self._row(final, now=time.time(), since=day_start())
+        Lifecycle(self.registry).record_cost(rec, last, last_reading=True)
+        return self._row(self.registry.get(rec.id), now=time.time(), since=day_start())
 
     def close_owned(self) -> list[str]:
         """Stop every cluster this server launched (on server shutdown). Returns their names."""
