@@ -236,6 +236,7 @@ class ClusterSpec:
             if self.address.split("://", 1)[0] in _SCHEMES:
                 parse_address(self.address)
             else:  # ssh://, gateway://: the scheme names a provider, whose preflight reads the target
+                # providers import this module (their specs): the lookup waits until both are loaded
                 from .providers import provider_for_address
 
                 provider_for_address(self.address)
