@@ -243,3 +243,21 @@ def test_keep_alive_option_starts_without_a_lease() -> None:
     with dask.config.set({"cumulo.guards.keep-alive": True}):
         with cumulo.connect(workers=1, threads_per_worker=1) as cluster:
             assert cluster.registry.get(cluster.id).lease_seconds is None
+
+
+def test_the_watchers_reach_a_cluster_only_through_its_public_surface() -> None:
+    """The watchdog, the meter and ``usage`` act on a running cluster through cumulo.watched's protocols."""
+    import inspect
+
+    from cumulo import watchdog
+    from cumulo.watched import Measured, Metered, Watched
+    from cumulo.widgets import meter
+
+    for module in (watchdog, meter):  # no `cluster._private` reach-ins left in the watchers' source
+        assert not [line for line in inspect.getsource(module).splitlines()
+                    if "cluster._" in line or 'cluster, "_' in line], module.__name__
+    with cumulo.connect(workers=1, threads_per_worker=1, budget=5.0) as cluster:
+        assert isinstance(cluster, Watched) and isinstance(cluster, Metered) and isinstance(cluster, Measured)
+        assert cluster.budget == 5.0 and cluster.record is not None and cluster.record.id == cluster.id
+        assert cluster.usage.record() is not None and cluster.usage.record().id == cluster.id
+        assert cluster.watchdog is not None and cluster.watchdog.check() == []  # one pass, nothing to do

@@ -197,3 +197,43 @@ def test_lifecycle_stop_of_a_scheduler_not_ours_only_detaches(dask_processes) ->
     final = registry.get(rec.id)
     assert final.state == "closed" and "detached" in (final.note or "")
     assert dask_processes.scheduler.poll() is None
+
+
+def test_record_cost_keeps_an_unpriced_clusters_figure_and_never_a_priced_ones() -> None:
+    from cumulo.metering import Spend
+
+    registry = Registry()
+    lifecycle = Lifecycle(registry)
+    free = registry.create("free", "local", {}, state="running")
+    priced = registry.create("priced", "local", {}, state="running")
+    registry.update(priced.id, rate_per_hour=2.0)
+    priced = registry.get(priced.id)
+    reading = Spend(1.5, 0.5, "worker-time x configured rate")
+    assert lifecycle.record_cost(free, reading)
+    assert (registry.get(free.id).cost, registry.get(free.id).cost_kind) == (1.5, "estimate")
+    assert not lifecycle.record_cost(priced, reading)  # its spend follows from its row's clock
+    assert registry.get(priced.id).cost is None
+    assert not lifecycle.record_cost(free, Spend(None, None, "no rate set"))  # "no rate" is never $0
+    assert registry.get(free.id).cost == 1.5
+    # a reading taken from outside as it stopped the cluster: kept for a priced one, but never over the owner's
+    assert lifecycle.record_cost(priced, reading, last_reading=True) and registry.get(priced.id).cost == 1.5
+    assert not lifecycle.record_cost(free, Spend(9.0, 1.0, "x"), last_reading=True)
+    assert registry.get(free.id).cost == 1.5
+
+
+def test_detach_drops_the_lease_and_disown_only_from_the_owner() -> None:
+    registry = Registry()
+    lifecycle = Lifecycle(registry)
+    rec = registry.create("held", "local", {}, state="running")  # owned by this process
+    registry.update(rec.id, lease_seconds=90.0)
+    assert lifecycle.detach(rec.id)
+    row = registry.get(rec.id)
+    assert row.lease_seconds is None and row.owned_here()
+    assert any(kind == "detached" for _, kind, _ in registry.events(rec.id))
+    assert lifecycle.detach(rec.id, disown=True)
+    assert registry.get(rec.id).owner is None
+    other = registry.create("theirs", "local", {}, state="running", owner_pid=1, lease_seconds=90.0)
+    assert not lifecycle.detach(other.id, disown=True)  # another process owns it: left as it is
+    assert registry.get(other.id).lease_seconds == 90.0
+    assert lifecycle.closed(rec.id)
+    assert not lifecycle.detach(rec.id, disown=True)  # closed meanwhile

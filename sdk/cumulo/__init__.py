@@ -35,7 +35,7 @@ __all__ = [
 
 def from_notebook(path: Any, *, cluster: str | int | None = None) -> Any:
     """The cluster spec a shared notebook carries, as a ClusterSpec (see cumulo.share.from_notebook)."""
-    from .share import from_notebook as _from_notebook
+    from .share import from_notebook as _from_notebook  # loaded on first use: `import cumulo` stays fast
 
     return _from_notebook(path, cluster=cluster)
 
@@ -43,14 +43,14 @@ def from_notebook(path: Any, *, cluster: str | int | None = None) -> Any:
 def gateway_options(address: str | None = None, **kwargs: Any) -> Any:
     """A dask-gateway's cluster options as a form to edit in the notebook; pass ``dict(opts)`` as
     ``connect(address, options=...)`` (see cumulo.providers.gateway.options.cluster_options)."""
-    from .providers.gateway.options import cluster_options
+    from .providers.gateway.options import cluster_options  # optional extra: dask-gateway (cumulo[gateway])
 
     return cluster_options(address, **kwargs)
 
 
 def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> Any:
     """GPU offers and prices as a DataFrame, cheapest $/GPU-hour first (see cumulo.catalog.prices)."""
-    from .catalog import prices as _prices
+    from .catalog import prices as _prices  # heavy (pandas, the price tables): only when asked
 
     return _prices(gpu=gpu, provider=provider, region=region)
 

@@ -21,6 +21,7 @@ __all__ = ["build_parser", "main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # heavy: each subcommand imports what it needs, so that `cumulo --help` stays fast
     import cumulo
     from cumulo import config, datasets, pipeline
 
@@ -62,6 +63,7 @@ def _usage_line(cluster: object) -> str:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    # heavy: each subcommand imports what it needs, so that `cumulo --help` stays fast
     import pandas as pd
 
     import cumulo
@@ -76,7 +78,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from cumulo.inventory import stop
+    from cumulo.inventory import stop  # heavy (distributed, the providers): only for `cumulo down`
 
     if not args.name and not args.all:
         print("cumulo down: name a cluster (see `cumulo ls`) or pass --all", file=sys.stderr)
@@ -93,7 +95,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _reap(args: argparse.Namespace) -> int:
-    from cumulo.reaper import sweep
+    from cumulo.reaper import sweep  # heavy (distributed, the providers): only for `cumulo reap`
 
     done = sweep(dry_run=args.dry_run, terminate_unknown=args.terminate_unknown)
     if not done.clusters:
@@ -116,6 +118,7 @@ def _reap(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
+    # heavy: each subcommand imports what it needs, so that `cumulo --help` stays fast
     import asyncio
 
     from cumulo.exceptions import ClusterNotFound
@@ -139,7 +142,7 @@ def _usage(args: argparse.Namespace) -> int:
     print(f"{rec.name} ({rec.provider}, {state}): spend {spend.text()}")
     print(f"  id {rec.id}, created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(rec.created))}"
           + ("" if rec.closed is None else f", closed {time.strftime('%H:%M:%S', time.localtime(rec.closed))}"))
-    from cumulo.envsync import recorded
+    from cumulo.envsync import recorded  # heavy: only for `cumulo usage`
 
     environment = recorded(registry, rec.id)
     if environment:
@@ -156,14 +159,14 @@ def _usage(args: argparse.Namespace) -> int:
 
 
 def _share(args: argparse.Namespace) -> int:
-    from cumulo.share import share
+    from cumulo.share import share  # heavy: only for `cumulo share`
 
     print(share(args.notebook, out=args.output, strip_outputs=args.strip_outputs).text())
     return 0
 
 
 def _run_notebook(args: argparse.Namespace) -> int:
-    from cumulo.run import parse_parameters, run_notebook
+    from cumulo.run import parse_parameters, run_notebook  # heavy (nbclient): only for `cumulo run`
 
     report = run_notebook(args.notebook, on=args.on, parameters=parse_parameters(args.parameter),
                           out=args.output, timeout=args.timeout, kernel=args.kernel)
@@ -174,7 +177,7 @@ def _run_notebook(args: argparse.Namespace) -> int:
 
 
 def _prices(args: argparse.Namespace) -> int:
-    from cumulo import catalog
+    from cumulo import catalog  # heavy (pandas): only for `cumulo prices`
 
     if args.refresh:
         print(catalog.refresh().text())

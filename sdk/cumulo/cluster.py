@@ -9,6 +9,11 @@ lives here.
 Sync and async from one implementation, as distributed does: public methods
 call ``self.sync(self._method)``; with ``asynchronous=True`` they return
 awaitables, and ``await``, ``with`` and ``async with`` all work.
+
+What a connect() call asks for is decided in :mod:`cumulo.connecting`; the client,
+environment facts and dataframe backend are :mod:`cumulo.clientlink`'s. The code
+that watches a cluster (watchdog, meter, usage) reaches it through the protocols
+of :mod:`cumulo.watched`, which Cluster implements.
 """
 
 from __future__ import annotations
@@ -20,31 +25,23 @@ import threading
 import weakref
 from typing import Any
 
-import dask.config
 from dask.utils import parse_timedelta
 from distributed import Client
 from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin
 
-from . import config, envcheck
-from .exceptions import (
-    ClusterLost,
-    ClusterNotFound,
-    ConnectError,
-    ConnectTimeout,
-    NotOwner,
-    ProviderError,
-    SpecError,
-)
+from . import config, connecting, display, envcheck, watchdog
 from .checkpoint import Checkpoint
+from .clientlink import ClientLink, sizes
+from .exceptions import ClusterLost, ClusterNotFound, ConnectError, ConnectTimeout, NotOwner, ProviderError, SpecError
 from .lifecycle import BY_KERNEL, Lifecycle
 from .names import new_name
-from .providers import DEFAULT as DEFAULT_PROVIDER
-from .providers import Deployment, Provider, get_provider, known_providers, provider_for_address
-from .providers import provider_class as get_provider_class
+from .providers import Deployment, Provider, get_provider
 from .providers.address import security_from
 from .registry import ClusterRecord, Registry
-from .spec import MAX_WORKERS, ClusterSpec, did_you_mean, spec_arguments
+from .spec import MAX_WORKERS, ClusterSpec
+from .widgets import live_bundle
+from .widgets.usage_view import UsageView
 
 __all__ = ["Cluster", "close_all", "connect", "current"]
 
@@ -98,86 +95,14 @@ def connect(
     fields a shared notebook carries (arguments given here win) and prints its last run
     and the current estimate first (cumulo.share.merge_spec_from).
     """
-    if spec_from is not None:
-        from .share import merge_spec_from
-
-        target, spec_fields = merge_spec_from(spec_from, target, spec_fields)
-    from ._spawn import check_main_guard
-
-    reattach = target is None and name is not None and not spec_fields
-    provider_name, address = (None, None) if reattach else _resolve_target(target)
-    # a script re-imported by multiprocessing's spawn would start clusters in every child
-    check_main_guard(starts_processes=provider_name is not None
-                     and get_provider_class(provider_name).lives_in_owner_process)
-    config.validate()  # a bad cumulo.* value is a clear error naming the key, before anything starts
-    registry = registry or Registry()
-    if name is not None:
-        from .spec import validate_name
-
-        validate_name(name)
-    if reattach:
-        assert name is not None
-        record = registry.find_open(name)
-        if record is None:
-            raise ClusterNotFound(_not_found_message(name, registry))
-        return Cluster._from_record(record, registry=registry, security=security, asynchronous=asynchronous)
-
-    assert provider_name is not None
-    spec_fields = spec_arguments(spec_fields, also=connect.__kwdefaults__ or (),  # n_workers=; a typo: SpecError
-                                 others_allowed=get_provider_class(provider_name).takes_own_options)
-    if get_provider_class(provider_name).takes_own_options:
-        import dataclasses
-
-        fields = {f.name for f in dataclasses.fields(ClusterSpec)}
-        own = {k: spec_fields.pop(k) for k in list(spec_fields) if k not in fields}
-        if own:
-            spec_fields["options"] = {**spec_fields.get("options", {}), **own}
-    for flag, value in (("confirm", confirm), ("keep_alive", keep_alive)):
-        if value:
-            spec_fields["options"] = {**spec_fields.get("options", {}), flag: True}
-    spec = ClusterSpec(provider=provider_name, name=name, address=address, **spec_fields)
-    if name is not None:
-        existing = registry.find_open(name)
-        if existing is not None:
-            # an ssh:// or gateway:// target is the spec's address; the row's is the scheduler's
-            if existing.provider != provider_name or (address and address not in (existing.address,
-                                                                                 existing.spec.get("address"))):
-                raise SpecError(
-                    f"a {existing.provider} cluster named {name!r} is already open at {existing.address}; "
-                    f"attach with cumulo.connect(name={name!r}), stop it with `cumulo down {name}`, "
-                    "or choose another name"
-                )
-            return Cluster._from_record(existing, registry=registry, security=security, asynchronous=asynchronous)
-    provider = get_provider(provider_name, security=security_from(security), allow_insecure=allow_insecure)
-    return Cluster(spec, provider=provider, registry=registry, asynchronous=asynchronous)
-
-
-def _resolve_target(target: str | None) -> tuple[str, str | None]:
-    if target is None:
-        return DEFAULT_PROVIDER, None
-    if not isinstance(target, str):
-        raise SpecError(f"connect() target must be a string, not {type(target).__name__}")
-    if "://" in target:
-        return provider_for_address(target), target
-    if ":" in target and target.rsplit(":", 1)[-1].isdigit():
-        raise SpecError(f"{target!r} has no scheme: write 'tcp://{target}' (or 'tls://{target}' with certificates)")
-    if target in known_providers():
-        return target, None
-    raise SpecError(
-        f"unknown connect() target {target!r}{did_you_mean(target, known_providers())}: use a scheduler address "
-        f"('tcp://host:port', 'tls://host:port') or a provider name ({', '.join(known_providers())})"
-    )
-
-
-def _not_found_message(name: str, registry: Registry) -> str:
-    open_names = [r.name for r in registry.list(include_closed=False)]
-    latest = registry.latest(name)
-    msg = f"no open cluster named {name!r}"
-    if latest is not None:
-        msg += f" (the last one was {latest.state}" + (f": {latest.note}" if latest.note else "") + ")"
-    msg += ". Open clusters: " + (", ".join(open_names) if open_names else "none")
-    msg += f". Start one with cumulo.connect('local', name={name!r})."
-    return msg
+    asked = connecting.request(target, name=name, registry=registry, confirm=confirm, keep_alive=keep_alive,
+                               spec_from=spec_from, spec_fields=spec_fields, keywords=connect.__kwdefaults__ or ())
+    if asked.record is not None:
+        return Cluster._from_record(asked.record, registry=asked.registry, security=security,
+                                    asynchronous=asynchronous)
+    assert asked.spec is not None
+    provider = get_provider(asked.spec.provider, security=security_from(security), allow_insecure=allow_insecure)
+    return Cluster(asked.spec, provider=provider, registry=asked.registry, asynchronous=asynchronous)
 
 
 class Cluster(SyncMethodMixin):
@@ -203,20 +128,17 @@ class Cluster(SyncMethodMixin):
         #: The one writer of this cluster's registry state (cumulo.lifecycle).
         self.lifecycle = Lifecycle(registry)
         #: Lease, spend and guards on this cluster's loop, once it runs (cumulo.watchdog).
-        self.watchdog: Any = None
+        self.watchdog: watchdog.Watchdog | None = None
         #: Who stopped this cluster, when another process did (the row's note).
         self.stopped_by: str | None = None
-        self._usage: Any = None
+        self._usage: UsageView | None = None
         self._provider = provider
         self._record = _record
         self._security = _security
         self._deployment: Deployment | None = None
-        self._facts: envcheck.ClusterFacts | None = None
-        self._previous_backend: str | None = None
-        self.client: Client | None = None
+        self._link = ClientLink(asynchronous=asynchronous)
         #: The scheduler's address once connected (kept after close, for display and logs).
         self.address: str | None = None
-        self.backend: str = "pandas"
         self.status = "created"
         self.name = _record.name if _record else (spec.name or new_name())
         self.id = _record.id if _record else ""
@@ -256,6 +178,16 @@ class Cluster(SyncMethodMixin):
                 logger.error("cumulo: cleanup of %r is still running; check `cumulo ls`", self.name)
             self._loop_runner.stop()
             raise
+
+    @property
+    def client(self) -> Client | None:
+        """The distributed.Client attached to the scheduler (None before it connects)."""
+        return self._link.client
+
+    @property
+    def backend(self) -> str:
+        """The dataframe backend the workers chose: 'cudf' where they have GPUs, else 'pandas'."""
+        return self._link.backend
 
     @property
     def loop(self) -> Any:
@@ -313,12 +245,12 @@ class Cluster(SyncMethodMixin):
         checkpoint = self.lifecycle.checkpoint(record, self._provider)
         try:
             self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, checkpoint=checkpoint)
-            await self._connect_client(self._deployment.address, self._deployment.security)
+            client = await self._link.connect(self._deployment.address, self._deployment.security)
             if self._deployment.local_wheels:
-                from .envsync import ship_wheels  # only clusters whose workers still need local code
+                from .envsync import ship_wheels  # heavy (builds wheels): only workers that lack local code
 
-                await ship_wheels(self.client, self._deployment.local_wheels, self._deployment.local_digest)
-            await self._describe()
+                await ship_wheels(client, self._deployment.local_wheels, self._deployment.local_digest)
+            await self._link.describe()
             await self._mark_running()
         except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
             await self._abandon(exc, checkpoint)
@@ -329,11 +261,11 @@ class Cluster(SyncMethodMixin):
         if not record.address:
             raise ConnectError(f"cluster {record.name!r} is still starting; try again in a moment")
         try:
-            await self._connect_client(record.address, self._security)
-            await self._describe()
+            await self._link.connect(record.address, self._security)
+            await self._link.describe()
         except ConnectError as exc:
             self.status = "failed"
-            await self._close_client()
+            await self._link.close()
             if self._provider.lives_in_owner_process and record.owner_alive() is False:
                 # such a cluster lives in its owner's process: with the owner gone, nothing runs
                 self.lifecycle.lost(record, self._provider, f"owner process {record.owner_pid} exited")
@@ -348,21 +280,21 @@ class Cluster(SyncMethodMixin):
                 + f"; try again, or stop it with `cumulo down {record.name}`."
             ) from exc
         except BaseException:
-            await self._close_client()
+            await self._link.close()
             self.status = "failed"
             raise
         await self._mark_running()
 
     async def _mark_running(self) -> None:
         global _current
-        facts = self._facts
+        facts = self._link.facts
         assert self.client is not None
         ident = await self.client.scheduler.identity()
         self.address = self.client.scheduler.address
         values: dict[str, Any] = {
             "address": self.address,
             "dashboard": self.dashboard_link,
-            **_sizes(ident),
+            **sizes(ident),
             "gpus": facts.gpus if facts else 0,
             "gpu_model": facts.gpu_model if facts else None,
             "backend": self.backend,
@@ -379,37 +311,10 @@ class Cluster(SyncMethodMixin):
 
     async def _watch(self) -> None:
         """Install the usage ledger, set the kernel lease, start the watchdog (cumulo.watchdog)."""
-        from . import watchdog
-
         try:
-            self.watchdog = await watchdog.attach(self)
+            self.watchdog = await watchdog.attach(self, self._provider)
         except Exception as exc:  # metering must never make a working cluster unusable
             logger.warning("cumulo: cost tracking for %r is off: %s", self.name, exc)
-
-    async def _connect_client(self, address: str, security: Security | None) -> None:
-        timeout = parse_timedelta(config.get("connect.timeout"))
-        envcheck.quiet_patch_level_warnings()  # python 3.11.7 against 3.11.2 is not a mismatch
-        try:
-            self.client = await asyncio.wait_for(
-                Client(address, security=security, asynchronous=True, timeout=timeout,
-                       set_as_default=not self._asynchronous),
-                timeout + 5,
-            )
-        except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectTimeout(
-                f"no Dask scheduler answered at {address} within {timeout:g}s: check that it is running and "
-                "reachable from here, or raise cumulo.connect.timeout"
-            ) from exc
-
-    async def _describe(self) -> None:
-        """Probe versions and GPUs, pick the dataframe backend, run the version check."""
-        assert self.client is not None
-        self._facts = await envcheck.gather(self.client)
-        envcheck.check(self._facts)
-        self.backend = self._facts.backend
-        if not self._asynchronous or self._previous_backend is None:
-            self._previous_backend = dask.config.get("dataframe.backend", "pandas")
-            dask.config.set({"dataframe.backend": self.backend})
 
     async def _abandon(self, exc: BaseException, checkpoint: Checkpoint) -> None:
         """A start failed: stop whatever started; the lifecycle records failed, stop-failed or nothing."""
@@ -417,23 +322,11 @@ class Cluster(SyncMethodMixin):
         if self.watchdog is not None:
             self.watchdog.stop()
         self.status = "failed"
-        await self._close_client()
+        await self._link.close()
         assert self._record is not None
         await self.lifecycle.abandon(self._record, self._provider, exc, deployment=self._deployment,
                                      checkpoint=checkpoint)
-        self._restore_backend()
-
-    async def _close_client(self) -> None:
-        if self.client is not None:
-            try:
-                await asyncio.wait_for(self.client.close(), 10)
-            except Exception:
-                pass
-
-    def _restore_backend(self) -> None:
-        if self._previous_backend is not None and dask.config.get("dataframe.backend", None) == self.backend:
-            dask.config.set({"dataframe.backend": self._previous_backend})
-        self._previous_backend = None
+        self._link.restore_backend()
 
     def close(self) -> Any:
         """Stop the cluster (workers and scheduler) and close its registry row.
@@ -469,7 +362,7 @@ class Cluster(SyncMethodMixin):
         was = self.status
         self.status = "closing"
         try:
-            await self._close_client()
+            await self._link.close()
             rec = self.registry.get(self.id) if self.id else None
             if rec is not None and rec.is_open:
                 await self.lifecycle.stop(rec, self._provider, why=why, deployment=self._deployment)
@@ -479,23 +372,27 @@ class Cluster(SyncMethodMixin):
             self.status = was  # close() can be called again; the row says "stop failed: may still bill"
             raise
         self.status = "closed"
-        self._restore_backend()
+        self._link.restore_backend()
         _live.discard(self)
         if from_loop and not self._asynchronous:
             threading.Thread(target=self._loop_runner.stop, name="cumulo-loop-stop", daemon=True).start()
 
-    async def _stopped_elsewhere(self, record: ClusterRecord) -> None:
-        """Another process stopped this cluster: let go of it, and remember who."""
+    async def let_go(self, record: ClusterRecord) -> None:
+        """Another process stopped this cluster (``record`` is its row): let go of it, and remember who.
+
+        For the watchdog (cumulo.watched.Watched), on the cluster's loop: nothing is
+        stopped, except this process's own children of a cluster that lived in it.
+        """
         self.stopped_by = record.note or f"its registry row is {record.state}"
         self.status = "closed" if not record.is_open else "lost"
         logger.warning("cumulo: cluster %r was stopped elsewhere: %s", self.name, self.stopped_by)
-        await self._close_client()
+        await self._link.close()
         if self._deployment is not None and self._provider.lives_in_owner_process:
             try:  # its processes are children of this one: reap them
                 await asyncio.wait_for(self._deployment.close(), 30)
             except Exception:
                 logger.debug("cumulo: closing the remains of %r failed", self.name, exc_info=True)
-        self._restore_backend()
+        self._link.restore_backend()
         _live.discard(self)
 
     def disconnect(self) -> Any:
@@ -513,11 +410,11 @@ class Cluster(SyncMethodMixin):
     async def _disconnect(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
-        await self._close_client()
+        await self._link.close()
         if self.watchdog is not None and self.status == "running":
             self.watchdog.release_lease()
         self.status = "closed"
-        self._restore_backend()
+        self._link.restore_backend()
         _live.discard(self)
 
     def __enter__(self) -> Cluster:
@@ -536,13 +433,33 @@ class Cluster(SyncMethodMixin):
     # -- cost and guards (cumulo.metering, cumulo.guards) -------------------------------
 
     @property
-    def usage(self) -> Any:
+    def usage(self) -> UsageView:
         """What this cluster used and cost: ``.summary()``, ``.spend()``, ``.cells()``, ``.widget()``, ``.plot()``."""
-        from .widgets.usage_view import UsageView
-
         if self._usage is None:
             self._usage = UsageView(self)
         return self._usage
+
+    @property
+    def record(self) -> ClusterRecord | None:
+        """Its registry row as this process last read it (None before it exists); ``registry.get(id)`` is fresh."""
+        return self._record
+
+    @property
+    def budget(self) -> float | None:
+        """The spending limit in dollars (its row's, else its spec's), or None."""
+        return (self._record.budget if self._record is not None else None) or self.spec.budget
+
+    async def stop_for(self, why: str, *, from_loop: bool = False) -> None:
+        """Stop the cluster for ``why`` as close() does, on its loop (for the watchdog: cumulo.watched.Watched).
+
+        ``from_loop``: called by a periodic callback on the cluster's own loop, which then
+        is stopped from another thread.
+        """
+        await self._close(why=why, from_loop=from_loop)
+
+    async def scale_to(self, n: int) -> None:
+        """``scale(n)`` on the cluster's loop (for the watchdog: cumulo.watched.Watched)."""
+        await self._scale(n)
 
     def detach(self) -> None:
         """Let this cluster outlive the kernel: no lease (budget and idle still apply, via `cumulo reap`);
@@ -552,8 +469,7 @@ class Cluster(SyncMethodMixin):
                 f"the {self.provider} cluster {self.name!r} runs inside this kernel and stops with it, so it "
                 "cannot be detached; start it on hosts or a provider that outlive the kernel to keep it running"
             )
-        self.registry.update(self.id, lease_seconds=None)
-        self.registry.event(self.id, "detached", "detached from its kernel: no lease, stop it with `cumulo down`")
+        self.lifecycle.detach(self.id)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -593,9 +509,9 @@ class Cluster(SyncMethodMixin):
             "name": self.name,
             "provider": self._provider.name,
             "address": ident.get("address"),
-            **_sizes(ident),
-            "gpus": self._facts.gpus if self._facts else 0,
-            "gpu_model": self._facts.gpu_model if self._facts else None,
+            **sizes(ident),
+            "gpus": self.facts.gpus if self.facts else 0,
+            "gpu_model": self.facts.gpu_model if self.facts else None,
             "backend": self.backend,
         }
 
@@ -619,7 +535,7 @@ class Cluster(SyncMethodMixin):
     @property
     def facts(self) -> envcheck.ClusterFacts | None:
         """What the environment check learned on connect."""
-        return self._facts
+        return self._link.facts
 
     # -- sizing --------------------------------------------------------------------------
 
@@ -676,30 +592,14 @@ class Cluster(SyncMethodMixin):
     # -- display -------------------------------------------------------------------------
 
     def __repr__(self) -> str:
-        from .display import cluster_text
-
-        return cluster_text(self)
+        return display.cluster_text(self)
 
     def _repr_html_(self) -> str:
-        from .display import cluster_html
-
-        return cluster_html(self)
+        return display.cluster_html(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """The card, with a live cost/usage meter under it in Jupyter (cumulo.widgets.live_bundle)."""
-        from .widgets import live_bundle
-
         return live_bundle(self, self._repr_html_(), repr(self))
-
-
-def _sizes(identity: dict[str, Any]) -> dict[str, int]:
-    """Workers, threads and memory from a scheduler identity."""
-    workers = identity.get("workers", {})
-    return {
-        "workers": len(workers),
-        "threads": sum(w.get("nthreads", 0) for w in workers.values()),
-        "memory": sum(w.get("memory_limit") or 0 for w in workers.values()),
-    }
 
 
 def close_all() -> None:

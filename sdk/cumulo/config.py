@@ -20,11 +20,11 @@ from typing import Any
 
 import dask.config
 import yaml
+from dask.utils import parse_timedelta
 
 from .exceptions import ConfigError
-from .spec import duration_seconds
 
-__all__ = ["get", "path_of_registry", "schema", "validate"]
+__all__ = ["duration_seconds", "get", "path_of_registry", "schema", "validate"]
 
 _HERE = Path(__file__).parent
 _DEFAULTS_FILE = _HERE / "cumulo.yaml"
@@ -235,3 +235,36 @@ def path_of_registry() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("cumulo", appauthor=False)) / "registry.db"
+
+
+def duration_seconds(value: object) -> float:
+    """The seconds in a duration such as '20m', '1.5h' or 90, as dask.utils.parse_timedelta reads it.
+
+    parse_timedelta answers bad input with KeyError, IndexError or OverflowError
+    ('1e400s') and lets inf/nan through; this raises ValueError for all of them, with
+    the reason as its message, so that callers can name the field in their own error.
+    A negative duration ('-1s', -1) is returned as such: the caller says what minimum applies.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError("is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip() if isinstance(value, str) else value
+        sign = 1.0
+        if isinstance(text, str) and text.startswith("-"):  # parse_timedelta cannot read '-1s'
+            sign, text = -1.0, text[1:].strip()
+        if text == "":
+            raise ValueError("is not a duration")
+        try:
+            parsed = parse_timedelta(text)
+        except OverflowError:
+            raise ValueError("is not a finite duration") from None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            raise ValueError("is not a duration") from None
+        if parsed is None:
+            raise ValueError("is not a duration")
+        seconds = sign * float(parsed)
+    if not math.isfinite(seconds):
+        raise ValueError("is not a finite duration")
+    return seconds

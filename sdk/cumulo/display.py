@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from dask.utils import format_bytes, format_time
 
+from .envsync import recorded
+
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .registry import ClusterRecord
@@ -62,8 +64,6 @@ def cluster_html(cluster: Cluster) -> str:
         ("Dashboard", dash_html),
     ]
     if cluster.id:
-        from .envsync import recorded
-
         environment = recorded(cluster.registry, cluster.id)
         if environment:
             rows.append(("Environment", e(environment)))

@@ -34,12 +34,9 @@ with ``raise ... from exc`` so that the cause stays inspectable.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from .share import Refusal
+from collections.abc import Sequence
+from pathlib import PurePath
+from typing import Protocol
 
 __all__ = [
     "BudgetExceeded",
@@ -171,10 +168,21 @@ class NoGPUWorkers(CumuloError):
     """GPU work was requested but no worker of the cluster sees a GPU."""
 
 
+class Described(Protocol):
+    """What an error needs of the things it lists: a line of text (e.g. :class:`cumulo.share.Refusal`).
+
+    A protocol, so that this module, at the bottom of cumulo, imports none of cumulo's others.
+    """
+
+    def text(self) -> str:
+        """One line that says what and where."""
+        ...
+
+
 class ShareRefused(CumuloError):
     """A secret sits where it cannot be removed safely; nothing was written. ``refusals`` says where."""
 
-    def __init__(self, path: Path, refusals: list[Refusal]) -> None:
+    def __init__(self, path: PurePath, refusals: Sequence[Described]) -> None:
         self.refusals = refusals
         lines = "; ".join(r.text() for r in refusals)
         super().__init__(

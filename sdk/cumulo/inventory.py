@@ -19,8 +19,10 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from .display import clusters_frame
 from .exceptions import ClusterNotFound, CumuloError
 from .lifecycle import Lifecycle
+from .metering import fetch_ledger_async, final_usage
 from .providers import get_provider, provider_class
 from .registry import ClusterRecord, Registry
 
@@ -84,8 +86,6 @@ def clusters(*, include_closed: bool = True, since: str | float | None = RECENT,
     Open clusters always (a "stop failed: may still bill" one among them); closed
     ones created within ``since`` (default 24h; None for all history) when ``include_closed``.
     """
-    from .display import clusters_frame
-
     registry = registry or Registry()
     reconcile(registry)
     cutoff = None if since is None else time.time() - parse_timedelta(since)
@@ -122,8 +122,6 @@ async def _final_usage(record: ClusterRecord, provider: Any) -> dict[str, Any] |
     """The usage to keep for a cluster about to be stopped from here: None when its ledger does not answer."""
     if not record.address:
         return None
-    from .metering import fetch_ledger_async, final_usage
-
     try:
         ledger = await fetch_ledger_async(record.address, provider.security(record), timeout=3.0)
     except Exception:

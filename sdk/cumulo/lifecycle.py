@@ -23,6 +23,7 @@ from .exceptions import CumuloError
 from .states import FINAL, OPEN, TRANSITIONS, State, allowed_from
 
 if TYPE_CHECKING:
+    from .metering import Spend
     from .providers.base import Deployment, Provider
     from .registry import ClusterRecord, Registry
 
@@ -176,6 +177,53 @@ class Lifecycle:
             return False  # the row stays open: its instances may still bill
         await self.stop(record, provider, why=f"{why}; its instances were terminated outside this cluster's "
                                              "kernel (confirmed at the provider)", final=State.LOST)
+        return True
+
+    # -- what outlives a stop -----------------------------------------------------------------
+
+    def detach(self, cluster_id: str, *, disown: bool = False) -> bool:
+        """Let a cluster outlive the kernel that holds it: drop its lease, so that it is not stopped when
+        that kernel goes; its budget and idle timeout still apply (every reaper enforces them).
+
+        ``disown`` (the kernel disconnected and left it running): also give up this process's
+        ownership. Only the owner may: a row closed meanwhile, or owned by another process
+        (this one only re-attached), is left as it is. Returns whether the row changed.
+        """
+        if not disown:
+            self.registry.update(cluster_id, lease_seconds=None)
+            self.registry.event(cluster_id, "detached",
+                                "detached from its kernel: no lease, stop it with `cumulo down`")
+            return True
+        rec = self.registry.get(cluster_id)
+        if State(rec.state) is not State.RUNNING or (rec.owner is not None and not rec.owned_here()):
+            return False
+        if rec.lease_seconds is not None:
+            self.registry.update(rec.id, lease_seconds=None)
+        if rec.owner is not None:
+            self.registry.disown(rec.id)
+        self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease, no "
+                            "owner; every reaper enforces its budget and idle timeout")
+        return True
+
+    def record_cost(self, record: ClusterRecord, spend: Spend, *, last_reading: bool = False) -> bool:
+        """Keep a cluster's spend in its row, as its cost (and its kind): the one rule for every writer.
+
+        By default (its own kernel's guard and close, a reaper) only for a cluster with no
+        provider price: it is priced from its ledger (worker-time x a configured rate), which
+        goes with its scheduler, so its last reading is all that remains. A priced cluster's
+        spend follows from the row's own clock, which runs until the provider confirms
+        termination, and is not written.
+
+        ``last_reading``: ``spend`` was read just before another process stopped the cluster
+        (the Jupyter server's Stop). It is kept only where the row holds no figure yet (the
+        owner's own reading wins), and for a priced cluster too: the figure its card showed.
+        Returns whether it wrote.
+        """
+        if spend.amount is None or (record.rate_per_hour is not None and not last_reading):
+            return False
+        if last_reading and self.registry.get(record.id).cost is not None:
+            return False
+        self.registry.update(record.id, cost=spend.amount, cost_kind=spend.kind)
         return True
 
     def stopped_elsewhere(self, cluster_id: str) -> ClusterRecord | None:

@@ -19,6 +19,10 @@ import sys
 from types import TracebackType
 from typing import Any
 
+from . import cellcost, config
+from .cluster import _live
+from .exceptions import CumuloError
+
 __all__ = ["load_ipython_extension", "register_with_running_shell", "show_errors_briefly", "unload_ipython_extension"]
 
 #: Appended to a brief error: where the rest of the traceback is.
@@ -32,8 +36,6 @@ def show_errors_briefly(shell: Any) -> bool:
     Returns whether cumulo's display is in place; another library's handler is left alone
     (IPython keeps one), and then errors show as IPython shows them by default.
     """
-    from .exceptions import CumuloError
-
     current = tuple(getattr(shell, "custom_exceptions", ()) or ())
     if current == (CumuloError,):
         return True
@@ -47,8 +49,6 @@ def _show_cumulo_error(
     shell: Any, etype: type[BaseException], value: BaseException, tb: TracebackType | None, tb_offset: int | None = None
 ) -> list[str]:
     """IPython's custom exception handler: display the error, return what was shown. Never raises."""
-    from . import config
-
     sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # %tb and %debug find it
     if sys.version_info >= (3, 12):
         sys.last_exc = value
@@ -121,9 +121,6 @@ def register_with_running_shell() -> bool:
 
 def load_ipython_extension(ip: Any) -> None:
     """Called by ``%load_ext cumulo``: register the per-cell hooks and follow open clusters."""
-    from . import cellcost
-    from .cluster import _live
-
     cellcost.register(ip)
     show_errors_briefly(ip)
     from ._cell_magic import CellMagics  # %%cumulo: run a cell on a worker (remote_cell.py)
@@ -135,6 +132,4 @@ def load_ipython_extension(ip: Any) -> None:
 
 def unload_ipython_extension(ip: Any) -> None:
     """Called by ``%unload_ext cumulo``: remove the per-cell hooks."""
-    from . import cellcost
-
     cellcost.unregister(ip)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import parse_timedelta
 
 from . import _energy, _ledger, config
+from .cellhistory import history, kernel_id
 from .exceptions import ClusterLost
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from .registry import ClusterRecord, Registry
+    from .watched import Measured
 
 __all__ = [
     "CELL_COLUMNS", "IDLE", "OTHER_CELLS", "OUTSIDE", "Spend", "Usage", "attribution", "cell_label", "cell_spend",
@@ -414,6 +416,8 @@ class _RowOnly:
     record: ClusterRecord
     registry: Registry | None
     client: Any = None
+    #: "running": ask the (absent) client, as a cluster would; its row says the rest
+    status: str = "running"
 
     @property
     def id(self) -> str:
@@ -423,11 +427,11 @@ class _RowOnly:
 class Usage:
     """``cluster.usage``: the ledger of one cluster read through its client, plus this kernel's cells.
 
-    ``cluster`` is anything with ``.client`` and ``.record`` (a ClusterRecord; re-read from
-    ``.registry`` where there is one, so spend follows the row's state).
+    ``cluster`` is a :class:`cumulo.watched.Measured`: a cluster's client, status and row
+    (re-read from its registry where there is one, so spend follows the row's state).
     """
 
-    def __init__(self, cluster: Any) -> None:
+    def __init__(self, cluster: Measured) -> None:
         self._cluster = cluster
         #: This kernel's cells as last read from the ledger (tag -> figures), bounded.
         self._cells: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -451,9 +455,9 @@ class Usage:
         return self._record()
 
     def _record(self) -> ClusterRecord | None:
-        rec = getattr(self._cluster, "record", None) or getattr(self._cluster, "_record", None)
-        reg = getattr(self._cluster, "registry", None)
-        cid = getattr(self._cluster, "id", None) or getattr(rec, "id", None)
+        rec = self._cluster.record
+        reg = self._cluster.registry
+        cid = self._cluster.id or getattr(rec, "id", None)
         if reg is not None and cid:
             try:
                 return reg.get(cid)
@@ -463,7 +467,7 @@ class Usage:
 
     def ledger(self, *, samples: int = 0, cells: bool = False, kernel: str | None = None) -> dict[str, Any] | None:
         """The raw ledger (None if the plugin is not installed on this scheduler)."""
-        if getattr(self._cluster, "status", "running") != "running":
+        if self._cluster.status != "running":
             return self.final  # closed or lost: the last reading, if one was kept (the row has the rest)
         try:
             return fetch_ledger(self._cluster.client, samples=samples, cells=cells, kernel=kernel)
@@ -530,9 +534,7 @@ class Usage:
     def _refresh_cells(self) -> dict[str, Any] | None:
         """Read this kernel's cells from the ledger now; return that reading (None when the cluster is
         gone or did not answer: the figures stay as last read)."""
-        from .cellhistory import kernel_id
-
-        if getattr(self._cluster, "status", "running") != "running" or self._cluster.client is None:
+        if self._cluster.status != "running" or self._cluster.client is None:
             return None
         try:
             ledger = fetch_ledger(self._cluster.client, kernel=kernel_id(), timeout=5.0)
@@ -574,10 +576,8 @@ class Usage:
         """
         import pandas as pd
 
-        from .cellhistory import history, kernel_id
-
         ledger = self._refresh_cells()
-        if ledger is None and getattr(self._cluster, "status", "running") != "running":
+        if ledger is None and self._cluster.status != "running":
             ledger = self.final
         record = self._record()
         spend = spend_of(record, ledger)
@@ -639,8 +639,6 @@ class Usage:
     def closing(self, ledger: dict[str, Any]) -> dict[str, Any]:
         """As the cluster closes: keep ``ledger`` (read with this kernel's cells) as the final reading, and
         return the usage to keep in the registry row (:func:`final_usage`)."""
-        from .cellhistory import kernel_id
-
         self.final = ledger
         self.absorb(ledger)
         return final_usage(self._record(), ledger, me=kernel_id())

@@ -19,14 +19,12 @@ Every stop goes through :class:`cumulo.lifecycle.Lifecycle`, as `cumulo down` do
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from . import guards
+from .aio import blocking
 from .exceptions import CredentialsError, CumuloError
 from .inventory import keep_usage, reconcile, who
 from .lifecycle import Lifecycle, State
@@ -35,8 +33,6 @@ from .providers import Orphan, Provider, get_provider, known_providers, provider
 from .registry import ClusterRecord, Registry
 
 __all__ = ["Reaped", "Sweep", "reap", "sweep", "sweep_async"]
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -76,16 +72,6 @@ class Sweep:
     def failed(self) -> bool:
         """Whether anything the sweep tried to stop is still there."""
         return any(r.failed for r in self.clusters) or any(o.action.startswith("FAILED") for o in self.orphans)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion from sync code, also when called inside a running loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def _provider(record: ClusterRecord) -> Provider | None:
@@ -182,8 +168,7 @@ async def _one(lifecycle: Lifecycle, record: ClusterRecord, *, dry_run: bool, no
     final = spend_of(lifecycle.registry.get(record.id), ledger, now=time.time())
     if final.amount is not None:
         spend = final
-        if record.rate_per_hour is None:
-            lifecycle.registry.update(record.id, cost=spend.amount, cost_kind=spend.kind)
+        lifecycle.record_cost(record, spend)
     return out("stopped" if owns else "closed the row (scheduler not ours)", spend)
 
 
@@ -236,7 +221,7 @@ def sweep(
     now: float | None = None,
 ) -> Sweep:
     """Blocking form of :func:`sweep_async` (for the CLI and the server's executor threads)."""
-    return _run(sweep_async(registry, dry_run=dry_run, orphans=orphans, terminate_unknown=terminate_unknown,
+    return blocking(sweep_async(registry, dry_run=dry_run, orphans=orphans, terminate_unknown=terminate_unknown,
                             now=now))
 
 

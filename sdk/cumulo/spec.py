@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from dask.utils import parse_bytes, parse_timedelta
+from dask.utils import parse_bytes
 
+from .config import duration_seconds
 from .exceptions import ConnectError, SpecError
 
 __all__ = [
@@ -109,39 +110,6 @@ def parse_address(address: str) -> tuple[str, str, int]:
             "with a numeric port, e.g. 'tcp://127.0.0.1:8786'"
         )
     return parts.scheme, parts.hostname, port
-
-
-def duration_seconds(value: object) -> float:
-    """The seconds in a duration such as '20m', '1.5h' or 90, as dask.utils.parse_timedelta reads it.
-
-    parse_timedelta answers bad input with KeyError, IndexError or OverflowError
-    ('1e400s') and lets inf/nan through; this raises ValueError for all of them, with
-    the reason as its message, so that callers can name the field in their own error.
-    A negative duration ('-1s', -1) is returned as such: the caller says what minimum applies.
-    """
-    if isinstance(value, bool) or value is None:
-        raise ValueError("is not a duration")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = value.strip() if isinstance(value, str) else value
-        sign = 1.0
-        if isinstance(text, str) and text.startswith("-"):  # parse_timedelta cannot read '-1s'
-            sign, text = -1.0, text[1:].strip()
-        if text == "":
-            raise ValueError("is not a duration")
-        try:
-            parsed = parse_timedelta(text)
-        except OverflowError:
-            raise ValueError("is not a finite duration") from None
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            raise ValueError("is not a duration") from None
-        if parsed is None:
-            raise ValueError("is not a duration")
-        seconds = sign * float(parsed)
-    if not math.isfinite(seconds):
-        raise ValueError("is not a finite duration")
-    return seconds
 
 
 def probe_loopback(address: str, *, timeout: float = 1.0) -> None:
@@ -268,6 +236,7 @@ class ClusterSpec:
             if self.address.split("://", 1)[0] in _SCHEMES:
                 parse_address(self.address)
             else:  # ssh://, gateway://: the scheme names a provider, whose preflight reads the target
+                # providers import this module (their specs): the lookup waits until both are loaded
                 from .providers import provider_for_address
 
                 provider_for_address(self.address)

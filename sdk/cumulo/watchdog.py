@@ -15,18 +15,21 @@ deploy/cluster.py runs its background work), stopped when the cluster closes:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import warnings
 from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
-from . import config, guards
+from . import cellcost, config, guards
+from .cellhistory import kernel_id
 from .exceptions import BudgetExceeded, CumuloError, NotOwner
 from .metering import Spend, Usage, install_async, spend_of
+from .watched import Watched
 
 if TYPE_CHECKING:
-    from .cluster import Cluster
+    from .providers.base import Provider
 
 __all__ = ["Watchdog", "attach"]
 
@@ -39,11 +42,15 @@ class Watchdog:
     ``tripped`` is the error of the rule that acted (budget or idle), ``last_spend``
     the spend at the last pass. ``check()`` runs one pass now (from a notebook or
     a test) and returns what it did, as short phrases.
+
+    It reaches the cluster only through :class:`cumulo.watched.Watched`; ``provider``
+    says what the cluster's provider can do (owns its scheduler, bills on its own).
     """
 
-    def __init__(self, cluster: Cluster, usage: Usage) -> None:
+    def __init__(self, cluster: Watched, usage: Usage, provider: Provider) -> None:
         self.cluster = cluster
         self.usage = usage
+        self.provider = provider
         self.registry = cluster.registry
         self.warned: set[float] = set()
         self.tripped: CumuloError | None = None
@@ -83,7 +90,7 @@ class Watchdog:
             return
         if rec is not None:
             self.stop()
-            await self.cluster._stopped_elsewhere(rec)
+            await self.cluster.let_go(rec)
 
     async def _guard(self) -> None:
         if self.cluster.status != "running":
@@ -118,10 +125,8 @@ class Watchdog:
             return ["lost (its instances are gone)"]
         spend = spend_of(rec, ledger)
         self.last_spend = spend
-        if spend.amount is not None and rec.rate_per_hour is None:
-            # priced clusters need no write: their spend follows from the row's own clock
-            self.registry.update(cid, cost=spend.amount, cost_kind=spend.kind)
-        owns = self.cluster._provider.owns_scheduler
+        self.cluster.lifecycle.record_cost(rec, spend)
+        owns = self.provider.owns_scheduler
         done: list[str] = []
         for verdict in guards.in_kernel(rec, ledger, spend, warned=self.warned, owns=owns):
             if verdict.action == "warn" and verdict.level is not None:
@@ -141,7 +146,7 @@ class Watchdog:
     async def _vanished(self, rec: Any) -> bool:
         """The scheduler of a billing cluster stopped answering: if the provider confirms its instances are
         gone (terminated elsewhere), close the row as lost and let go of the cluster."""
-        provider = self.cluster._provider
+        provider = self.provider
         if not provider.bills_independently or self.cluster.client is None or not self.usage.installed:
             return False
         try:
@@ -152,7 +157,7 @@ class Watchdog:
         if not await self.cluster.lifecycle.vanished(rec, provider, "its scheduler stopped answering"):
             return False
         self.stop()
-        await self.cluster._stopped_elsewhere(self.registry.get(rec.id))
+        await self.cluster.let_go(self.registry.get(rec.id))
         return True
 
     async def _ledger(self) -> dict[str, Any] | None:
@@ -174,7 +179,7 @@ class Watchdog:
             return "warned at 100%"
         if action == "scale-to-zero":
             try:
-                await self.cluster._scale(0)
+                await self.cluster.scale_to(0)
                 return "scaled to zero (budget)"
             except NotOwner:
                 self.registry.event(self.cluster.id, "budget", "not the owner: closing instead of scaling")
@@ -184,7 +189,7 @@ class Watchdog:
     async def _close(self, why: str) -> None:
         self.stop()
         try:
-            await self.cluster._close(why=why, from_loop=self._from_loop)
+            await self.cluster.stop_for(why, from_loop=self._from_loop)
         except Exception as exc:
             self.registry.event(self.cluster.id, "close-failed", f"{why}: {type(exc).__name__}: {exc}")
             raise
@@ -196,15 +201,7 @@ class Watchdog:
         ownership, so that every reaper (``cumulo reap``, the Jupyter server's timer) enforces its budget
         and idle timeout from now on, whether or not this process lives on."""
         try:
-            rec = self.registry.get(self.cluster.id)
-            if rec.state != "running" or (rec.owner is not None and not rec.owned_here()):
-                return  # closed meanwhile, or another process owns it (this one only re-attached)
-            if rec.lease_seconds is not None:
-                self.registry.update(rec.id, lease_seconds=None)
-            if rec.owner is not None:
-                self.registry.disown(rec.id)
-            self.registry.event(rec.id, "detached", "disconnected from its kernel, left running: no lease, no "
-                                "owner; every reaper enforces its budget and idle timeout")
+            self.cluster.lifecycle.detach(self.cluster.id, disown=True)
         except Exception as exc:  # a registry hiccup must not fail a disconnect; say so
             logger.warning("cumulo: could not record that %r was disconnected: %s", self.cluster.name, exc)
 
@@ -216,10 +213,6 @@ class Watchdog:
         Priced clusters get no cost written here: their spend runs until the provider
         confirms termination, which the row's ``closed`` time records.
         """
-        import json
-
-        from .cellhistory import kernel_id
-
         self.stop()
         ledger = None
         if self.usage.installed and self.cluster.client is not None:
@@ -238,10 +231,7 @@ class Watchdog:
             self.usage.final = ledger
             logger.debug("cumulo: could not keep the usage of %r: %s", self.cluster.name, exc)
         rec = self.registry.get(self.cluster.id)
-        if rec.rate_per_hour is None:
-            spend = spend_of(rec, ledger)
-            if spend.amount is not None:
-                self.registry.update(self.cluster.id, cost=spend.amount, cost_kind=spend.kind)
+        self.cluster.lifecycle.record_cost(rec, spend_of(rec, ledger))
 
 
 def _warn(message: str) -> None:
@@ -251,7 +241,7 @@ def _warn(message: str) -> None:
                            module="cumulo.watchdog")
 
 
-async def attach(cluster: Cluster) -> Watchdog:
+async def attach(cluster: Watched, provider: Provider) -> Watchdog:
     """Once a cluster runs: install the ledger, set the kernel lease, start the watchdog, track cells.
 
     Runs on the cluster's event loop. Clusters cumulo only attached to by address get
@@ -272,10 +262,8 @@ async def attach(cluster: Cluster) -> Watchdog:
         values["idle_timeout"] = idle
     if values:
         cluster.registry.update(cluster.id, **values)
-    dog = Watchdog(cluster, usage)
+    dog = Watchdog(cluster, usage, provider)
     dog.start()
-    from . import cellcost
-
     if config.get("widgets.cell-line-on-connect") or cellcost.loaded():
         cellcost.track(cluster)
     return dog

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..exceptions import EnvironmentSyncError, MissingDependency
+from ..share import Scanner, configured_secrets
 
 __all__ = ["refuse_secrets", "shippable_tree"]
 
@@ -131,8 +132,6 @@ def refuse_secrets(wheels: list[tuple[str, Path]]) -> None:
     (cumulo's Lambda key, secret-named environment variables), compared by value."""
     if not wheels:
         return
-    from ..share import Scanner, configured_secrets
-
     try:
         scanner = Scanner(configured_secrets())
     except MissingDependency:

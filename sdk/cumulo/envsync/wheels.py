@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from .. import _wheels
 from ..exceptions import EnvironmentSyncError
 from .lock import Local, Lock
 from .shipcheck import refuse_secrets, shippable_tree
@@ -105,8 +106,6 @@ def client_platform() -> str:
 async def ship_wheels(client: Any, wheels: dict[str, bytes], digest: str) -> None:
     """Install local wheels on every worker, now and on each that joins later (worker plugin by value)."""
     import cloudpickle
-
-    from .. import _wheels
 
     cloudpickle.register_pickle_by_value(_wheels)
     await client.register_plugin(_wheels.InstallWheels(wheels, digest))

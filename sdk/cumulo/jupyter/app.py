@@ -11,7 +11,6 @@ from jupyter_server.extension.application import ExtensionApp
 from .. import config
 from ..exceptions import ConfigError, CumuloError
 from ..registry import Registry
-from ..spec import duration_seconds
 from .handlers import make_handlers
 from .manager import ClusterManager
 
@@ -91,7 +90,7 @@ class CumuloExtension(ExtensionApp):
                            "the reaper are off.", exc)
             return
         configured = config.get("jupyter.reap-interval")
-        interval = duration_seconds(configured) if configured is not None else 0.0
+        interval = config.duration_seconds(configured) if configured is not None else 0.0
         self.reaper = Reaper(self.manager, interval)
         self.log.info("cumulo: registry %s, reaper every %ss", self.manager.registry.path, interval or "(off)")
 

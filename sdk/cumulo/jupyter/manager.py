@@ -34,9 +34,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import config
 from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
+from ..inventory import find, reconcile, stop_record, who
+from ..lifecycle import Lifecycle
+from ..metering import Usage, attribution, fetch_ledger_async, ranked, spend_of, stored_usage
+from ..providers import get_provider, known_providers, provider_class, provider_for_address
+from ..providers.gateway.options import cluster_form
+from ..providers.gateway.server_gateway import check_same
+from ..providers.gateway.server_gateway import configured as server_gateway
+from ..reaper import sweep
 from ..registry import OPEN_STATES, ClusterRecord, Registry
 from ..spec import MAX_WORKERS, ClusterSpec, validate_name
+from ..widgets.meter import rank_cells, top_cells, usage_series
 
 __all__ = ["ClusterManager", "Launch", "day_start", "to_json"]
 
@@ -128,8 +138,6 @@ class ClusterManager:
         """
         now = time.time() if now is None else now
         since = day_start(now)
-        from ..inventory import reconcile
-
         reconcile(self.registry)  # local clusters whose kernel died are gone: say so
         records = self.registry.list(since=since)
         opened = [r for r in records if r.is_open]
@@ -203,8 +211,6 @@ class ClusterManager:
 
     def _open(self, name: str) -> ClusterRecord:
         """The open cluster with this name (or id, as `cumulo ls` shows it)."""
-        from ..inventory import find
-
         validate_name(name)
         rec = find(name, self.registry, open_only=True)
         if rec is None:
@@ -220,8 +226,6 @@ class ClusterManager:
         spec = ClusterSpec.from_dict(body)
         if spec.name is None:
             spec.name = f"{spec.provider}-{secrets.token_hex(2)}"
-        from ..providers import provider_class, provider_for_address
-
         if not provider_class(spec.provider).launchable_from_server:
             raise SpecError(
                 f"provider {spec.provider!r} attaches to a scheduler someone else runs: "
@@ -246,8 +250,6 @@ class ClusterManager:
         spec = self.validate(body)
         name = spec.name
         assert name is not None
-        from ..providers import known_providers
-
         if spec.provider not in known_providers():
             raise SpecError(f"unknown provider {spec.provider!r}; known providers: {', '.join(known_providers())}")
         with self._lock:
@@ -333,11 +335,8 @@ class ClusterManager:
             cluster.close()
         else:
             _stop_elsewhere(rec, self.registry)
-        final = self.registry.get(rec.id)
-        if final.cost is None and last.amount is not None:
-            self.registry.update(rec.id, cost=last.amount, cost_kind=last.kind)
-            final = self.registry.get(rec.id)
-        return self._row(final, now=time.time(), since=day_start())
+        Lifecycle(self.registry).record_cost(rec, last, last_reading=True)
+        return self._row(self.registry.get(rec.id), now=time.time(), since=day_start())
 
     def close_owned(self) -> list[str]:
         """Stop every cluster this server launched (on server shutdown). Returns their names."""
@@ -356,8 +355,6 @@ class ClusterManager:
     def prices(self, *, gpu: str | None = None, provider: str | None = None) -> dict[str, Any]:
         """The GPU offers of the catalog as JSON rows (NaN as null), for the New cluster form."""
         from .. import catalog  # imported here: pandas and the snapshot load only when asked
-
-        from ..providers import known_providers, provider_class
 
         frame = catalog.prices(gpu=gpu, provider=provider)
         rows = []
@@ -380,11 +377,6 @@ class ClusterManager:
         credentials to a host the request chose (SpecError naming the configured one).
         Blocking (one request to the gateway): the handler runs it on a thread.
         """
-        from .. import config
-        from ..providers.gateway.options import cluster_form
-        from ..providers.gateway.server_gateway import check_same
-        from ..providers.gateway.server_gateway import configured as server_gateway
-
         configured = check_same(address, what="reads cluster options only from") if address else server_gateway()
         form = cluster_form(configured)
         rate = config.get("gateway.rate-per-hour")
@@ -399,9 +391,6 @@ class ClusterManager:
         read from its scheduler; a closed one's are those kept in its row when it closed
         (``final``: True), None when none were kept (it closed before cumulo kept them).
         """
-        from ..inventory import find
-        from ..metering import Usage, attribution, ranked, stored_usage
-
         rec = find(validate_name(name), self.registry)
         if rec is None:
             raise ClusterNotFound(f"no cluster named {name!r} (nor with that id) in the registry")
@@ -429,8 +418,6 @@ class ClusterManager:
         """
         if self._reap is not None:
             return list(self._reap(self.registry, dry_run=False) or [])
-        from ..reaper import sweep
-
         done = sweep(self.registry, dry_run=False)
         for provider, why in done.unchecked.items():
             log.debug("cumulo reaper: %s orphans not checked: %s", provider, why)
@@ -438,22 +425,18 @@ class ClusterManager:
 
 
 def _default_connect() -> Callable[..., Any]:
-    from .. import connect
+    from .. import connect  # looked up when called: the server launches through whatever cumulo.connect is then
 
     return connect
 
 
 def _spend(rec: ClusterRecord, ledger: dict[str, Any] | None, now: float) -> Any:
     """The Spend (amount, rate, basis) of a row, by the same rules the kernels' widgets use."""
-    from ..metering import spend_of
-
     return spend_of(rec, ledger, now=now)
 
 
 def _sparkline_points() -> int:
     """How many ledger samples a card's sparkline shows: ``cumulo.widgets.sparkline-points``, as the inline meter."""
-    from .. import config
-
     return max(int(config.get("widgets.sparkline-points") or 0), 0)
 
 
@@ -469,8 +452,6 @@ def _usage_pictures(
     """
     if ledger is None or not rec.is_open:
         return None, None
-    from ..widgets.meter import rank_cells, top_cells, usage_series
-
     series = usage_series(ledger.get("samples"), points=_sparkline_points())
     # the server runs no cells: every cell is named by its notebook (or the kernel that ran it)
     return series, rank_cells(top_cells(ledger, rec, mine=False, spend=spend))
@@ -478,8 +459,6 @@ def _usage_pictures(
 
 def _can_scale(provider: str) -> bool:
     """Whether clusters of this provider can be scaled in place (its class flag; False when unknown here)."""
-    from ..providers import provider_class
-
     try:
         return bool(provider_class(provider).can_scale)
     except CumuloError:
@@ -496,9 +475,6 @@ def _read_ledgers(
     targets = [r for r in records if r.address]
     if not targets:
         return {}
-    from ..metering import fetch_ledger_async
-    from ..providers import get_provider
-
     async def one(rec: ClusterRecord) -> dict[str, Any] | None:
         try:
             security = get_provider(rec.provider).security(rec)
@@ -514,8 +490,6 @@ def _read_ledgers(
 
 def _stop_elsewhere(rec: ClusterRecord, registry: Registry) -> None:
     """Stop a cluster another process started, through its provider, as `cumulo down` does."""
-    from ..inventory import stop_record, who
-
     registry.event(rec.id, "stop-requested", "stop requested from JupyterLab")
     asyncio.run(stop_record(rec, registry, why=who("stopped from JupyterLab")))
 

@@ -21,6 +21,7 @@ from dask.utils import parse_timedelta
 from distributed.security import Security
 
 from .. import config, local_security
+from .._spawn import _start_method
 from ..exceptions import ConnectTimeout, CredentialsError, ProviderError, SpecError
 from ..registry import ClusterRecord, Registry
 from ..spec import ClusterSpec, parse_address
@@ -256,8 +257,6 @@ class LocalProvider(Provider):
 
 def _no_workers_message(exc: BaseException) -> str:
     """What to say when distributed's local worker processes died at start ('Nanny failed to start')."""
-    from .._spawn import _start_method
-
     return (
         f"the local cluster's worker processes did not start (dask: {exc}). The worker's own error went to "
         "this process's stderr (in Jupyter, the server's log). Common causes: the main script cannot be re-run "

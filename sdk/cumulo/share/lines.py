@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..metering import rates
+
 __all__ = ["estimate_line", "last_run_line"]
 
 
@@ -53,7 +55,7 @@ def _estimate(entry: dict[str, Any]) -> tuple[float | None, str]:
     provider = spec.get("provider") or entry.get("provider") or "local"
     workers = max(int(spec.get("workers") or entry.get("workers") or 1), 1)
     try:
-        from .. import catalog
+        from .. import catalog  # heavy (pandas, the price tables): only for a notebook that asks a price
 
         frame = catalog.prices(provider=provider)
     except Exception:
@@ -73,8 +75,6 @@ def _estimate(entry: dict[str, Any]) -> tuple[float | None, str]:
         price = float(row["on_demand_per_hour"])
         return price * workers, (f"{workers} x {row['instance_type']} at ${price:,.2f}/h, {provider} list price "
                                  f"({row['source']}, as of {row['as_of']})")
-    from ..metering import rates
-
     per_worker, per_gpu = rates()
     if per_worker is None and per_gpu is None:
         return None, "no rate set (cumulo.cost.rate-per-worker-hour / rate-per-gpu-hour)"

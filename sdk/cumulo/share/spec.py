@@ -22,13 +22,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import config
+from .._version import __version__
 from ..exceptions import ConfigError, SpecError
+from ..metering import spend_of
+from ..registry import Registry
+from ..spec import ClusterSpec
 from .lines import estimate_line, last_run_line
 from .notebook import _read
 
 if TYPE_CHECKING:
-    from ..registry import ClusterRecord, Registry
-    from ..spec import ClusterSpec
+    from ..registry import ClusterRecord
 
 __all__ = [
     "ALLOW_REQUIREMENTS",
@@ -84,16 +88,12 @@ def _versions() -> dict[str, str]:
     import dask
     import distributed
 
-    from .._version import __version__
-
     return {"cumulo": __version__, "dask": dask.__version__, "distributed": distributed.__version__,
             "python": ".".join(map(str, sys.version_info[:3]))}
 
 
 def _spend(rec: ClusterRecord) -> tuple[float | None, str, str]:
     """(amount, kind, basis) of a row's spend, from the row alone."""
-    from ..metering import spend_of
-
     if rec.rate_per_hour is not None:
         s = spend_of(rec, None)
         return s.amount, s.kind, s.basis
@@ -177,9 +177,7 @@ def notebook_clusters(nb: Any, path: Path | None = None, registry: Registry | No
     if meta.get("clusters"):
         return meta
     if registry is None:
-        from ..registry import Registry
-
-        registry = Registry()
+            registry = Registry()
     before = (path.stat().st_mtime if path is not None and path.exists() else time.time()) + 60.0
     rows = _rows_for(_names_shown(nb), registry, before)
     if not rows:
@@ -240,8 +238,6 @@ def _entry(meta: dict[str, Any] | None, path: Path, cluster: str | int | None) -
 
 def _allowed() -> str:
     """The recipient's ``cumulo.share.allow-requirements`` (read here: connect() validates config later)."""
-    from .. import config
-
     level = config.get("share.allow-requirements")
     if level not in ALLOW_REQUIREMENTS:
         raise ConfigError(f"cumulo.share.allow-requirements={level!r}: use one of {', '.join(ALLOW_REQUIREMENTS)}")
@@ -341,8 +337,6 @@ def from_notebook(path: str | os.PathLike[str], *, cluster: str | int | None = N
     ``cluster``: which one, by name or position, when the notebook used several (default: the first).
     ``spec.to_dict()`` gives plain data; ``cumulo.connect(spec_from=path)`` launches it.
     """
-    from ..spec import ClusterSpec
-
     p = Path(path).expanduser()
     entry = _entry(_read(p).metadata.get(METADATA_KEY), p, cluster)
     spec = {k: v for k, v in dict(entry.get("spec") or {}).items() if k in SPEC_FIELDS}

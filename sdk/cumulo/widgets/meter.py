@@ -20,11 +20,16 @@ import asyncio
 import html
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
 
 from .. import config
+from ..cellhistory import kernel_id
+from ..metering import Spend, attribution, ranked, spend_of, stored_usage
+
+if TYPE_CHECKING:
+    from ..watched import Metered
 
 __all__ = ["CostMeter", "in_kernel", "live_bundle", "meter_model", "rank_cells", "render_html", "render_model",
            "render_text", "sparkline_svg", "top_cells", "usage_series", "workers_svg"]
@@ -102,8 +107,6 @@ def rank_cells(cells: list[dict[str, Any]] | None, *, limit: int = _TOP) -> list
 
     Shared with the JupyterLab sidebar card, so both rank (and cut) the same way.
     """
-    from ..metering import ranked
-
     return ranked(list(cells or []), limit=limit)
 
 
@@ -267,12 +270,8 @@ def top_cells(ledger: dict[str, Any], record: Any, *, mine: bool = True, spend: 
     no rate set), ``basis``, ``task_seconds``, ``worker_seconds``, ``running``,
     ``first_line``; :func:`rank_cells` cuts them to what the meter lists.
     """
-    from ..metering import attribution
-
     me: str | None = None
     if mine:
-        from ..cellhistory import kernel_id
-
         me = kernel_id()
     return attribution(ledger, record, spend=spend, me=me)
 
@@ -281,8 +280,6 @@ def _cells_of(usage: Any, ledger: dict[str, Any] | None, s: dict[str, Any]) -> l
     """The meter's rows for a ledger reading, adding up to the spend its summary ``s`` shows."""
     if ledger is None or usage is None:
         return []
-    from ..metering import Spend
-
     spend = Spend(s.get("spend"), s.get("rate_per_hour"), str(s.get("cost_basis")))
     return top_cells(ledger, usage.record(), spend=spend)
 
@@ -294,7 +291,7 @@ class CostMeter:
     on the cluster's loop every ``interval`` (default ``cumulo.widgets.refresh-interval``).
     """
 
-    def __init__(self, cluster: Any, *, interval: float | str | None = None) -> None:
+    def __init__(self, cluster: Metered, *, interval: float | str | None = None) -> None:
         self.cluster = cluster
         self.interval = float(parse_timedelta(interval or config.get("widgets.refresh-interval")))
         self.points = int(config.get("widgets.sparkline-points"))
@@ -307,11 +304,10 @@ class CostMeter:
     # -- data -----------------------------------------------------------------------------
 
     def _budget(self) -> float | None:
-        rec = getattr(self.cluster, "_record", None)
-        return getattr(rec, "budget", None) or getattr(getattr(self.cluster, "spec", None), "budget", None)
+        return self.cluster.budget
 
     def _usage(self) -> Any:
-        return getattr(self.cluster, "usage", None)
+        return self.cluster.usage
 
     def _frame(self, ledger: dict[str, Any] | None) -> str:
         usage = self._usage()
@@ -384,9 +380,9 @@ class CostMeter:
 
     def start(self) -> None:
         """Start refreshing on the cluster's loop; it stops when the cluster closes or stop() is called."""
-        if self._callback is not None or getattr(self.cluster, "status", None) != "running":
+        if self._callback is not None or self.cluster.status != "running":
             return
-        loop = getattr(self.cluster, "loop", None)
+        loop = self.cluster.loop
         if loop is None:
             return
         from tornado.ioloop import PeriodicCallback
@@ -416,7 +412,7 @@ class CostMeter:
     def stop(self) -> None:
         """Stop refreshing (the last frame stays)."""
         if self._stopped is not None:
-            loop = getattr(self.cluster, "loop", None)
+            loop = self.cluster.loop
             if loop is not None:
                 try:
                     loop.add_callback(self._stopped.set)
@@ -432,7 +428,7 @@ class CostMeter:
             if status not in ("closing", "starting", "created") and self._stopped is not None:
                 self._stopped.set()  # it ended (closed, lost, failed): the watcher draws the last frame
             return
-        client = getattr(self.cluster, "client", None)
+        client = self.cluster.client
         try:
             ledger = await asyncio.wait_for(client.scheduler.cumulo_ledger(samples=self.points), 5)
         except Exception as exc:  # a slow or lost scheduler: say so, try again next time
@@ -461,8 +457,6 @@ class CostMeter:
         cells: list[dict[str, Any]] = []
         try:
             rec = self.cluster.registry.get(self.cluster.id)
-            from ..metering import spend_of, stored_usage
-
             sp = spend_of(rec, None)
             spend = sp.amount if sp.amount is not None else rec.cost
             if spend is not None or "spend" not in s:

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import config
 from ..metering import Usage
+from .meter import CostMeter
 
 __all__ = ["UsageView"]
 
@@ -25,11 +26,11 @@ class UsageView(Usage):
         Returns a :class:`cumulo.widgets.report.UsagePlot`; ``.layout`` is the bokeh
         object, ``.save(path)`` writes it as a standalone HTML file.
         """
-        from .report import UsagePlot, figure
+        from .report import UsagePlot, figure  # heavy: bokeh, only when a plot is asked for
 
         ledger = self.ledger(samples=int(config.get("widgets.sparkline-points", 60)) * 15)
         summary = self.summary(ledger)
-        name = str(getattr(self._cluster, "name", None) or getattr(getattr(self._cluster, "record", None), "name", ""))
+        name = str(getattr(self._cluster, "name", None) or getattr(self._cluster.record, "name", ""))
         layout = figure(name, summary, list((ledger or {}).get("samples") or []), self.cells())
         return UsagePlot(layout, f"cumulo usage: {name}")
 
@@ -39,6 +40,4 @@ class UsageView(Usage):
 
     def widget(self) -> Any:
         """A live cost/usage widget for this cluster (text outside Jupyter)."""
-        from .meter import CostMeter
-
         return CostMeter(self._cluster)

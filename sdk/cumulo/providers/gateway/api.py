@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import dask.config
 
 from ... import config
+from ...aio import until
 from ...exceptions import (
     ConnectError,
     ConnectTimeout,
@@ -33,7 +34,7 @@ from ...exceptions import (
     SpecError,
     TerminateError,
 )
-from ...spec import duration_seconds, is_loopback_host
+from ...spec import is_loopback_host
 
 __all__ = ["CUMULO_OPTIONS", "KIND", "Api", "Target", "call", "check_transport", "dask_gateway", "gateway_options",
            "make_auth", "session", "target_from_dask_config", "target_of", "timeout"]
@@ -62,7 +63,7 @@ def dask_gateway() -> Any:
 
 def timeout() -> float:
     """``cumulo.gateway.timeout`` in seconds: the bound on a start, a stop and each request."""
-    return duration_seconds(config.get("gateway.timeout"))
+    return config.duration_seconds(config.get("gateway.timeout"))
 
 
 @dataclass(frozen=True)
@@ -234,16 +235,27 @@ class Api:
         from dask_gateway.client import ClusterStatus
 
         gone = (ClusterStatus.STOPPED, ClusterStatus.FAILED)
-        loop = asyncio.get_running_loop()
+
+        def settled(report: Any) -> str | None:
+            if report is None:
+                return "unknown"
+            return report.status.name.lower() if report.status in gone else None
+
         state = await self.report(name)
-        if state is not None and state.status not in gone:
-            await self.call(self.gateway.stop_cluster(name), f"stopping cluster {name}")
-        while state is not None and state.status not in gone:
-            if loop.time() > deadline:
-                raise TerminateError(
-                    f"the dask-gateway at {self.target.address} still reports cluster {name} as "
-                    f"{state.status.name.lower()}; it may still be running (and billing): retry `cumulo down`, "
-                    "or ask the gateway's administrators")
-            await asyncio.sleep(0.25)
+        if settled(state) is not None:
+            return str(settled(state))
+        await self.call(self.gateway.stop_cluster(name), f"stopping cluster {name}")
+
+        async def stopped() -> str | None:
+            nonlocal state
             state = await self.report(name)
-        return "unknown" if state is None else state.status.name.lower()
+            return settled(state)
+
+        try:
+            return await until(stopped, timeout=max(deadline - asyncio.get_running_loop().time(), 0.0),
+                               interval=0.25)
+        except TimeoutError:
+            raise TerminateError(
+                f"the dask-gateway at {self.target.address} still reports cluster {name} as "
+                f"{state.status.name.lower()}; it may still be running (and billing): retry `cumulo down`, "
+                "or ask the gateway's administrators") from None

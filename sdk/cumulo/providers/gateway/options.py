@@ -8,11 +8,10 @@ JupyterLab sidebar's New cluster form (served by the cumulo server extension).
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import math
 from typing import Any
 
+from ...aio import blocking
 from ...exceptions import ConnectError
 from . import api
 
@@ -31,10 +30,10 @@ def _target(address: str | None, allow_insecure: bool | None) -> api.Target:
 
 
 def _read(target: api.Target) -> Any:
-    """The gateway's ``Options`` (one request, bounded by cumulo.gateway.timeout), read on a thread of our own.
+    """The gateway's ``Options`` (one request, bounded by cumulo.gateway.timeout), read blocking.
 
     A notebook's main thread, and the Jupyter server's executor threads' callers,
-    may already run an event loop: the request gets a fresh one on its own thread.
+    may already run an event loop: :func:`cumulo.aio.blocking` runs it beside that loop.
     """
 
     async def read() -> Any:
@@ -46,8 +45,7 @@ def _read(target: api.Target) -> Any:
                                    f"{target.address} (a JupyterHub-hosted gateway lives under "
                                    "/services/dask-gateway)") from None
 
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cumulo-gateway-options") as pool:
-        return pool.submit(asyncio.run, read()).result()
+    return blocking(read())
 
 
 def cluster_options(address: str | None = None, *, allow_insecure: bool | None = None) -> Any:

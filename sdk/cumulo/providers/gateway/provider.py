@@ -36,7 +36,7 @@ from ...lifecycle import BY_KERNEL
 from ...registry import ClusterRecord
 from ...spec import ClusterSpec
 from ..base import Deployment, Provider, Say
-from . import api, tls
+from . import api, server_gateway, tls
 
 if TYPE_CHECKING:
     from ...checkpoint import Checkpoint
@@ -135,9 +135,7 @@ class GatewayProvider(Provider):
     @classmethod
     def check_server_target(cls, address: str) -> None:
         """The server launches only on its own gateway (server_gateway.py): its credentials go nowhere else."""
-        from .server_gateway import check_same
-
-        check_same(address, what="launches clusters only on")
+        server_gateway.check_same(address, what="launches clusters only on")
 
     def _say(self, message: str) -> None:
         Say(self.progress, logger=logger)(message)  # log and callback only, as before: no stderr echo

@@ -14,8 +14,6 @@ asks the gateway for them, as dask-gateway's own ``Gateway.connect`` does.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 from distributed.security import Security
 
 from ... import config
+from ...aio import blocking
 from ...exceptions import CredentialsError
 from ...registry import ClusterRecord
 from ...tlscerts import private_folder
@@ -76,8 +75,8 @@ def remove(cluster_id: str) -> None:
 def from_gateway(record: ClusterRecord) -> tuple[str, str]:
     """The (certificate, key) of ``record``'s gateway cluster as its gateway gives them to their owner.
 
-    Blocking (a helper thread runs the request, since callers may be inside a running
-    loop); CredentialsError when the gateway has none to give (the cluster is not running).
+    Blocking (:func:`cumulo.aio.blocking`: callers may be inside a running loop);
+    CredentialsError when the gateway has none to give (the cluster is not running).
     """
     address, name = record.spec.get("address"), (record.address or "").rsplit("/", 1)[-1]
     if not address or not name:
@@ -94,5 +93,4 @@ def from_gateway(record: ClusterRecord) -> tuple[str, str]:
                                    f"({status}); stop it with `cumulo down {record.name}`")
         return state.tls_cert, state.tls_key
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, fetch()).result()
+    return blocking(fetch())

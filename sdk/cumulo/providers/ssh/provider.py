@@ -28,6 +28,7 @@ from dask.utils import parse_timedelta
 from distributed.security import Security
 
 from ... import config, envsync
+from ...aio import until
 from ...exceptions import CumuloError, LaunchTimeout, ProviderError, SpecError, TerminateError
 from ...registry import ClusterRecord
 from ...spec import ClusterSpec
@@ -154,18 +155,23 @@ class SSHProvider(Provider):
         if idle:
             argv += ["--idle-timeout", f"{float(parse_timedelta(idle)):.0f}s"]
         await remote.start_detached(head, folder, "scheduler", argv)
-        deadline = time.monotonic() + _SCHEDULER_WAIT_S
-        while time.monotonic() < deadline:
+
+        async def written() -> str | None:
+            """The address the scheduler wrote; "" once its process is gone (no point waiting)."""
             text = await head.read(f"{folder}/scheduler.json")
             if text:
                 with contextlib.suppress(ValueError):
-                    address = str(json.loads(text)["address"])
-                    self._say(f"scheduler at {address} on {head.host.label}", checkpoint)
-                    return address
+                    return str(json.loads(text)["address"])
             alive = await head.run(f"kill -0 $(cat {folder}/scheduler.pid) 2>/dev/null && echo up", check=False)
-            if alive.strip() != "up":
-                break
-            await asyncio.sleep(0.3)
+            return None if alive.strip() == "up" else ""
+
+        try:
+            address = await until(written, timeout=_SCHEDULER_WAIT_S, interval=0.3)
+        except TimeoutError:
+            address = ""
+        if address:
+            self._say(f"scheduler at {address} on {head.host.label}", checkpoint)
+            return address
         log = await remote.tail_log(head, folder, "scheduler")
         raise ProviderError(f"the scheduler on {head.host.label} did not start:\n  {log or '(no log)'}")
 
@@ -199,14 +205,19 @@ class SSHProvider(Provider):
         from distributed.core import rpc
 
         timeout = float(parse_timedelta(config.get("ssh.workers-timeout")))
-        deadline = time.monotonic() + timeout
         joined = 0
         async with rpc(address, connection_args=security.get_connection_args("client"), timeout=10) as scheduler:
-            while time.monotonic() < deadline:
+
+            async def all_joined() -> bool | None:
+                nonlocal joined
                 joined = len((await scheduler.identity()).get("workers", {}))
-                if joined >= count:
-                    return
-                await asyncio.sleep(0.25)
+                return True if joined >= count else None
+
+            try:
+                await until(all_joined, timeout=timeout, interval=0.25)
+                return
+            except TimeoutError:
+                pass
         logs = [f"{s.host.label}:\n  {await remote.tail_log(s, folder, 'worker-0', 6)}"
                 for s, folder in zip(sessions, folders)]
         raise LaunchTimeout(f"{joined} of {count} workers joined within {timeout:g}s (cumulo.ssh.workers-timeout); "
