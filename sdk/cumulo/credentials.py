@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from . import config
 from .exceptions import CredentialsError
 
 __all__ = ["Credential", "Secret", "find", "load_secret"]
@@ -153,8 +154,6 @@ class Credential:
 def find(credential: Credential) -> Secret:
     """The credential from its environment variable, key file (mode 600) or keyring; CredentialsError
     saying where it looked otherwise."""
-    from . import config  # local: config still imports spec, which reaches the providers and so this module
-
 
     file: Path | None = None
     configured = config.get(credential.file_setting) if credential.file_setting else None
