@@ -127,7 +127,7 @@ class Emulator:
             raise ValueError("image is 'bare' (the system's python3 only) or 'prepared' (the test's Python)")
         #: "bare": an instance has the system's python3 and nothing else, as a fresh cloud image would,
         #: so whatever its workers import was installed by cumulo. "prepared": the test's own Python is on
-        #: PATH, as an image with dask preinstalled would be (for tests with cumulo.lambda.install-packages off).
+        #: PATH, as an image with dask preinstalled would be (for tests with cumulo.cloud.install-packages off).
         self.image = image
         self.api_key = api_key
         self.boot_seconds, self.terminate_seconds = boot_seconds, terminate_seconds

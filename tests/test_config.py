@@ -10,12 +10,9 @@ from typing import Any
 
 import dask.config
 import pytest
-import yaml
 
 from cumulo import config
 from cumulo.exceptions import ConfigError
-
-DEFAULTS = Path(config.__file__).with_name("cumulo.yaml")
 
 
 def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -30,7 +27,7 @@ def _leaves(tree: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def test_every_default_key_is_described_in_the_schema() -> None:
-    defaults = yaml.safe_load(DEFAULTS.read_text())["cumulo"]
+    defaults = config.defaults()  # cumulo.yaml and every provider's own section
     schema = config.schema()
     missing = []
     for leaf in _leaves(defaults):
@@ -45,7 +42,7 @@ def test_every_default_key_is_described_in_the_schema() -> None:
 
 
 def test_every_schema_section_has_defaults() -> None:
-    defaults = yaml.safe_load(DEFAULTS.read_text())["cumulo"]
+    defaults = config.defaults()  # cumulo.yaml and every provider's own section
     assert set(config.schema()["properties"]) == set(defaults)
 
 
@@ -165,9 +162,59 @@ def test_every_string_or_number_setting_says_how_it_is_read() -> None:
 def test_every_duration_default_validates_by_its_own_rule() -> None:
     from cumulo.spec import duration_seconds
 
-    defaults = yaml.safe_load(DEFAULTS.read_text())["cumulo"]
+    defaults = config.defaults()  # cumulo.yaml and every provider's own section
     for key, node in _properties(config.schema()):
         if node.get("format") == "duration":
             section, name = key.split(".")[1:]
             value = defaults[section][name]
             assert value is None or duration_seconds(value) >= 0, key
+
+
+@pytest.mark.parametrize("key", sorted(config.MOVED))
+def test_an_old_spelling_of_a_moved_key_is_refused_naming_the_new_one(key: str) -> None:
+    """cumulo.lambda.boot-timeout and the other shared cloud settings moved to cumulo.cloud.*: the old
+    spelling would be silently ignored, so it is an error that says where the setting lives now."""
+    new = config.MOVED[key]
+    value = config.defaults()["cloud"][new.split(".", 1)[1]]
+    with dask.config.set({f"cumulo.{key}": value}):
+        with pytest.raises(ConfigError) as info:
+            config.validate()
+    assert f"cumulo.{key} has moved to cumulo.{new}" in str(info.value)
+    with dask.config.set({f"cumulo.{new}": value}):
+        config.validate()
+
+
+def test_an_old_spelling_is_refused_where_a_cloud_provider_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also without validate(): `cumulo down` and the reaper read the settings without connect()."""
+    from cumulo.providers.cloud import CloudSettings
+
+    settings = CloudSettings("lambda")
+    assert settings.key("boot-timeout") == "cumulo.cloud.boot-timeout"
+    assert settings.key("terminate-timeout") == "cumulo.lambda.terminate-timeout"
+    with dask.config.set({"cumulo.cloud.boot-timeout": "3m"}):
+        assert settings.seconds("boot-timeout") == 180
+    monkeypatch.setenv("DASK_CUMULO__LAMBDA__WORKER_COMMAND", "dask worker")
+    dask.config.refresh()
+    try:
+        with pytest.raises(ConfigError, match="cumulo.lambda.worker-command has moved to cumulo.cloud.worker-command"):
+            settings.get("worker-command")
+    finally:
+        monkeypatch.delenv("DASK_CUMULO__LAMBDA__WORKER_COMMAND")
+        dask.config.refresh()
+
+
+def test_a_provider_section_is_merged_and_validated_with_the_rest() -> None:
+    """Lambda's section comes from its package (providers/lambda_cloud/config.yaml), not cumulo.yaml."""
+    assert "lambda" in config.schema()["properties"] and "lambda" in config.defaults()
+    assert config.get("lambda.terminate-timeout") == "5m"
+    with dask.config.set({"cumulo.lambda.terminate-timout": "1m"}):
+        with pytest.raises(ConfigError, match="cumulo.lambda.terminate-timout: unknown key; did you mean"):
+            config.validate()
+    with dask.config.set({"cumulo.lambda.poll-interval": "often"}):
+        with pytest.raises(ConfigError, match="cumulo.lambda.poll-interval: 'often' is not a duration"):
+            config.validate()
+
+
+def test_a_provider_cannot_take_a_section_cumulo_uses() -> None:
+    with pytest.raises(ConfigError, match="cumulo.guards: cumulo uses it"):
+        config.add_section("guards", defaults={}, schema={"type": "object", "properties": {}})

@@ -66,7 +66,7 @@ def test_api_key_appears_nowhere(emulator: Emulator, tmp_path: Path, monkeypatch
     assert "received Bearer ****3210" in str(info.value), "the server echoed the key and cumulo redacted it"
 
     monkeypatch.setenv("LAMBDA_API_KEY", good)
-    with dask.config.set({"cumulo.lambda.print-progress": True}):
+    with dask.config.set({"cumulo.cloud.print-progress": True}):
         emulator.faults.no_capacity = {"gpu_1x_a10"}
         with pytest.raises(CapacityError) as info:
             cumulo.connect("lambda", gpu="A10", workers=1)
@@ -83,7 +83,7 @@ def test_api_key_appears_nowhere(emulator: Emulator, tmp_path: Path, monkeypatch
         collect(info.value)
         emulator.faults.server_errors = 0
         emulator.faults.stuck_booting = True
-        with dask.config.set({"cumulo.lambda.boot-timeout": 0.3}):
+        with dask.config.set({"cumulo.cloud.boot-timeout": 0.3}):
             with pytest.raises(LaunchTimeout) as info:
                 cumulo.connect("lambda", gpu="A10", workers=1)
         collect(info.value)

@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 
 import cumulo
-from cumulo import bootstrap, datasets, envsync, pipeline, train
+from cumulo import datasets, envsync, pipeline, train
 from cumulo.exceptions import EnvironmentSyncError, SpecError, VersionMismatch
+from cumulo.providers.cloud import bootstrap
 from cumulo.registry import Registry
 from cumulo.tlscerts import create_cluster_tls
 
@@ -47,9 +48,9 @@ def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulat
     emu = Emulator(image="bare").start()
     monkeypatch.setenv("LAMBDA_API_KEY", emu.api_key)
     settings = fast_config(emu, tmp_path) | _env_settings() | {
-        "cumulo.lambda.install-packages": True, "cumulo.lambda.python": "/usr/bin/python3",
-        "cumulo.lambda.scheduler-timeout": 240, "cumulo.lambda.workers-timeout": 240,
-        "cumulo.lambda.print-progress": True}
+        "cumulo.cloud.install-packages": True, "cumulo.cloud.python": "/usr/bin/python3",
+        "cumulo.cloud.scheduler-timeout": 240, "cumulo.cloud.workers-timeout": 240,
+        "cumulo.cloud.print-progress": True}
     try:
         with dask.config.set(settings):
             yield emu

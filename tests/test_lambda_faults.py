@@ -113,7 +113,7 @@ def test_5xx_on_terminate_permanent_then_retried(emulator: Emulator) -> None:
 
 def test_stuck_boot(emulator: Emulator) -> None:
     emulator.faults.stuck_booting = True
-    with dask.config.set({"cumulo.lambda.boot-timeout": 0.4}):
+    with dask.config.set({"cumulo.cloud.boot-timeout": 0.4}):
         with pytest.raises(LaunchTimeout):
             run(start(_spec(workers=2)))
     assert _state() == "failed" and not emulator.live()

@@ -75,5 +75,5 @@ def test_the_heads_scheduler_stops_itself_when_idle(emulator: Emulator) -> None:
         finally:
             await close(s)
 
-    with dask.config.set({"cumulo.lambda.workers-timeout": 15}):
+    with dask.config.set({"cumulo.cloud.workers-timeout": 15}):
         run(go())

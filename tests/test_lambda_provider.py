@@ -187,7 +187,7 @@ def test_rate_limit_exhausted_is_rate_limited(emulator: Emulator) -> None:
 
 def test_stuck_booting_times_out_and_terminates(emulator: Emulator) -> None:
     emulator.faults.stuck_booting = True
-    with dask.config.set({"cumulo.lambda.boot-timeout": 0.5}):
+    with dask.config.set({"cumulo.cloud.boot-timeout": 0.5}):
         with pytest.raises(LaunchTimeout, match="still booting"):
             run(start(_spec(workers=2)))
     assert len(emulator.instances) == 1 and not emulator.live()

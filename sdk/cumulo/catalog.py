@@ -1,9 +1,10 @@
 """GPU offers and their prices: a bundled snapshot, refreshed from live sources where they exist.
 
 Money is data: every row names its ``source`` and ``as_of`` date. The snapshot
-(``data/prices.csv``) ships with cumulo; ``refresh()`` asks Lambda's
-``GET /instance-types`` (needs your Lambda API key; through the Lambda
-provider's own client, so the key is redacted as everywhere else) and Azure's
+(``data/prices.csv``, plus the rows each provider bundles: ``Provider.price_file``)
+ships with cumulo; ``refresh()`` asks every provider with a live source
+(``Provider.live_prices``: Lambda's ``GET /instance-types``, through the
+provider's own client, so its key is redacted as everywhere else) and Azure's
 retail prices API (no key, through httpx) and caches what it got, with a
 timestamp, in the user data directory (mode 600). A failed source keeps its
 last good data and the failure is reported, never hidden. Live rows replace snapshot rows of the same
@@ -27,10 +28,11 @@ from typing import Any
 import pandas as pd
 
 from . import config
-from .exceptions import CredentialsError, ProviderError, SpecError
+from .exceptions import CumuloError, ProviderError, SpecError
+from .providers import provider_classes
 
 __all__ = [
-    "COLUMNS", "LIVE_SOURCES", "RefreshReport", "format_table", "freshness", "no_match", "price_of", "prices",
+    "COLUMNS", "RefreshReport", "format_table", "freshness", "live_sources", "no_match", "price_of", "prices",
     "refresh", "report_text", "snapshot", "source_label",
 ]
 
@@ -39,18 +41,25 @@ COLUMNS = [
     "on_demand_per_hour", "spot_per_hour", "region", "source", "as_of",
 ]
 _SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
-#: Providers whose prices ``refresh()`` (``cumulo prices --refresh``) fetches live.
-LIVE_SOURCES = ("lambda", "azure")
+#: Price sources that are not (yet) providers, fetched live by ``refresh()`` too.
+_PRICE_ONLY_LIVE = ("azure",)
 # Azure SKUs we ask the retail API about, with their shape: the snapshot's Azure rows plus these.
 _AZURE_EXTRA_SHAPES = {
     "Standard_ND96isr_H200_v5": ("H200", 8, 141, 96, 1850),
 }
 
 
+def live_sources() -> tuple[str, ...]:
+    """Sources whose prices ``refresh()`` (``cumulo prices --refresh``) fetches live: every provider that
+    declares ``live_prices``, and Azure's retail prices API."""
+    return (*sorted(c.name for c in provider_classes() if c.live_prices), *_PRICE_ONLY_LIVE)
+
+
 def snapshot() -> pd.DataFrame:
-    """The bundled price snapshot, as shipped."""
-    frame = pd.read_csv(_SNAPSHOT, comment="#", dtype={"as_of": str})
-    return frame[COLUMNS]
+    """The bundled price snapshot, as shipped: cumulo's own file and the rows each provider brings."""
+    files = [_SNAPSHOT, *(c.price_file for c in provider_classes() if c.price_file)]
+    frames = [pd.read_csv(f, comment="#", dtype={"as_of": str}) for f in files]
+    return pd.concat([f[COLUMNS] for f in frames], ignore_index=True)
 
 
 def _cache_path() -> Path:
@@ -79,7 +88,7 @@ def source_label(provider: str, page: str, *, live: bool = False) -> str:
     """
     if live:
         return f"price fetched by `cumulo prices --refresh` from {page}"
-    how = ("`cumulo prices --refresh` fetches current ones" if provider in LIVE_SOURCES
+    how = ("`cumulo prices --refresh` fetches current ones" if provider in live_sources()
            else f"no live {provider} source: check the page")
     return f"list price bundled with cumulo ({how}) from {page}"
 
@@ -143,13 +152,6 @@ class RefreshReport:
         return "\n".join(lines)
 
 
-def _fetch_lambda(client: Any, today: str) -> list[dict[str, Any]]:
-    """Lambda's live prices, through the provider's own API client (and so its key handling and redaction)."""
-    from .providers.lambda_cloud.prices import price_rows
-
-    return price_rows(today)
-
-
 def _fetch_azure(client: Any, today: str) -> list[dict[str, Any]]:
     base = str(config.get("catalog.azure-url")).rstrip("/")
     regions = list(config.get("catalog.azure-regions") or ["eastus"])
@@ -194,13 +196,17 @@ def _fetch_azure(client: Any, today: str) -> list[dict[str, Any]]:
     return [r for r in found.values() if r["on_demand_per_hour"]]
 
 
-def refresh(*, sources: tuple[str, ...] = ("lambda", "azure")) -> RefreshReport:
-    """Fetch live prices, cache them with a timestamp, and report per source what happened.
+def refresh(*, sources: tuple[str, ...] | None = None) -> RefreshReport:
+    """Fetch live prices (``sources``, default :func:`live_sources`), cache them with a timestamp, and
+    report per source what happened.
 
     A source that fails (no key, HTTP error, network down) keeps its previously
     cached rows; the report says so. Never raises for a source failure.
     """
     import httpx
+
+    if sources is None:
+        sources = live_sources()
 
     report = RefreshReport(cache=str(_cache_path()))
     cache = _read_cache()
@@ -209,12 +215,14 @@ def refresh(*, sources: tuple[str, ...] = ("lambda", "azure")) -> RefreshReport:
         rows_by_source.setdefault(row["provider"], []).append(row)
     today = time.strftime("%Y-%m-%d", time.gmtime())
     timeout = float(config.get("catalog.timeout", 10))
-    fetchers = {"lambda": _fetch_lambda, "azure": _fetch_azure}
+    fetchers: dict[str, Any] = {c.name: (lambda _client, day, c=c: c.fetch_prices(day))
+                                for c in provider_classes() if c.live_prices}
+    fetchers["azure"] = _fetch_azure
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:
         for src in sources:
             try:
                 rows = fetchers[src](client, today)
-            except (httpx.HTTPError, ProviderError, CredentialsError, ValueError, KeyError, TypeError) as exc:
+            except (httpx.HTTPError, CumuloError, ValueError, KeyError, TypeError) as exc:
                 report.failed[src] = f"{type(exc).__name__}: {exc}"
                 cache.setdefault("sources", {}).setdefault(src, {})["last_error"] = report.failed[src]
                 continue
@@ -243,7 +251,8 @@ def freshness() -> list[str]:
     """One line per live source: when its cached prices were fetched, and the last failure if any."""
     sources = _read_cache().get("sources") or {}
     lines = []
-    for src in ("lambda", "azure"):
+    live = live_sources()
+    for src in live:
         info = sources.get(src) or {}
         when = info.get("fetched")
         line = f"{src}: " + (
@@ -253,7 +262,8 @@ def freshness() -> list[str]:
         if info.get("last_error"):
             line += f"; last refresh failed: {info['last_error']}"
         lines.append(line)
-    lines.append("aws, gcp: bundled snapshot (no live source)")
+    bundled = sorted(set(snapshot()["provider"]) - set(live))
+    lines.append(f"{', '.join(bundled)}: bundled snapshot (no live source)")
     return lines
 
 

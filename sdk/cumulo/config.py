@@ -6,6 +6,14 @@ Users override them the way they override any dask setting (YAML in
 ~/.config/dask, ``DASK_CUMULO__...`` environment variables, ``dask.config.set``).
 :func:`validate` checks the effective values against ``cumulo-schema.yaml``
 (without jsonschema, which takes over a second to import) before they are used.
+
+A provider brings its own section (``cumulo.<provider>.*``): its defaults and its
+part of the schema, registered with :func:`add_section` when its class is
+defined (providers/base.py). So that validation sees every installed provider's
+section, the provider table registers a loader with :func:`add_section_source`;
+:func:`schema`, :func:`defaults` and :func:`validate` run the loaders first.
+Settings that moved are refused in their old spelling with an error naming the
+new key (:data:`MOVED`).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +33,27 @@ from dask.utils import parse_timedelta
 
 from .exceptions import ConfigError
 
-__all__ = ["duration_seconds", "get", "path_of_registry", "schema", "validate"]
+__all__ = ["MOVED", "add_section", "add_section_source", "defaults", "duration_seconds", "get", "path_of_registry",
+           "refuse_moved", "schema", "validate"]
 
 _HERE = Path(__file__).parent
 _DEFAULTS_FILE = _HERE / "cumulo.yaml"
 _SCHEMA_FILE = _HERE / "cumulo-schema.yaml"
+
+
+#: Settings every cloud shares, moved from ``cumulo.lambda.*`` to ``cumulo.cloud.*`` (old -> new spelling).
+MOVED: dict[str, str] = {
+    f"lambda.{key}": f"cloud.{key}" for key in (
+        "worker-command", "worker-args", "gpu-probe", "install-packages", "python", "scheduler-port",
+        "boot-timeout", "scheduler-timeout", "workers-timeout", "confirm-above-per-hour", "print-progress",
+        "orphan-grace",
+    )
+}
+
+#: Sections brought by providers: name -> (defaults, schema of the section).
+_sections: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+#: Callables that register the sections of every installed provider (see add_section_source).
+_section_sources: list[Callable[[], None]] = []
 
 
 #: PyYAML's libyaml-backed safe loader where the wheel has it: the same documents, about 7x faster to read than
@@ -37,27 +62,80 @@ _SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _read_yaml(path: Path) -> Any:
-    """One of the YAML files shipped beside this module, read with a safe loader (plain data only)."""
+    """A YAML file shipped with cumulo or a provider, read with a safe loader (plain data only)."""
     with open(path) as f:
         return yaml.load(f, Loader=_SafeLoader)
 
 
 def _load_defaults() -> dict[str, Any]:
-    """The shipped defaults, as {"cumulo": {...}}."""
+    """The shipped defaults of cumulo's own sections, as {"cumulo": {...}}."""
     return _read_yaml(_DEFAULTS_FILE)
 
 
-def schema() -> dict[str, Any]:
-    """The JSON schema that every ``cumulo.*`` setting must satisfy."""
+@functools.cache
+def _core_schema() -> dict[str, Any]:
     return _read_yaml(_SCHEMA_FILE)
+
+
+def add_section(name: str, *, defaults: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Add a provider's section ``cumulo.<name>.*``: its defaults (merged into dask.config's, below
+    anything the user set) and its JSON schema (an object node with ``properties``), validated with
+    the rest. Registering the same section again replaces it; a name cumulo itself uses is refused."""
+    core = _core_schema()["properties"]
+    if name in core:
+        raise ConfigError(f"a provider cannot bring the section cumulo.{name}: cumulo uses it; name the "
+                          "provider's section after the provider")
+    if schema.get("type") != "object" or not isinstance(schema.get("properties"), Mapping):
+        raise ConfigError(f"the schema of cumulo.{name} must be an object with properties")
+    _sections[name] = (dict(defaults), dict(schema))
+    dask.config.update_defaults({"cumulo": {name: dict(defaults)}})
+
+
+def add_section_source(load: Callable[[], None]) -> None:
+    """Run ``load`` (which calls add_section for what it finds) before the schema is read or validated."""
+    if load not in _section_sources:
+        _section_sources.append(load)
+
+
+def _load_sections() -> None:
+    for load in list(_section_sources):
+        load()
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema that every ``cumulo.*`` setting must satisfy: cumulo's and every provider's section."""
+    _load_sections()
+    merged = dict(_core_schema())
+    merged["properties"] = {**merged["properties"], **{n: s for n, (_, s) in _sections.items()}}
+    return merged
+
+
+def defaults() -> dict[str, Any]:
+    """The shipped defaults of every section (cumulo's and the providers'), without the ``cumulo`` level."""
+    _load_sections()
+    return {**_load_defaults()["cumulo"], **{n: d for n, (d, _) in _sections.items()}}
 
 
 dask.config.update_defaults(_load_defaults())
 
 
+_MISSING = object()
+
+
 def get(key: str, default: Any = None) -> Any:
-    """Read ``cumulo.<key>`` from dask.config (``key`` without the ``cumulo.`` prefix)."""
-    return dask.config.get(f"cumulo.{key}", default=default)
+    """Read ``cumulo.<key>`` from dask.config (``key`` without the ``cumulo.`` prefix).
+
+    A provider section's shipped default is found even where a ``dask.config.set`` context, entered
+    before the provider was loaded, removed the section on exit (dask drops keys that it added).
+    """
+    value = dask.config.get(f"cumulo.{key}", default=_MISSING)
+    if value is not _MISSING:
+        return value
+    section, _, rest = key.partition(".")
+    node: Any = _sections[section][0] if section in _sections else _MISSING
+    for part in rest.split(".") if rest else ():
+        node = node.get(part, node.get(part.replace("-", "_"), _MISSING)) if isinstance(node, dict) else _MISSING
+    return default if node is _MISSING else node
 
 
 def validate() -> None:
@@ -70,9 +148,9 @@ def validate() -> None:
     dask.utils.parse_timedelta (their bounds apply to the seconds), ``format: bytes``
     sizes, and that no unknown key is set. All problems are reported at once.
     """
+    refuse_moved()
     problems: list[tuple[str, str]] = []
-    rules, defaults = _rules()
-    _check(dask.config.get("cumulo", default={}), rules, ["cumulo"], defaults, problems)
+    _check(dask.config.get("cumulo", default={}), schema(), ["cumulo"], defaults(), problems)
     if not problems:
         return
     lines = [f"{key}: {why}" for key, why in problems]
@@ -88,10 +166,21 @@ def validate() -> None:
     )
 
 
-@functools.cache
-def _rules() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The schema and the shipped defaults, read once (validate() runs on every connect())."""
-    return schema(), _load_defaults()["cumulo"]
+def refuse_moved(section: str | None = None) -> None:
+    """ConfigError naming the new key when a setting is set in a spelling that moved (:data:`MOVED`).
+
+    ``section``: look only at ``cumulo.<section>.*`` (a provider about to read its settings).
+    """
+    for old, new in MOVED.items():
+        if section is not None and not old.startswith(f"{section}."):
+            continue
+        sect, _, key = old.partition(".")
+        given = dask.config.get(f"cumulo.{sect}", default=None)
+        if isinstance(given, Mapping) and (key in given or key.replace("-", "_") in given):
+            env = "DASK_CUMULO__" + new.upper().replace("-", "_").replace(".", "__")
+            raise ConfigError(
+                f"cumulo.{old} has moved to cumulo.{new} (a setting every cloud shares): set cumulo.{new} "
+                f"instead (in ~/.config/dask YAML, {env}, or dask.config.set()) and remove cumulo.{old}.")
 
 
 #: The JSON-schema keywords _check understands; a test keeps cumulo-schema.yaml within them.

@@ -7,18 +7,26 @@ show at most the last four characters and which refuses to be pickled (so it
 cannot travel into a Dask task graph, a registry row or a notebook output by
 accident). Only :meth:`Secret.reveal` gives the value, and only the HTTP layer
 calls it, to build an ``Authorization`` header.
+
+A provider declares each credential it reads as a :class:`Credential` (its
+environment variable, key-file setting, keyring service and, optionally, the
+key's format); generic code then finds it (:func:`find`), removes its variable
+from workers (local_security) and looks for it in notebooks (``cumulo share``)
+without knowing the provider.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from . import config
 from .exceptions import CredentialsError
 
-__all__ = ["Secret", "lambda_api_key", "load_secret"]
+__all__ = ["Credential", "Secret", "find", "load_secret"]
 
 
 class Secret:
@@ -125,20 +133,35 @@ def load_secret(
     raise CredentialsError(f"no {what} found: " + "; or ".join(places) + ".")
 
 
-def lambda_api_key() -> Secret:
-    """The Lambda Cloud API key from LAMBDA_API_KEY, ``cumulo.lambda.api-key-file`` or the keyring."""
-    from . import config
+@dataclass(frozen=True)
+class Credential:
+    """Where one provider credential is found, and what it looks like: declared by the provider.
 
-    configured = config.get("lambda.api-key-file")
+    ``env_var`` is always removed from workers' environments and compared with a shared notebook's text;
+    ``file_setting`` names the config key (``<section>.<key>``) of a key file, whose default is
+    ``default_file`` in the user's config dir; ``keyring_service`` is tried last. ``pattern``, a regular
+    expression of the key's format, lets ``cumulo share`` find such keys even when they are not yours.
+    """
+
+    what: str
+    env_var: str
+    file_setting: str | None = None
+    default_file: str | None = None
+    keyring_service: str | None = None
+    pattern: str | None = None
+
+
+def find(credential: Credential) -> Secret:
+    """The credential from its environment variable, key file (mode 600) or keyring; CredentialsError
+    saying where it looked otherwise."""
+
+    file: Path | None = None
+    configured = config.get(credential.file_setting) if credential.file_setting else None
     if configured:
-        file: Path = Path(configured)
-    else:
+        file = Path(configured)
+    elif credential.default_file:
         import platformdirs
 
-        file = Path(platformdirs.user_config_dir("cumulo", appauthor=False)) / "lambda-api-key"
-    return load_secret(
-        what="Lambda Cloud API key",
-        env_var="LAMBDA_API_KEY",
-        file=file,
-        keyring_service="cumulo-lambda",
-    )
+        file = Path(platformdirs.user_config_dir("cumulo", appauthor=False)) / credential.default_file
+    return load_secret(what=credential.what, env_var=credential.env_var, file=file,
+                       keyring_service=credential.keyring_service)

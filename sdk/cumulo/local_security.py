@@ -52,17 +52,18 @@ from distributed.security import Security
 from . import config
 from ._local_worker import accepted_tls_keeps_its_context
 from .exceptions import ConfigError, CredentialsError, SpecError
+from .providers import provider_classes
 from .tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls
 
 __all__ = [
     "OWNER_FILE",
-    "PROVIDER_SECRET_ENV",
     "CLIENT_CONFIG_FILE",
     "certs_root",
     "check_worker_env",
     "client_config",
     "client_security",
     "create_local_tls",
+    "provider_secret_env",
     "prune_stale",
     "remove_local_tls",
     "scrub_patterns",
@@ -70,8 +71,6 @@ __all__ = [
     "worker_scrub_options",
 ]
 
-#: Environment variables that hold provider credentials (credentials.py); always removed from workers.
-PROVIDER_SECRET_ENV: tuple[str, ...] = ("LAMBDA_API_KEY",)
 #: Marks a certificate folder as a local cluster's, and says which process owns it.
 OWNER_FILE = "owner.json"
 #: ``distributed.comm.*`` settings for a client of the cluster, for any Dask tool of this user.
@@ -244,6 +243,12 @@ def prune_stale() -> list[str]:
 # -- worker environments ---------------------------------------------------------------------
 
 
+def provider_secret_env() -> tuple[str, ...]:
+    """The environment variables that hold provider credentials: every provider's declared ones
+    (``Provider.credentials``, built in or installed), always removed from workers."""
+    return tuple(dict.fromkeys(c.env_var for cls in provider_classes() for c in cls.credentials))
+
+
 def scrub_patterns() -> tuple[str, ...]:
     """Names (fnmatch patterns) of variables no local worker may see.
 
@@ -252,7 +257,7 @@ def scrub_patterns() -> tuple[str, ...]:
     extra = config.get("local.scrub-env") or []
     if isinstance(extra, str):
         extra = [extra]
-    return tuple(dict.fromkeys([*PROVIDER_SECRET_ENV, *(str(p) for p in extra if p)]))
+    return tuple(dict.fromkeys([*provider_secret_env(), *(str(p) for p in extra if p)]))
 
 
 def check_worker_env(env: Mapping[str, str] | None) -> None:

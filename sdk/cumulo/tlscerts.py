@@ -187,7 +187,8 @@ def create_cluster_tls(
 def _refuse(path: Path, why: str) -> CredentialsError:
     return CredentialsError(
         f"refusing to keep TLS keys in {path}: {why}. Choose a folder only you can write "
-        "(cumulo.local.certs-dir / cumulo.lambda.certs-dir), or fix its owner and mode."
+        "(the provider's certs-dir setting, e.g. cumulo.local.certs-dir or cumulo.lambda.certs-dir), or fix its "
+        "owner and mode."
     )
 
 

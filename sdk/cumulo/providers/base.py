@@ -23,29 +23,47 @@ Declare what the backend can do with the class flags below; generic code asks
 the flags, never a provider's name. Options come from ``cumulo.<name>.*``
 config, plus the few connect() arguments every provider accepts.
 
+Declare, too, what generic code needs from the provider (docs/providers.md):
+
+  - ``config_file``: a YAML file with ``defaults:`` and ``schema:`` of its own
+    section ``cumulo.<name>.*``, merged into cumulo's config and validated with it
+    when the class is defined;
+  - ``credentials``: the credentials it reads (credentials.Credential): their
+    environment variables are removed from local workers, ``cumulo share`` removes
+    their values (and their format, if given) from notebooks;
+  - ``price_file`` (bundled catalog rows, a CSV with catalog.COLUMNS) and, with
+    ``live_prices``, ``fetch_prices(today)`` for ``cumulo prices --refresh``;
+  - ``sweeps_orphans`` and ``sweep_orphans``, which ``cumulo reap`` runs.
+
 and get: connect(), re-attach by name, close, `cumulo down`, reaping, listing.
+Providers are found by name in providers/__init__.py's table, or, for other
+packages, through the ``cumulo.providers`` entry-point group.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import yaml
 from distributed.security import Security
 
-from ..exceptions import NotOwner
+from .. import config
+from ..credentials import Credential
+from ..exceptions import NotOwner, ProviderError
 from ..registry import ClusterRecord, Registry
 from ..spec import ClusterSpec
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
 
-__all__ = ["Deployment", "Orphan", "Provider", "Say", "shutdown_scheduler"]
+__all__ = ["Deployment", "Orphan", "Provider", "Say", "add_config_section", "shutdown_scheduler"]
 
 
 class Say:
@@ -178,6 +196,30 @@ class Provider(abc.ABC):
     #: connect() keyword arguments that are not spec fields are this backend's own options
     #: (collected into ``spec.options``; the provider's preflight refuses names it does not know).
     takes_own_options: ClassVar[bool] = False
+    #: Address schemes (``scheme://...``) whose targets this provider launches on or attaches to.
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    # -- what generic code needs from the provider (see the module docstring) -------------------
+    #: YAML file with ``defaults:`` and ``schema:`` of the section ``cumulo.<name>.*``; None: no settings.
+    config_file: ClassVar[str | os.PathLike[str] | None] = None
+    #: The credentials the provider reads: removed from workers, looked for by ``cumulo share``.
+    credentials: ClassVar[tuple[Credential, ...]] = ()
+    #: Catalog rows bundled with the provider (CSV, catalog.COLUMNS; ``#`` comments); None: none.
+    price_file: ClassVar[str | os.PathLike[str] | None] = None
+    #: ``fetch_prices`` fetches current prices for ``cumulo prices --refresh``.
+    live_prices: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Merge the provider's own config section as soon as the class exists (before anything reads it)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("config_file"):
+            add_config_section(cls)
+
+    @classmethod
+    def fetch_prices(cls, today: str) -> list[dict[str, Any]]:
+        """Current catalog rows (catalog.COLUMNS, ``as_of`` = ``today``) when ``live_prices``; raise a
+        CumuloError (or httpx.HTTPError) when the source fails: the catalog then keeps the last good rows."""
+        raise ProviderError(f"provider {cls.name!r} has no live price source")
 
     def __init__(
         self,
@@ -228,6 +270,18 @@ class Provider(abc.ABC):
         """Resources of this provider that no open cluster owns; unless ``dry_run``, stop this
         installation's own (and others' only with ``terminate_unknown``). Default: none."""
         return []
+
+
+def add_config_section(cls: type[Provider]) -> None:
+    """Merge ``cls.config_file`` (``defaults:`` and ``schema:``) as the section ``cumulo.<cls.name>.*``."""
+    path = os.fspath(cls.config_file or "")
+    try:
+        with open(path) as f:
+            fragment = yaml.safe_load(f) or {}
+        config.add_section(cls.name, defaults=fragment.get("defaults") or {}, schema=fragment["schema"])
+    except (OSError, KeyError, yaml.YAMLError) as exc:
+        raise ProviderError(f"provider {cls.name!r}: its config_file {path} needs `defaults:` and `schema:` "
+                            f"({type(exc).__name__}: {exc}); fix the provider package") from exc
 
 
 async def shutdown_scheduler(address: str, security: Security | None, *, timeout: float = 10.0) -> bool:

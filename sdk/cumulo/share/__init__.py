@@ -29,8 +29,8 @@ value given to a secret-looking name, quoted or not: ``DB_PASSWORD=...`` and
 ``"api_token": "..."`` in code or JSON (a bare value in Python is a variable; numbers, flags,
 paths, placeholders and words are not secrets). A secret split over concatenated string
 literals (``'ghp_...' + '...'``) is found joined. Plus the user's own configured secrets,
-compared by value: cumulo's Lambda key (environment, key file or keyring:
-:func:`cumulo.credentials.lambda_api_key`) and environment variables whose names say they hold
+compared by value: every provider's declared credentials (``Provider.credentials``, e.g. Lambda's
+key from its environment variable, key file or keyring) and environment variables whose names say they hold
 a secret (``*_TOKEN``, ``*_SECRET``, ``*PASSWORD*``, ``*API_KEY``, ...). The high-entropy
 heuristics are off: they flag every hash, task key and cell id in a Dask notebook, and a
 redaction tool that cries wolf gets switched off.

@@ -1,7 +1,8 @@
 """Which detectors find secrets: detect-secrets' plugins (the ``share`` extra) and cumulo's own.
 
 The high-entropy heuristics of detect-secrets are left out (see :mod:`cumulo.share`); cumulo adds
-Hugging Face, Lambda Cloud, Google, Anthropic and current OpenAI keys, GitHub fine-grained tokens,
+Hugging Face, Google, Anthropic and current OpenAI keys, every provider's key format that the
+provider declares (``Credential.pattern``: Lambda Cloud's ``secret_...`` keys), GitHub fine-grained tokens,
 ``Authorization:`` / API-key headers, passwords in connection strings and secrets in URL query
 strings, on detect-secrets' own regex base; and :func:`_secret_pairs`, which finds values given to
 a secret-looking name (``DB_PASSWORD=...``, ``aws_secret_access_key = ...``, ``"api_token": "..."``)
@@ -14,6 +15,7 @@ import re
 from typing import Any
 
 from ..exceptions import MissingDependency
+from ..providers import provider_classes
 
 __all__: list[str] = []
 
@@ -37,12 +39,6 @@ def _extra_plugins(base: Any) -> list[type]:
 
         secret_type = "Hugging Face Token"
         denylist = [re.compile(r"\b(hf_[A-Za-z0-9]{30,})\b")]
-
-    class LambdaCloudKeyDetector(rx):  # type: ignore[misc, valid-type]
-        """Lambda Cloud API keys (secret_<name>_<random>)."""
-
-        secret_type = "Lambda Cloud API Key"
-        denylist = [re.compile(r"\b(secret_[A-Za-z0-9\-]+_[A-Za-z0-9_.\-]{16,})")]
 
     class GoogleApiKeyDetector(rx):  # type: ignore[misc, valid-type]
         """Google Cloud API keys (AIza + 35 characters)."""
@@ -106,8 +102,26 @@ def _extra_plugins(base: Any) -> list[type]:
         denylist = [re.compile(r"\bgithub_pat_[A-Za-z0-9_]{30,}")]
 
     return [AWSSecretKeyUnquotedDetector, AnthropicKeyDetector, OpenAIKeyDetector, GitHubFineGrainedTokenDetector,
-            HuggingFaceTokenDetector, LambdaCloudKeyDetector, GoogleApiKeyDetector, AuthorizationHeaderDetector,
+            HuggingFaceTokenDetector, *_provider_plugins(base), GoogleApiKeyDetector, AuthorizationHeaderDetector,
             ConnectionStringPasswordDetector, QueryStringSecretDetector]
+
+
+def _provider_plugins(base: Any) -> list[type]:
+    """One detector per provider credential that declares its format: kind "<what>" title-cased
+    ("Lambda Cloud API Key"), class named after it (detect-secrets reports plugins by class name)."""
+    out: list[type] = []
+    seen = set()
+    for cls in provider_classes():
+        for credential in cls.credentials:
+            if not credential.pattern or credential.pattern in seen:
+                continue
+            seen.add(credential.pattern)
+            kind = " ".join(w[:1].upper() + w[1:] for w in credential.what.split())
+            name = "".join(w for w in kind.title().split() if w.isalnum()) + "Detector"
+            out.append(type(name, (base.RegexBasedDetector,), {
+                "__doc__": f"{credential.what} (declared by the {cls.name} provider).",
+                "secret_type": kind, "denylist": [re.compile(credential.pattern)]}))
+    return out
 
 
 #: The detect-secrets plugins used, by class name (format-specific first: their kind wins a tie).

@@ -6,7 +6,9 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
+from ..credentials import find
 from ..exceptions import CumuloError
+from ..providers import provider_classes
 from .detectors import (
     _ASSIGNMENT,
     SECRET_NAMED,
@@ -255,19 +257,19 @@ class Scanner:
 
 
 def configured_secrets() -> list[tuple[str, str]]:
-    """The user's own secrets, by value, with what they are: cumulo's Lambda key and secret-named env vars.
+    """The user's own secrets, by value, with what they are: every provider's credentials that are set
+    (``Provider.credentials``: Lambda's key from its variable, file or keyring) and secret-named env vars.
 
     Values never leave this process: they are compared with the notebook's text, and only their
     kind ("cumulo's Lambda Cloud API key (from environment variable LAMBDA_API_KEY)") is shown.
     """
     out: list[tuple[str, str]] = []
-    try:
-        from ..credentials import lambda_api_key
-
-        key = lambda_api_key()
-        out.append((key.reveal(), f"cumulo's Lambda Cloud API key (from {key.source})"))
-    except CumuloError:
-        pass  # none configured (or a key file with the wrong mode: nothing to compare with)
+    for credential in dict.fromkeys(c for cls in provider_classes() for c in cls.credentials):
+        try:
+            key = find(credential)
+        except CumuloError:
+            continue  # none configured (or a key file with the wrong mode: nothing to compare with)
+        out.append((key.reveal(), f"cumulo's {credential.what} (from {key.source})"))
     for name, value in os.environ.items():
         if _SECRET_ENV.search(name) and len(value.strip()) >= 12 and not value.startswith(("/", "~")):
             out.append((value, f"configured secret (environment variable {name})"))

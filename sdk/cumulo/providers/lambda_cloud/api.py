@@ -11,22 +11,29 @@ the scrubbing of the API key from every message hold everywhere.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from dask.utils import parse_timedelta
 
 from ... import config
-from ...credentials import Secret, lambda_api_key
+from ...credentials import Credential, Secret, find
 from ...exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
 from ...http import DEFAULT_HINTS, ApiClient, ErrorMapping
 from .shapes import InstanceType, parse_instance_types
 
-__all__ = ["LAMBDA_ERRORS", "LambdaApi", "blocking"]
+__all__ = ["API_KEY", "LAMBDA_ERRORS", "LambdaApi", "lambda_api_key"]
 
-T = TypeVar("T")
+#: Lambda's API key: where cumulo finds it, and its format (``cumulo share`` removes such keys from notebooks).
+API_KEY = Credential(
+    what="Lambda Cloud API key", env_var="LAMBDA_API_KEY", file_setting="lambda.api-key-file",
+    default_file="lambda-api-key", keyring_service="cumulo-lambda",
+    pattern=r"\b(secret_[A-Za-z0-9\-]+_[A-Za-z0-9_.\-]{16,})",
+)
+
+
+def lambda_api_key() -> Secret:
+    """The Lambda Cloud API key from LAMBDA_API_KEY, ``cumulo.lambda.api-key-file`` or the keyring."""
+    return find(API_KEY)
 
 LAMBDA_ERRORS = ErrorMapping(
     provider="Lambda Cloud",
@@ -171,17 +178,3 @@ class LambdaApi:
     async def set_firewall_rules(self, rules: list[dict[str, Any]]) -> None:
         """Replace the account's inbound firewall rules (PUT replaces the whole list)."""
         await self.client.request("PUT", "/firewall-rules", json={"data": rules})
-
-
-def blocking(coro: Coroutine[Any, Any, T]) -> T:
-    """Run an API coroutine from synchronous code (the CLI, the price refresh), even inside a notebook.
-
-    With no running loop it uses ``asyncio.run``; inside one (a kernel's cell)
-    it runs the coroutine on a fresh loop in a helper thread.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()

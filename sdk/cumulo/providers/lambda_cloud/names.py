@@ -18,7 +18,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["PREFIX", "CumuloName", "cluster_prefixes", "instance_name", "key_name", "parse", "rule_name"]
+__all__ = ["PREFIX", "PROVIDER", "CumuloName", "cluster_prefixes", "instance_name", "key_name", "parse", "rule_name"]
+
+#: The provider's name in the registry (resources are keyed by it).
+PROVIDER = "lambda"
 
 #: Every instance, firewall rule and SSH key cumulo creates at Lambda starts with this.
 PREFIX = "cumulo-"

@@ -1,73 +1,21 @@
-"""Which source network may reach the scheduler's TLS port: this machine's public address, or the user's choice.
+"""Lambda's firewall source: ``cumulo.lambda.client-cidr``, else this machine's address towards Lambda's API.
 
-The firewall rule opens one port to one address. cumulo learns the address
-from the socket it would use to reach the API. Behind NAT that address is
-private (RFC 1918, carrier-grade NAT 100.64/10, link-local), and a rule for it
-admits nobody, so the cluster would bill while unreachable; cumulo then
-refuses before anything launches and asks for ``cumulo.lambda.client-cidr``.
-It never opens the port wider on its own. Loopback is accepted only when the
-API itself is on loopback (the emulator, whose instances live on 127/8).
+The rule and its NAT refusal are the cloud layer's (cloud/network.py); this
+names Lambda's setting and asks for the address through :func:`outgoing_address`
+here, so that one place decides what Lambda's firewall admits.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
-from urllib.parse import urlsplit
-
 from ... import config
-from ...exceptions import SpecError
+from ..cloud import network as _cloud
+from ..cloud.network import outgoing_address
 
 __all__ = ["client_cidr", "outgoing_address"]
 
-#: Addresses that cannot be what Lambda sees: RFC 1918, carrier-grade NAT (RFC 6598), link-local.
-_PRIVATE = tuple(ipaddress.ip_network(n) for n in (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"))
-_HOW = ("set cumulo.lambda.client-cidr to '<your public IP>/32' (the address the internet sees you at), "
-        "for example dask.config.set({'cumulo.lambda.client-cidr': '203.0.113.7/32'}) or "
-        "DASK_CUMULO__LAMBDA__CLIENT_CIDR=203.0.113.7/32, then connect again")
-
-
-def outgoing_address(host: str) -> str | None:
-    """The local address this machine uses to reach ``host`` (no packet is sent); None if unknown."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect((host, 443))
-            return str(s.getsockname()[0])
-    except OSError:
-        return None
-
-
-def _is_loopback_host(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host == "::1"
-
 
 def client_cidr(base_url: str) -> str:
-    """The source network for the firewall rule: ``cumulo.lambda.client-cidr``, else this machine's address/32.
-
-    Raises SpecError (before anything is launched) when the address is private
-    or cannot be told, saying how to set the public one.
-    """
-    configured = config.get("lambda.client-cidr")
-    if configured:
-        try:
-            return str(ipaddress.ip_network(str(configured), strict=False))
-        except ValueError:
-            raise SpecError(f"cumulo.lambda.client-cidr={configured!r} is not a network: {_HOW}") from None
-    host = urlsplit(base_url).hostname or ""
-    address = outgoing_address(host) if host else None
-    if address is None:
-        raise SpecError("cumulo cannot tell which address this machine reaches Lambda from, so it cannot open "
-                        f"the scheduler's port to you alone: {_HOW}")
-    ip = ipaddress.ip_address(address)
-    if ip.is_loopback:
-        if _is_loopback_host(host):
-            return f"{address}/32"
-        raise SpecError("cumulo cannot tell which address this machine reaches Lambda from (it sees only "
-                        f"loopback), so it cannot open the scheduler's port to you alone: {_HOW}")
-    if ip.is_unspecified or any(ip in net for net in _PRIVATE):
-        raise SpecError(
-            f"this machine's address {address} is private (you are behind NAT), so a firewall rule for it would "
-            "admit nobody and the instances would bill while unreachable; cumulo will not open the port wider "
-            f"on its own: {_HOW}")
-    return f"{address}/32"
+    """The source network for the scheduler's firewall rule at Lambda; SpecError behind NAT (see cloud/network.py)."""
+    return _cloud.client_cidr(base_url, configured=config.get("lambda.client-cidr"),
+                              setting="cumulo.lambda.client-cidr", cloud="Lambda",
+                              outgoing=lambda host: outgoing_address(host))

@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from ... import config
-from .api import LambdaApi, blocking
+from ...aio import blocking
+from .api import LambdaApi
 from .shapes import InstanceType
 
 __all__ = ["gpu_model", "price_rows", "price_rows_async"]

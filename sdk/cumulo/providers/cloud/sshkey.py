@@ -1,11 +1,11 @@
-"""A fresh SSH key pair per cluster: the private half stays here (mode 600), the public half goes to Lambda.
+"""A fresh SSH key pair per cluster: the private half stays here (mode 600), the public half goes to the cloud.
 
-Lambda requires exactly one registered SSH key on every instance. Using "the
+Lambda (like most clouds) puts one registered SSH key on every instance. Using "the
 first key on the account" could hand a colleague's key root on your instances,
 and an account with no key could not launch at all; so cumulo makes an
 ed25519 pair for each cluster, keeps the private half next to the cluster's
-TLS files (removed with them), and registers the public half as
-``cumulo-<installation>-<cluster id>`` until the cluster is torn down.
+TLS files (removed with them), and registers the public half (named by the cloud adapter, e.g.
+``cumulo-<installation>-<cluster id>``) until the cluster is torn down.
 """
 
 from __future__ import annotations

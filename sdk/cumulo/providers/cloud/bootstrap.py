@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import dask
 import distributed
 
-from .exceptions import SpecError
-from .tlscerts import ClusterTLS
+from ...exceptions import SpecError
+from ...tlscerts import ClusterTLS
 
 __all__ = ["MAX_USER_DATA", "BootstrapOptions", "user_data"]
 
@@ -56,7 +56,7 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass(frozen=True)
 class BootstrapOptions:
-    """How instances are prepared; built from ``cumulo.lambda.*`` config (see cumulo.yaml)."""
+    """How instances are prepared; built from ``cumulo.cloud.*`` config (see cumulo.yaml)."""
 
     scheduler_port: int = 8786
     worker_command: str = "dask cuda worker"
@@ -82,7 +82,7 @@ def _heredoc(path: str, text: str) -> str:
 
 def _install(opts: BootstrapOptions, *, gpu_worker: bool) -> str:
     if not opts.install_packages:
-        return 'echo "cumulo: package install disabled by configuration (cumulo.lambda.install-packages=false)"\n'
+        return 'echo "cumulo: package install disabled by configuration (cumulo.cloud.install-packages=false)"\n'
     locked = opts.gpu_requirements if gpu_worker and opts.gpu_requirements else opts.requirements
     if locked is not None:
         return _install_lock(opts, locked, gpu_worker=gpu_worker)
@@ -120,7 +120,7 @@ def _install_lock(opts: BootstrapOptions, locked: str, *, gpu_worker: bool) -> s
 
 def _probe(opts: BootstrapOptions) -> str:
     if not opts.gpu_probe:
-        return 'echo "cumulo: GPU probe disabled by configuration (cumulo.lambda.gpu-probe=false)"\n'
+        return 'echo "cumulo: GPU probe disabled by configuration (cumulo.cloud.gpu-probe=false)"\n'
     return (
         "if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L | grep -q '^GPU '; then\n"
         '  echo "cumulo: GPU probe passed: $(nvidia-smi -L | wc -l) GPU(s)"\n'

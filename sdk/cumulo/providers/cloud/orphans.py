@@ -1,14 +1,16 @@
-"""What runs at Lambda that no open cluster of this registry owns: this installation's leftovers, and others'.
+"""What runs at a cloud that no open cluster of this registry owns: this installation's leftovers, and others'.
 
-Every instance cumulo creates is named ``cumulo-<installation>-<cluster id>-<role>``
-(names.py). The sweep looks at every instance Lambda lists as not terminated:
+Every resource cumulo creates carries a mark (adapter.Mark: installation id,
+cluster id, role), which the adapter puts in its name (Lambda:
+``cumulo-<installation id>-<cluster id>-<role>``) or in its tags. The sweep
+looks at every instance the cloud lists as not terminated:
 
-- named with **this** registry's installation id, and its cluster id unknown to
+- marked with **this** registry's installation id, and its cluster id unknown to
   the registry (the registry file was replaced) or its row final (closed,
   failed, lost) yet it runs: **ours**, terminated (confirmed, with its
   cluster's firewall rule and SSH key) unless ``dry_run``;
-- any other ``cumulo-*`` instance (another installation on the same account,
-  a teammate, the pre-installation-id name format): **reported** with its type,
+- any other instance cumulo made (another installation on the same account,
+  a teammate, the pre-installation-id mark): **reported** with its type,
   $/h and age where known, and never terminated unless ``terminate_unknown``;
 - an instance of an open row, or recorded by one, is not the sweep's business:
   the reaper stops expired open clusters through the lifecycle (so a
@@ -22,16 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from ...exceptions import CumuloError
 from ...lifecycle import Lifecycle
 from ...registry import ClusterRecord, Registry
 from ..base import Orphan
-from .api import LambdaApi
-from .names import PREFIX, CumuloName, parse
-from .settings import PROVIDER, Say
-from .teardown import GONE, remove_firewall_rules, remove_ssh_keys, teardown, terminate_confirmed
+from .adapter import GONE, CloudAdapter, Instance, Mark
+from .settings import CloudSettings
+from .teardown import teardown, terminate_confirmed
 
 __all__ = ["sweep"]
 
@@ -46,17 +46,19 @@ def _row(registry: Registry, cluster_id: str) -> ClusterRecord | None:
 class _Sweep:
     """One pass over the account; see the module docstring for what counts as whose."""
 
-    def __init__(self, api: LambdaApi, registry: Registry, say: Callable[[str], None]) -> None:
-        self.api, self.registry, self.say = api, registry, say
+    def __init__(self, cloud: CloudAdapter, registry: Registry, say: Callable[[str], None],
+                 settings: CloudSettings) -> None:
+        self.cloud, self.registry, self.say, self.settings = cloud, registry, say, settings
+        self.provider = cloud.provider
         self.installation = registry.installation_id
-        resources = registry.resources(provider=PROVIDER)
+        resources = registry.resources(provider=self.provider)
         self.since = {r.resource_id: r.created for r in resources}
         open_ids = {r.id for r in registry.list(include_closed=False)}
         self.owned_by_open = {r.resource_id for r in resources if r.cluster_id in open_ids}
 
-    def own_cluster(self, parsed: CumuloName | None) -> str | None:
-        """The cluster id of a name this installation gave, else None."""
-        return parsed.cluster_id if parsed is not None and parsed.installation == self.installation else None
+    def own_cluster(self, mark: Mark | None) -> str | None:
+        """The cluster id of a mark this installation gave, else None."""
+        return mark.cluster_id if mark is not None and mark.installation == self.installation else None
 
     def is_open(self, cluster_id: str) -> bool:
         """Whether the row is open now (read live: a cluster may have started since the sweep began)."""
@@ -72,45 +74,39 @@ class _Sweep:
             return None
         return f"its cluster {record.name!r} is {record.state}, yet it runs"
 
-    def why_foreign(self, parsed: CumuloName | None) -> str:
-        if parsed is None or parsed.installation is None:
+    def why_foreign(self, mark: Mark) -> str:
+        if mark.installation is None:
             return ("named like cumulo's but not by this installation (an older cumulo, or someone else); "
-                    "left alone: terminate it in Lambda's dashboard, or pass terminate_unknown, if nobody needs it")
-        return (f"started by another cumulo installation ({parsed.installation}: another machine, venv or "
+                    f"left alone: terminate it in {self.cloud.title}'s dashboard, or pass terminate_unknown, if "
+                    "nobody needs it")
+        return (f"started by another cumulo installation ({mark.installation}: another machine, venv or "
                 "teammate); left alone: pass terminate_unknown to terminate it")
 
-    def orphan(self, inst: dict[str, Any], *, cluster_id: str | None, reason: str, ours: bool) -> Orphan:
-        itype: dict[str, Any] = inst.get("instance_type") or {}
-        cents = itype.get("price_cents_per_hour")
-        region = inst.get("region") or {}
-        region_name = region.get("name", "?") if isinstance(region, dict) else str(region)
-        name = str(inst.get("name") or "")
-        iid = str(inst["id"])
+    def orphan(self, inst: Instance, *, cluster_id: str | None, reason: str, ours: bool) -> Orphan:
         return Orphan(
-            provider=PROVIDER, resource_id=iid, name=name, cluster_id=cluster_id, reason=reason,
-            status=str(inst.get("status")), kind="instance", where=f"{itype.get('name', '?')} in {region_name}",
-            price_per_hour=float(cents) / 100 if cents is not None else None,
-            running_since=self.since.get(iid) or self.since.get(name), ours=ours)
+            provider=self.provider, resource_id=inst.id, name=inst.name, cluster_id=cluster_id, reason=reason,
+            status=inst.status, kind="instance", where=f"{inst.instance_type or '?'} in {inst.region or '?'}",
+            price_per_hour=inst.price_per_hour,
+            running_since=self.since.get(inst.id) or self.since.get(inst.name), ours=ours)
 
     async def run(self, *, dry_run: bool, terminate_unknown: bool) -> list[Orphan]:
         found: list[Orphan] = []
         ours: dict[str, list[Orphan]] = {}
         foreign: list[Orphan] = []
-        for inst in await self.api.instances():
-            name = str(inst.get("name") or "")
-            if not name.startswith(PREFIX) or inst.get("status") in GONE or str(inst["id"]) in self.owned_by_open:
+        for inst in await self.cloud.instances():
+            mark = self.cloud.owner(inst)
+            if mark is None or inst.status in GONE or inst.id in self.owned_by_open:
                 continue
-            parsed = parse(name)
-            own = self.own_cluster(parsed)
+            own = self.own_cluster(mark)
             if own is not None:
                 reason = self.why_ours(own)
                 if reason is not None:
                     ours.setdefault(own, []).append(self.orphan(inst, cluster_id=own, reason=reason, ours=True))
-            elif parsed is not None and parsed.installation is None and self.is_open(parsed.cluster_id):
-                continue  # a legacy-named instance of an open row of this registry
+            elif mark.installation is None and mark.cluster_id is not None and self.is_open(mark.cluster_id):
+                continue  # a legacy-marked instance of an open row of this registry
             else:
-                foreign.append(self.orphan(inst, cluster_id=parsed.cluster_id if parsed else None,
-                                           reason=self.why_foreign(parsed), ours=False))
+                foreign.append(self.orphan(inst, cluster_id=mark.cluster_id, reason=self.why_foreign(mark),
+                                           ours=False))
         for cluster_id, orphans in sorted(ours.items()):
             found += await self._terminate_cluster(cluster_id, orphans, dry_run=dry_run)
         found += await self._foreign(foreign, dry_run=dry_run, terminate=terminate_unknown)
@@ -120,9 +116,9 @@ class _Sweep:
     async def _terminate_cluster(self, cluster_id: str, orphans: list[Orphan], *, dry_run: bool) -> list[Orphan]:
         if dry_run:
             return [_with(o, "would terminate") for o in orphans]
-        checkpoint = Lifecycle(self.registry).checkpoint(cluster_id, PROVIDER)
+        checkpoint = Lifecycle(self.registry).checkpoint(cluster_id, self.provider)
         try:
-            await teardown(self.api, checkpoint, say=self.say)
+            await teardown(self.cloud, checkpoint, say=self.say, settings=self.settings)
         except CumuloError as exc:
             return [_with(o, f"FAILED: {exc}") for o in orphans]
         return [_with(o, "terminated") for o in orphans]
@@ -136,8 +132,9 @@ class _Sweep:
         self.say(f"terminating {len(ids)} instance(s) not started by this installation (terminate_unknown): "
                  f"{', '.join(ids)}")
         try:
-            await self.api.terminate(ids)
-            await terminate_confirmed(self.api, ids, on_terminated=lambda _: None, say=self.say)
+            await self.cloud.terminate(ids)
+            await terminate_confirmed(self.cloud, ids, on_terminated=lambda _: None, say=self.say,
+                                      settings=self.settings)
         except CumuloError as exc:
             return [_with(o, f"FAILED: {exc}") for o in orphans]
         return [replace(o, action="terminated", reason=_terminated_reason(o)) for o in orphans]
@@ -146,28 +143,24 @@ class _Sweep:
         """This installation's firewall rules and SSH keys whose cluster is not open."""
         out: list[Orphan] = []
         stale_rules = []
-        for rule in await self.api.firewall_rules():
-            desc = str(rule.get("description") or "")
-            own = self.own_cluster(parse(desc))
+        for rule in await self.cloud.rules():
+            own = self.own_cluster(self.cloud.owner(rule))
             if own is not None and not self.is_open(own):
-                stale_rules.append(desc)
-                ports = "-".join(str(p) for p in sorted(set(rule.get("port_range") or [])))
-                out.append(Orphan(PROVIDER, desc, desc, own, "its cluster is not open", "active",
-                                  kind="firewall-rule", where=f"{rule.get('protocol', 'tcp')}/{ports} from "
-                                  f"{rule.get('source_network')}"))
+                stale_rules.append(rule.name)
+                out.append(Orphan(self.provider, rule.id, rule.name, own, "its cluster is not open", "active",
+                                  kind="firewall-rule", where=rule.detail))
         stale_keys = []
-        for key in await self.api.ssh_keys():
-            name = str(key.get("name") or "")
-            own = self.own_cluster(parse(name))
+        for key in await self.cloud.ssh_keys():
+            own = self.own_cluster(self.cloud.owner(key))
             if own is not None and not self.is_open(own):
-                stale_keys.append(name)
-                out.append(Orphan(PROVIDER, str(key.get("id")), name, own, "its cluster is not open",
+                stale_keys.append(key.name)
+                out.append(Orphan(self.provider, key.id, key.name, own, "its cluster is not open",
                                   "registered", kind="ssh-key"))
         if dry_run or not out:
             return [_with(o, "would remove") for o in out]
         try:
-            await remove_firewall_rules(self.api, stale_rules)
-            await remove_ssh_keys(self.api, stale_keys)
+            await self.cloud.remove_rules(stale_rules)
+            await self.cloud.remove_ssh_keys(stale_keys)
         except CumuloError as exc:
             return [_with(o, f"FAILED: {exc}") for o in out]
         return [_with(o, "removed") for o in out]
@@ -184,8 +177,9 @@ def _with(orphan: Orphan, action: str) -> Orphan:
 
 
 async def sweep(
-    api: LambdaApi, registry: Registry, *, dry_run: bool = True, terminate_unknown: bool = False,
-    say: Callable[[str], None] | None = None,
+    cloud: CloudAdapter, registry: Registry, *, settings: CloudSettings, dry_run: bool = True,
+    terminate_unknown: bool = False, say: Callable[[str], None] | None = None,
 ) -> list[Orphan]:
-    """Orphans at Lambda with what the sweep did to each (see the module docstring)."""
-    return await _Sweep(api, registry, say or Say()).run(dry_run=dry_run, terminate_unknown=terminate_unknown)
+    """Orphans at the cloud with what the sweep did to each (see the module docstring)."""
+    sweeper = _Sweep(cloud, registry, say or settings.say(), settings)
+    return await sweeper.run(dry_run=dry_run, terminate_unknown=terminate_unknown)

@@ -1,0 +1,149 @@
+"""What one cloud implements for the cloud layer: a small adapter over its API, and the values it speaks in.
+
+The layer (launch.py, teardown.py, orphans.py, provider.py) drives every cloud
+the same way and never the reverse: it asks the adapter to create, list,
+describe and terminate instances, to open and remove one firewall rule, to add
+and remove one SSH key, and to mark and recognise **this installation's**
+resources. Lambda marks them by name (it has no tags); a cloud with tags or
+labels would put the :class:`Mark` there and read it back in :meth:`owner`.
+
+Statuses are the layer's words (:data:`BOOTING`, :data:`ACTIVE`, ...): the
+adapter maps its cloud's own to them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+__all__ = ["ACTIVE", "BOOTING", "FAILED_BOOT", "GONE", "CloudAdapter", "Instance", "Mark", "Resource"]
+
+BOOTING = "booting"
+ACTIVE = "active"
+#: Statuses that no longer bill.
+GONE = frozenset({"terminated"})
+#: Statuses that end a launch: the instance will never become active.
+FAILED_BOOT = ("unhealthy", "terminating", "terminated")
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Whose a resource is: the installation (a registry's id; None for cumulo's names from before
+    installation ids), the cluster id (None when cumulo's but unreadable), and its role ("head",
+    "worker-<n>", "" for a cluster's key, "scheduler-tls" for its firewall rule)."""
+
+    installation: str | None
+    cluster_id: str | None
+    role: str = ""
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance as the cloud lists it, in the layer's words."""
+
+    id: str
+    name: str
+    status: str
+    ip: str | None = None
+    private_ip: str | None = None
+    instance_type: str | None = None
+    region: str | None = None
+    price_per_hour: float | None = None
+    #: The cloud's tags or labels, for adapters that mark resources with them.
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A firewall rule or SSH key of the account: its id, its name (description), and a line about it."""
+
+    id: str
+    name: str
+    detail: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class CloudAdapter(abc.ABC):
+    """One cloud's API as the layer needs it. Used as an async context manager (closes its client)."""
+
+    #: The registry's provider name (resources are recorded under it).
+    provider: ClassVar[str]
+    #: The cloud as messages name it ("Lambda": "terminate them in Lambda's dashboard").
+    title: ClassVar[str]
+
+    async def __aenter__(self) -> CloudAdapter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the API client."""
+
+    @property
+    def api_url(self) -> str:
+        """The API's base URL: the firewall source is this machine's address towards it (network.py)."""
+        raise NotImplementedError
+
+    # -- ownership markers ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def name(self, mark: Mark) -> str:
+        """The name the resource with this mark is given (and recorded under before it is requested)."""
+
+    @abc.abstractmethod
+    def owner(self, item: Instance | Resource) -> Mark | None:
+        """The mark a resource carries (in its name, or its labels); None when cumulo did not make it."""
+
+    # -- instances -----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create(self, mark: Mark, *, plan: Plan, ssh_key: str, user_data: str) -> list[str]:
+        """Launch one instance carrying ``mark``; its id(s). A request that may have applied raises a
+        ProviderError with ``maybe_applied`` set: the layer then adopts what carries the mark."""
+
+    @abc.abstractmethod
+    async def instances(self) -> list[Instance]:
+        """Every instance of the account that the cloud still lists, whatever its status."""
+
+    async def instance(self, instance_id: str) -> Instance | None:
+        """One instance by id; None when the cloud no longer knows it."""
+        for inst in await self.instances():
+            if inst.id == instance_id:
+                return inst
+        return None
+
+    @abc.abstractmethod
+    async def terminate(self, instance_ids: list[str]) -> None:
+        """Ask the cloud to terminate these instances (all listed as not terminated); safe to repeat."""
+
+    # -- network rule and SSH key --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open_port(self, name: str, *, port: int, source: str) -> None:
+        """Admit tcp/``port`` from ``source`` (a CIDR) only, as a rule called ``name``."""
+
+    @abc.abstractmethod
+    async def rules(self) -> list[Resource]:
+        """The account's firewall rules (name: the rule's description)."""
+
+    @abc.abstractmethod
+    async def remove_rules(self, names: Iterable[str]) -> int:
+        """Remove the rules with these names; how many were removed."""
+
+    @abc.abstractmethod
+    async def add_ssh_key(self, name: str, public_key: str) -> str | None:
+        """Register a public key under ``name``; its id at the cloud, if it has one."""
+
+    @abc.abstractmethod
+    async def ssh_keys(self) -> list[Resource]:
+        """The account's SSH keys."""
+
+    @abc.abstractmethod
+    async def remove_ssh_keys(self, names: Iterable[str]) -> int:
+        """Delete the SSH keys with these names; how many were deleted."""

@@ -1,0 +1,203 @@
+"""The launch sequence of one cloud cluster, each step reported to the checkpoint *before* it can bill.
+
+ 1. make the cluster's CA and certificates (tlscerts.py) and, unless the user
+    named a key, an SSH key pair: recorded, then uploaded under the name the
+    adapter gives it (Lambda: ``cumulo-<installation>-<cluster id>``);
+ 2. open the scheduler's TLS port in the firewall for the planned source only;
+ 3. create the head (scheduler + one worker), marked ``head`` for this
+    installation's cluster, and wait booting -> active (``boot-timeout``);
+ 4. create each other worker in its own request (``worker-<n>``), while the
+    head installs its environment; wait for the scheduler to answer over TLS,
+    then for the workers to be active and to join.
+Each request is recorded (kind "launch", by the name the adapter gives it)
+before it is sent and its instance ids as soon as the answer arrives; a
+request that may have applied is followed by adopting whatever carries its
+mark. On failure the caller tears everything down (teardown.py); this module
+only builds up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from distributed.core import rpc
+from distributed.security import Security
+
+from ...aio import until
+from ...envsync import Prepared, compact
+from ...exceptions import LaunchTimeout, ProviderError
+from ...tlscerts import ClusterTLS, create_cluster_tls
+from ..base import Say
+from .adapter import ACTIVE, BOOTING, FAILED_BOOT, GONE, CloudAdapter, Instance, Mark
+from .bootstrap import BootstrapOptions, user_data
+from .plan import Plan
+from .settings import CloudSettings
+from .sshkey import new_key_pair
+
+if TYPE_CHECKING:
+    from ...checkpoint import Checkpoint
+
+__all__ = ["Launcher"]
+
+
+class Launcher:
+    """Builds one cluster from a :class:`Plan`; ``run()`` returns the scheduler's address and client TLS."""
+
+    def __init__(self, adapter: CloudAdapter, checkpoint: Checkpoint, plan: Plan, say: Say,
+                 settings: CloudSettings, environment: Prepared | None = None) -> None:
+        self.cloud, self.checkpoint, self.plan, self.say, self.settings = adapter, checkpoint, plan, say, settings
+        self.cluster_id = checkpoint.cluster_id
+        self.installation = checkpoint.installation_id
+        self.opts: BootstrapOptions = dataclasses.replace(settings.bootstrap_options(), idle_timeout=plan.idle_timeout)
+        if environment is not None:  # the pins travel in the first-boot script; local wheels later, over TLS
+            self.opts = dataclasses.replace(
+                self.opts, requirements=compact(environment.lock),
+                gpu_requirements=compact(environment.gpu_lock) if environment.gpu_lock else None,
+                find_links=tuple(environment.lock.find_links))
+
+    def _mark(self, role: str) -> Mark:
+        return Mark(self.installation, self.cluster_id, role)
+
+    async def run(self) -> tuple[str, Security]:
+        """Launch everything and wait until all workers joined; raises on the first failure."""
+        tls = create_cluster_tls(self.cluster_id, directory=self.settings.certs_dir())
+        security = tls.security("client")
+        ssh_key = self.plan.ssh_key or await self._upload_key(tls)
+        await self._open_firewall()
+        head_script = user_data("head", cluster_id=self.cluster_id, tls=tls, options=self.opts)
+        head = await self._launch("head", ssh_key, head_script)
+        info = (await self._wait_active(head))[head[0]]
+        address = f"tls://{info.ip}:{self.opts.scheduler_port}"
+        self.checkpoint.address(address)
+        self.say(f"head instance active at {info.ip}")
+        workers: list[str] = []
+        if self.plan.instances > 1:
+            # the workers boot (and install their environment) while the head installs and starts its
+            # scheduler: they retry joining it until their death timeout
+            script = user_data("worker", cluster_id=self.cluster_id, tls=tls, options=self.opts,
+                               scheduler_host=info.private_ip or info.ip)
+            for n in range(1, self.plan.instances):
+                workers += await self._launch(f"worker-{n}", ssh_key, script)
+        await self._wait_scheduler(address, security)
+        if workers:
+            await self._wait_active(workers)
+        await self._wait_workers(address, security, hosts=self.plan.instances)
+        return address, security
+
+    async def _upload_key(self, tls: ClusterTLS) -> str:
+        name = self.cloud.name(self._mark(""))
+        path, public = new_key_pair(tls.directory, comment=name)
+        # Recorded before the upload: a process killed during it leaves the name for teardown to find.
+        self.checkpoint.resource("ssh-key", name, state="requested", meta={"private_key": str(path)})
+        key_id = await self.cloud.add_ssh_key(name, public)
+        self.checkpoint.resource("ssh-key", name, state="active",
+                                 meta={"private_key": str(path), f"{self.cloud.provider}_id": key_id})
+        self.say(f"ssh key: registered {name} for this cluster (private half in {path})")
+        return name
+
+    async def _open_firewall(self) -> None:
+        rule = self.cloud.name(self._mark("scheduler-tls"))
+        port, source = self.opts.scheduler_port, self.plan.source
+        self.checkpoint.resource("firewall-rule", rule, state="requested", meta={"port": port, "source": source})
+        await self.cloud.open_port(rule, port=port, source=source)
+        self.checkpoint.resource_state(rule, "active")
+        self.say(f"firewall: opened tcp/{port} (scheduler TLS) to {source} only")
+
+    async def _launch(self, role: str, ssh_key: str, script: str) -> list[str]:
+        plan, mark = self.plan, self._mark(role)
+        name = self.cloud.name(mark)
+        meta = {"name": name, "region": plan.region, "instance_type": plan.instance_type,
+                "price_per_hour": plan.price_per_hour}
+        # Recorded before the request: a process killed during it still leaves the name to find it by.
+        self.checkpoint.resource("launch", name, state="requested", meta=meta)
+        self.say(f"launching {plan.instance_type} in {plan.region} as {name}")
+        try:
+            ids = await self.cloud.create(mark, plan=plan, ssh_key=ssh_key, user_data=script)
+        except ProviderError as exc:
+            if getattr(exc, "maybe_applied", False):
+                await self._adopt(mark, meta)  # record whatever did launch, so teardown terminates it
+            raise
+        for iid in ids:
+            self.checkpoint.resource("instance", iid, state=BOOTING, meta=meta)
+        self.checkpoint.resource_state(name, "launched")
+        if len(ids) != 1:
+            raise ProviderError(f"{self.cloud.title} answered a launch of one instance named {name} with {len(ids)} "
+                                "ids; cumulo is terminating them. Try again.")
+        return ids
+
+    async def _adopt(self, mark: Mark, meta: dict[str, Any]) -> None:
+        for inst in await self.cloud.instances():
+            if self.cloud.owner(inst) == mark and inst.status not in GONE:
+                self.checkpoint.resource("instance", inst.id, state=inst.status or BOOTING, meta=meta)
+
+    async def _wait_active(self, ids: list[str]) -> dict[str, Instance]:
+        timeout = self.settings.seconds("boot-timeout")
+        started = time.monotonic()
+        last = dict.fromkeys(ids, BOOTING)
+
+        async def all_active() -> dict[str, Instance] | None:
+            seen = {i.id: i for i in await self.cloud.instances() if i.id in last}
+            for iid in ids:
+                # An instance not listed yet is still booting (the list can lag the launch answer).
+                status = seen[iid].status if iid in seen else last[iid]
+                if status != last[iid]:
+                    self.checkpoint.resource_state(iid, status)
+                    self.say(f"instance {iid} {last[iid]} -> {status} after {time.monotonic() - started:.0f} s")
+                    last[iid] = status
+                if status in FAILED_BOOT:
+                    raise ProviderError(f"instance {iid} became {status} while booting; cumulo is terminating "
+                                        "the cluster. Try again, or another region.")
+            return seen if all(s == ACTIVE for s in last.values()) else None
+
+        try:
+            return await until(all_active, timeout=timeout, interval=self.settings.seconds("poll-interval"))
+        except TimeoutError:
+            stuck = [i for i, s in last.items() if s != ACTIVE]
+            raise LaunchTimeout(
+                f"instance(s) {', '.join(stuck)} still booting after {timeout:g} s "
+                f"({self.settings.key('boot-timeout')}); everything is being terminated. {self.cloud.title} may "
+                "be short of healthy hardware in this region: try another region, or later.") from None
+
+    async def _identity(self, address: str, security: Security) -> dict[str, Any] | None:
+        try:
+            async with rpc(address, connection_args=security.get_connection_args("client"),
+                           timeout=min(10.0, self.settings.seconds("scheduler-timeout"))) as scheduler:
+                return dict(await scheduler.identity())
+        except (OSError, TimeoutError, asyncio.TimeoutError):
+            return None
+
+    async def _wait_scheduler(self, address: str, security: Security) -> None:
+        timeout = self.settings.seconds("scheduler-timeout")
+        try:
+            await until(lambda: self._identity(address, security), timeout=timeout,
+                        interval=self.settings.seconds("poll-interval"))
+        except TimeoutError:
+            raise LaunchTimeout(
+                f"the scheduler at {address} did not answer over TLS within {timeout:g} s "
+                f"({self.settings.key('scheduler-timeout')}); the cluster is being terminated. Its bootstrap log is "
+                "/opt/cumulo/bootstrap.log on the head instance, if you want to look before retrying.") from None
+        self.say(f"scheduler answering at {address} (TLS, this cluster's certificates)")
+
+    async def _wait_workers(self, address: str, security: Security, *, hosts: int) -> None:
+        timeout = self.settings.seconds("workers-timeout")
+        joined = -1
+
+        async def all_joined() -> bool | None:
+            nonlocal joined
+            ident = await self._identity(address, security) or {}
+            now = len({w.get("host") for w in ident.get("workers", {}).values()})
+            if now != joined:
+                joined = now
+                self.say(f"workers joined: {joined}/{hosts} instances")
+            return True if joined >= hosts else None
+
+        try:
+            await until(all_joined, timeout=timeout, interval=self.settings.seconds("poll-interval"))
+        except TimeoutError:
+            raise LaunchTimeout(
+                f"only {joined} of {hosts} instances' workers joined within {timeout:g} s "
+                f"({self.settings.key('workers-timeout')}); a GPU probe may have failed (see "
+                "/opt/cumulo/bootstrap.log on the instances). The cluster is being terminated.") from None

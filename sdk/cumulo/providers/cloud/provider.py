@@ -1,0 +1,195 @@
+"""A rented-instance cloud as a cumulo Provider: everything but the cloud's own API and offers.
+
+A cloud provider subclasses :class:`CloudProvider` and implements two things:
+``adapter()`` (its :class:`~.adapter.CloudAdapter`, an async context manager) and
+``plan(adapter, spec, say)`` (its offers: shape, region, price -> a :class:`~.plan.Plan`,
+using ``check_price`` and ``client_cidr`` from this package). This class then
+does the rest the same way for every cloud: ``preflight`` (the plan and the
+notebook's environment, before any row exists), ``launch`` (launch.py; on any
+failure, timeout or cancellation it tears down what launched, teardown.py,
+before re-raising), ``stop`` and ``confirm_gone`` from a row alone, and
+``sweep_orphans`` (orphans.py). It never writes the registry: everything goes
+through the lifecycle's Checkpoint.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from distributed.security import Security
+
+from ... import envsync
+from ...envsync import Prepared
+from ...exceptions import ProviderError, TerminateError
+from ...registry import ClusterRecord, Registry
+from ...spec import ClusterSpec
+from ...tlscerts import load_cluster_tls
+from ..base import Deployment, Orphan, Provider
+from .adapter import CloudAdapter, Mark
+from .launch import Launcher
+from .orphans import sweep
+from .plan import Plan
+from .settings import CloudSay, CloudSettings
+from .teardown import instances_gone, teardown
+
+if TYPE_CHECKING:
+    from ...checkpoint import Checkpoint
+
+__all__ = ["CloudDeployment", "CloudProvider"]
+
+
+class CloudDeployment(Deployment):
+    """A running cloud cluster held by the process that launched it."""
+
+    def __init__(self, address: str, *, security: Security, provider: CloudProvider, checkpoint: Checkpoint,
+                 rate_per_hour: float) -> None:
+        super().__init__(address, security=security, dashboard_link=None)
+        self.cluster_id = checkpoint.cluster_id
+        self.rate_per_hour = rate_per_hour
+        self._provider = provider
+        self._checkpoint = checkpoint
+
+    async def scale(self, n: int) -> None:
+        raise ProviderError(f"scaling a {self._provider.title} cluster in place is not supported yet: close it "
+                            "and connect again with workers=N")
+
+    def adapt(self, minimum: int, maximum: int) -> Any:
+        raise ProviderError(f"adaptive scaling of {self._provider.title} clusters is not supported yet: choose "
+                            "workers= at connect")
+
+    async def close(self) -> None:
+        """Terminate every instance (confirmed), remove the firewall rule, SSH key and certificates.
+
+        Safe to call again after a failure (e.g. a TerminateError): each call uses a new API client.
+        """
+        await self._provider.teardown(self._checkpoint)
+
+
+class CloudProvider(Provider):
+    """GPU instances at a cloud, driven through its adapter; see the module docstring."""
+
+    bills_independently = True  # instances bill until terminated, whatever their scheduler does
+    can_scale = False
+    sweeps_orphans = True
+    #: The cloud as messages name it ("Lambda").
+    title: ClassVar[str]
+    deployment_class: ClassVar[type[CloudDeployment]] = CloudDeployment
+
+    def __init__(
+        self,
+        *,
+        security: Security | None = None,
+        allow_insecure: bool | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(security=security, allow_insecure=allow_insecure, progress=progress)
+        self.settings = CloudSettings(self.name)
+        #: The last spec preflight resolved, its plan and environment, re-used by the launch that follows.
+        self._planned: tuple[ClusterSpec, Plan, Prepared | None] | None = None
+
+    # -- what a cloud implements ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def adapter(self) -> CloudAdapter:
+        """A new adapter over the cloud's API (the layer closes it)."""
+
+    @abc.abstractmethod
+    async def plan(self, cloud: CloudAdapter, spec: ClusterSpec, say: CloudSay) -> Plan:
+        """Resolve ``spec`` against the cloud's live offers and show the offer, or raise why it cannot launch."""
+
+    # -- the rest, the same for every cloud ----------------------------------------------------
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[CloudAdapter]:
+        async with self.adapter() as cloud:
+            yield cloud
+
+    def _say(self) -> CloudSay:
+        return self.settings.say(self.progress)
+
+    def security(self, record: ClusterRecord) -> Security:
+        """Client TLS of a cluster launched from this machine (or what the user gave connect())."""
+        if self.user_security is not None:
+            return self.user_security
+        return load_cluster_tls(record.id, directory=self.settings.certs_dir()).security("client")
+
+    async def preflight(self, spec: ClusterSpec) -> None:
+        """Refuse what cannot launch (the cloud's own refusals, the price, NAT) before any row exists."""
+        async with self._session() as cloud:
+            plan = await self.plan(cloud, spec, self._say())
+        self._planned = (spec, plan, await self._environment(spec))
+
+    async def _environment(self, spec: ClusterSpec) -> Prepared | None:
+        """The notebook's environment for the instances (envsync), checked to resolve before anything bills."""
+        if not self.settings.get("install-packages") or spec.environment == "none":
+            return None
+        say = self._say()
+        say("preparing the workers' environment (lock, local wheels) ...")
+        gpu = "cuda" in str(self.settings.get("worker-command"))
+        prepared = await asyncio.to_thread(envsync.prepare, spec.environment, gpu=gpu)
+        if prepared is not None:
+            say(f"environment {prepared.lock.digest}: {len(prepared.lock.pins)} packages"
+                + (f", local {', '.join(sorted(prepared.wheels))}" if prepared.wheels else "")
+                + (" (RAPIDS and CUDA builds on GPU workers)" if gpu else ""))
+        return prepared
+
+    async def launch(self, spec: ClusterSpec, *, cluster_id: str, checkpoint: Checkpoint) -> Deployment:
+        """Launch the cluster; on any failure terminate what launched (confirmed) and re-raise.
+
+        If that cleanup fails too, raises TerminateError: the instances may still bill.
+        """
+        say = self._say()
+        async with self._session() as cloud:
+            planned, self._planned = self._planned, None
+            if planned is not None and planned[0] == spec:
+                plan, prepared = planned[1], planned[2]
+            else:
+                plan, prepared = await self.plan(cloud, spec, say), await self._environment(spec)
+            checkpoint.rate(plan.rate_per_hour)
+            if prepared is not None:
+                checkpoint.event("environment", json.dumps(prepared.describe()))
+            try:
+                address, security = await Launcher(cloud, checkpoint, plan, say, self.settings, prepared).run()
+            except BaseException as exc:
+                say(f"launch failed ({type(exc).__name__}); terminating everything that was launched")
+                try:
+                    await asyncio.shield(teardown(cloud, checkpoint, say=say, settings=self.settings))
+                except BaseException as cleanup:
+                    pattern = cloud.name(Mark(checkpoint.installation_id, cluster_id, "*"))
+                    raise TerminateError(
+                        f"the launch failed ({exc}) and cleaning up also failed ({cleanup}); instances of cluster "
+                        f"{cluster_id} may still be billing: run `cumulo down` or `cumulo reap`, or terminate "
+                        f"{pattern} in {self.title}'s dashboard") from exc
+                raise
+        deployment = self.deployment_class(address, security=security, provider=self, checkpoint=checkpoint,
+                                           rate_per_hour=plan.rate_per_hour)
+        if prepared is not None and prepared.wheels:
+            deployment.local_wheels, deployment.local_digest = prepared.wheels, prepared.lock.local_digest
+        return deployment
+
+    async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
+        """Terminate a cluster from any process, using only its recorded resources and the API."""
+        await self.teardown(checkpoint)
+
+    async def confirm_gone(self, record: ClusterRecord, checkpoint: Checkpoint) -> bool:
+        """Whether the cloud lists none of the cluster's instances (recorded or marked for it) as still running."""
+        async with self._session() as cloud:
+            return await instances_gone(cloud, checkpoint)
+
+    async def teardown(self, checkpoint: Checkpoint) -> None:
+        """Terminate the checkpoint's cluster (confirmed) and remove its rule, key and certificates."""
+        async with self._session() as cloud:
+            await teardown(cloud, checkpoint, say=self._say(), settings=self.settings)
+
+    async def sweep_orphans(
+        self, registry: Registry, *, dry_run: bool = True, terminate_unknown: bool = False
+    ) -> list[Orphan]:
+        """This installation's leftovers (terminated unless ``dry_run``) and others' (reported); see orphans.py."""
+        async with self._session() as cloud:
+            return await sweep(cloud, registry, settings=self.settings, dry_run=dry_run,
+                               terminate_unknown=terminate_unknown, say=self._say())
