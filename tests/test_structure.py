@@ -23,24 +23,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "sdk" / "cumulo"
 
-#: Files whose function-level imports another branch of issue 22 rewrites (the cloud layer, the run/ledger/
-#: train split). They are exempt from the "late import needs a reason" rule until those branches are merged;
-#: then this list is emptied and the rule holds everywhere.
-LATE_IMPORT_REASONS_PENDING = {
-    "providers/__init__.py",
-    "providers/base.py",
-    "catalog.py",
-    "credentials.py",
-    "local_security.py",
-    "share/detectors.py",
-    "share/scanner.py",
-    "bootstrap.py",
-    "tlscerts.py",
-    "run.py",
-    "_ledger.py",
-    "train.py",
-}
-LATE_IMPORT_REASONS_PENDING_DIRS = ("providers/lambda_cloud/", "providers/cloud/")
 
 
 @dataclass(frozen=True)
@@ -140,11 +122,11 @@ def imports_of(path: Path) -> list[Import]:
 ALL_IMPORTS = [imp for path in MODULES.values() for imp in imports_of(path)]
 
 
-def runtime_graph() -> dict[str, set[str]]:
-    """Module -> the cumulo modules it imports when it loads."""
+def runtime_graph(*, late_too: bool = False) -> dict[str, set[str]]:
+    """Module -> the cumulo modules it imports when it loads (``late_too``: or in any of its functions)."""
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for imp in ALL_IMPORTS:
-        if imp.module_level and imp.target in MODULES:
+        if (imp.module_level or late_too) and imp.target in MODULES and imp.target != imp.source:
             graph[imp.source].add(imp.target)
     return graph
 
@@ -224,6 +206,14 @@ def test_no_import_cycles() -> None:
         " -> ".join(_path_in(graph, c)) + f" (component: {', '.join(c)})" for c in cycles)
 
 
+def test_no_import_cycles_through_late_imports_either() -> None:
+    # a late import that closes a circle only hides it: the two modules still need each other
+    graph = runtime_graph(late_too=True)
+    cycles = find_cycles(graph)
+    assert not cycles, "import cycles among cumulo modules (counting imports inside functions): " + "; ".join(
+        " -> ".join(_path_in(graph, c)) + f" (component: {', '.join(c)})" for c in cycles)
+
+
 def test_exceptions_imports_nothing_of_cumulo() -> None:
     # not even for annotations: every module may import the errors, so they import nothing back
     tree = ast.parse(MODULES["cumulo.exceptions"].read_text())
@@ -239,16 +229,11 @@ def test_config_imports_only_the_exceptions() -> None:
     assert not runtime, f"cumulo.config must sit at the bottom of cumulo, but imports {sorted(runtime)}"
 
 
-def _pending(path: Path) -> bool:
-    rel = path.relative_to(ROOT).as_posix()
-    return rel in LATE_IMPORT_REASONS_PENDING or rel.startswith(LATE_IMPORT_REASONS_PENDING_DIRS)
-
-
 def test_late_imports_say_why() -> None:
     missing = []
     lines_of: dict[Path, list[str]] = {}
     for imp in ALL_IMPORTS:
-        if imp.module_level or _pending(imp.path):
+        if imp.module_level:
             continue
         lines = lines_of.setdefault(imp.path, imp.path.read_text().splitlines())
         here = lines[imp.line - 1]

@@ -28,7 +28,7 @@ from typing import Any
 import pandas as pd
 
 from . import config
-from .exceptions import CumuloError, ProviderError, SpecError
+from .exceptions import CumuloError, ProviderError, SpecError, did_you_mean
 from .providers import provider_classes
 
 __all__ = [
@@ -294,8 +294,6 @@ def no_match(*, gpu: str | None = None, provider: str | None = None, region: str
     models = sorted(set(everything["gpu_model"]))
     text = f"no offers match {asked or 'anything'}"
     if gpu and prices(gpu=gpu, labelled=False).empty:
-        from .spec import did_you_mean
-
         text += did_you_mean(gpu, models)
     text += f". GPUs in the catalog: {', '.join(models)} (a prefix matches: --gpu A100 means every A100)"
     providers = sorted(set(everything["provider"]))

@@ -34,7 +34,8 @@ with ``raise ... from exc`` so that the cause stays inspectable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from pathlib import PurePath
 from typing import Protocol
 
@@ -65,6 +66,7 @@ __all__ = [
     "TerminateError",
     "TrainingError",
     "VersionMismatch",
+    "did_you_mean",
 ]
 
 
@@ -224,3 +226,15 @@ class TrainingError(RemoteError):
     def __init__(self, message: str, *, rank: int, **kwargs: object) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.rank = rank
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'lambda'?)' for the choice nearest to a misspelt ``word``; '' when none is near.
+
+    Case is ignored; the suffix goes at the end of an "unknown ..." message.
+    """
+    if not isinstance(word, str):
+        return ""
+    by_lower = {str(c).lower(): str(c) for c in choices}
+    near = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[near[0]]!r}?)" if near else ""

@@ -17,7 +17,6 @@ timeout) and duration_seconds, the one reading of durations shared with cumulo.c
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 import socket
@@ -29,7 +28,7 @@ from urllib.parse import urlsplit
 from dask.utils import parse_bytes
 
 from .config import duration_seconds
-from .exceptions import ConnectError, SpecError
+from .exceptions import ConnectError, SpecError, did_you_mean
 
 __all__ = [
     "DASK_ALIASES",
@@ -58,18 +57,6 @@ _SECRET_VALUE = re.compile(
 ENV_NOT_STORED = "<not stored: set in the kernel that started the cluster>"
 #: dask's own argument names (LocalCluster, SpecCluster) that mean the same as a spec field.
 DASK_ALIASES = {"n_workers": "workers"}
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'lambda'?)' for the choice nearest to a misspelt ``word``; '' when none is near.
-
-    Case is ignored; the suffix goes at the end of an "unknown ..." message.
-    """
-    if not isinstance(word, str):
-        return ""
-    by_lower = {str(c).lower(): str(c) for c in choices}
-    near = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
-    return f" (did you mean {by_lower[near[0]]!r}?)" if near else ""
 
 
 def validate_name(name: str) -> str:
@@ -235,11 +222,8 @@ class ClusterSpec:
                 parse_address(self.address)  # raises, naming the expected form
             if self.address.split("://", 1)[0] in _SCHEMES:
                 parse_address(self.address)
-            else:  # ssh://, gateway://: the scheme names a provider, whose preflight reads the target
-                # providers import this module (their specs): the lookup waits until both are loaded
-                from .providers import provider_for_address
-
-                provider_for_address(self.address)
+            # other schemes (ssh://, gateway://, a plugin's) name a provider: connect() looks it up, and
+            # that provider's preflight reads the target
         if self.workers is not None:
             _positive_int("workers", self.workers, maximum=MAX_WORKERS)
         if self.threads_per_worker is not None:

@@ -19,7 +19,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .. import config
-from ..exceptions import ProviderError, SpecError
+from ..exceptions import ProviderError, SpecError, did_you_mean
 from .base import Deployment, Orphan, Provider
 
 __all__ = ["DEFAULT", "ENTRY_POINT_GROUP", "Deployment", "Orphan", "Provider", "get_provider", "known_providers",
@@ -69,8 +69,6 @@ def provider_for_address(address: str) -> str:
             for own in cls.schemes:
                 _SCHEMES.setdefault(own, cls.name)
     if scheme not in _SCHEMES:
-        from ..spec import did_you_mean
-
         raise SpecError(f"unknown address scheme {scheme!r} in {address!r}{did_you_mean(scheme, _SCHEMES)}; known: "
                         + ", ".join(f"{s}://" for s in sorted(_SCHEMES)))
     return _SCHEMES[scheme]
@@ -100,8 +98,6 @@ def provider_class(name: str) -> type[Provider]:
             raise ProviderError(f"the entry point {name} = {ep.value} (group {ENTRY_POINT_GROUP}) is not a "
                                 "cumulo.providers.Provider subclass; fix or uninstall the package that declares it")
     else:
-        from ..spec import did_you_mean
-
         raise SpecError(f"unknown provider {name!r}{did_you_mean(name, known_providers())}; known providers: "
                         f"{', '.join(known_providers())}")
     _registered[name] = cls
