@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..exceptions import EnvironmentSyncError, MissingDependency
-from ..share import Scanner, configured_secrets
 
 __all__ = ["refuse_secrets", "shippable_tree"]
 
@@ -133,6 +132,9 @@ def refuse_secrets(wheels: list[tuple[str, Path]]) -> None:
     if not wheels:
         return
     try:
+        # heavy: share's scanner loads detect-secrets (some 40 ms), wanted only when a wheel ships
+        from ..share import Scanner, configured_secrets
+
         scanner = Scanner(configured_secrets())
     except MissingDependency:
         raise MissingDependency(
