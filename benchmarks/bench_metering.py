@@ -3,7 +3,7 @@
 1. Ledger plugin and cell-tagging overhead: 20,000 tiny tasks on two identical
    LocalClusters (2 worker processes x 1 thread, 127.0.0.1), one with the
    ledger plugin and one without; on the metered one the same map also runs
-   from inside a notebook cell (cumulo.cellcost's tag on every task, the
+   from inside a notebook cell (cumulo.cost.cellcost's tag on every task, the
    ledger's per-cell buckets). Runs interleaved plain/ledger/tagged; medians
    and their ratios. Plus the plugin's own ``transition`` and ``update_graph``
    costs per task, untagged and tagged, timed directly.
@@ -40,7 +40,7 @@ def inc(x: int) -> int:
 def bench_plugin(tasks: int, rounds: int) -> dict[str, float]:
     from distributed import Client, LocalCluster
 
-    from cumulo import cellcost, metering
+    from cumulo.cost import cellcost, metering
 
     kw = dict(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", scheduler_port=0,
               dashboard_address="127.0.0.1:0", silence_logs=50)
@@ -126,7 +126,7 @@ def bench_cell_hooks(n: int = 2000, touching: int = 100) -> dict[str, float]:
     import dask
 
     import cumulo
-    from cumulo import cellcost
+    from cumulo.cost import cellcost
 
     with dask.config.set({"cumulo.widgets.cell-line-on-connect": False}):
         cluster = cumulo.connect(workers=1, threads_per_worker=1)

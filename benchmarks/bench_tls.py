@@ -178,7 +178,7 @@ def main() -> None:
     import distributed
 
     import cumulo
-    from cumulo import local_security
+    from cumulo.security import local_security
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="cumulo-bench-tls-"))

@@ -21,8 +21,9 @@ import time
 import dask
 
 import cumulo
-from cumulo import datasets, pipeline, reaper
-from cumulo.registry import Registry
+from cumulo import datasets, pipeline
+from cumulo.life import reaper
+from cumulo.life.registry import Registry
 
 
 def wait_closed(cluster: cumulo.Cluster, timeout: float = 60.0) -> str:

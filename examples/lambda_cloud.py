@@ -18,7 +18,7 @@ from pathlib import Path
 import dask
 
 import cumulo
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 
 def start_emulator():  # type: ignore[no-untyped-def]

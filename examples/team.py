@@ -39,13 +39,13 @@ def main() -> int:
         with cumulo.connect(args.ssh, name="team-ssh") as hosts:
             print("workers run:", sorted(set(hosts.client.run(lambda: __import__("sys").executable).values())))
             print("ssh: mean fare by zone:", mean_fare_by_zone())
-        print("team-ssh:", cumulo.registry.Registry().latest("team-ssh").state)
+        print("team-ssh:", cumulo.life.registry.Registry().latest("team-ssh").state)
     if args.gateway:
         options = cumulo.gateway_options(args.gateway)
         print("the gateway offers:", dict(options))
         with cumulo.connect(args.gateway, name="team-gateway", workers=1, options=dict(options)):
             print("gateway: mean fare by zone:", mean_fare_by_zone())
-        print("team-gateway:", cumulo.registry.Registry().latest("team-gateway").state)
+        print("team-gateway:", cumulo.life.registry.Registry().latest("team-gateway").state)
     return 0
 
 

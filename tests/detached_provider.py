@@ -19,9 +19,9 @@ from pathlib import Path
 
 from distributed.core import rpc
 
-from cumulo.checkpoint import Checkpoint
+from cumulo.life.checkpoint import Checkpoint
 from cumulo.providers import Deployment, Provider, register_provider
-from cumulo.registry import ClusterRecord
+from cumulo.life.registry import ClusterRecord
 from cumulo.spec import ClusterSpec
 
 NAME = "detached-test"

@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 
 from cumulo.exceptions import ProviderError, SpecError, TerminateError
-from cumulo.checkpoint import Checkpoint
+from cumulo.life.checkpoint import Checkpoint
 from cumulo.providers import Deployment, Orphan, Provider, register_provider
-from cumulo.registry import ClusterRecord, Registry
+from cumulo.life.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec
 
 NAME = "faulty-test"

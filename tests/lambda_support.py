@@ -7,7 +7,7 @@ cumulo firewall rule or SSH key may be left on the account, and every
 instance the registry knows must be recorded as terminated.
 
 :func:`start` and :func:`close` drive the provider the way connect() and
-close() do, through cumulo.lifecycle (preflight, then a ``starting`` row, a
+close() do, through cumulo.life.lifecycle (preflight, then a ``starting`` row, a
 checkpoint, launch; on failure the lifecycle's abandon), so that provider
 tests need no cluster object. :func:`check_agreement` is the invariant the
 fault matrix checks after each fault.
@@ -24,11 +24,11 @@ from typing import Any
 import dask
 import pytest
 
-from cumulo.checkpoint import Checkpoint
-from cumulo.lifecycle import Lifecycle
+from cumulo.life.checkpoint import Checkpoint
+from cumulo.life.lifecycle import Lifecycle
 from cumulo.providers.base import Deployment
 from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.registry import ClusterRecord, Registry
+from cumulo.life.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec
 
 from .lambda_emulator import Emulator
@@ -178,9 +178,9 @@ def no_orphans(emulator: Emulator) -> Iterator[None]:
 KILLED_LAUNCH = """
 import asyncio, json, sys
 import dask
-from cumulo.lifecycle import Lifecycle
+from cumulo.life.lifecycle import Lifecycle
 from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.spec import ClusterSpec
 dask.config.set(json.loads(sys.argv[1]))
 spec = ClusterSpec(provider="lambda", gpu="A10", workers=2)

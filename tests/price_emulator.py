@@ -1,6 +1,6 @@
 """A loopback stand-in for the two live price sources: Lambda's GET /instance-types and Azure's retail prices API.
 
-Only the response shapes cumulo.catalog reads are emulated (see DESIGN.md for
+Only the response shapes cumulo.cost.catalog reads are emulated (see DESIGN.md for
 Lambda's; Azure's is ``{"Items": [...], "NextPageLink": ...}``). ``fail`` makes
 every request answer HTTP 500, to check that a failed refresh keeps old data;
 ``echo`` makes a refused key come back inside the error message (a careless

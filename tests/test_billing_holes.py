@@ -15,9 +15,9 @@ import dask
 import pytest
 
 import cumulo
-from cumulo import guards, owner, reaper
+from cumulo.life import guards, owner, reaper
 from cumulo.cli import main
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from . import detached_provider
 from .conftest import ROOT, wait_for

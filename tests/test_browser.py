@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .conftest import free_port, wait_for
 

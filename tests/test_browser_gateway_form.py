@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .test_browser import ARTIFACTS, lab, page  # noqa: F401  (fixtures)
 

@@ -15,7 +15,7 @@ import dask
 import pytest
 
 import cumulo
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from . import sshd
 from .conftest import free_port, wait_for

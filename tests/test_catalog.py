@@ -9,7 +9,7 @@ from pathlib import Path
 import dask
 import pytest
 
-from cumulo import catalog
+from cumulo.cost import catalog
 from cumulo.cli import main
 
 from .price_emulator import KEY, PriceEmulator

@@ -35,7 +35,7 @@ SETUP = (
 
 REPORT = (
     "df = cluster.usage.cells()\n"
-    "ledger = cumulo.metering.fetch_ledger(cluster.client)\n"
+    "ledger = cumulo.cost.metering.fetch_ledger(cluster.client)\n"
     "print(json.dumps({'rows': json.loads(df.to_json(orient='records', date_format='iso')),\n"
     "                  'dtypes': {c: str(t) for c, t in df.dtypes.items()},\n"
     "                  'totals': ledger['totals']}))"
@@ -252,7 +252,7 @@ def test_two_kernels_sharing_a_cluster_keep_their_cells_apart(tmp_path: Path) ->
 def test_cell_spend_model() -> None:
     from types import SimpleNamespace
 
-    from cumulo.metering import cell_spend
+    from cumulo.cost.metering import cell_spend
 
     cell = {"busy_seconds": 1800.0, "gpu_seconds": 3600.0}
     priced = SimpleNamespace(rate_per_hour=8.0)
@@ -267,8 +267,8 @@ def test_cell_spend_model() -> None:
 
 
 def test_line_texts() -> None:
-    from cumulo.cellcost import line
-    from cumulo.metering import Spend
+    from cumulo.cost.cellcost import line
+    from cumulo.cost.metering import Spend
 
     running = {"submitted": 42, "finished": 0, "erred": 0, "running": 42, "task_seconds": 0.0}
     text = line("etl", running, 0.01, Spend(None, None, "no rate set"))

@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .conftest import wait_for
 

@@ -14,7 +14,7 @@ from distributed import Client
 
 import cumulo
 from cumulo.exceptions import ClusterLost, ConnectTimeout, InsecureAddress, SpecError
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .conftest import DaskProcesses, free_port, live_children, wait_for, wait_for_workers
 from .tlsutil import make_tls_files

@@ -19,7 +19,8 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 
-from cumulo import _energy, metering
+from cumulo import _energy
+from cumulo.cost import metering
 from cumulo._energy import PowerSampler
 
 from .conftest import wait_for
@@ -125,7 +126,7 @@ def test_nothing_is_shown_where_nothing_is_measured(lc: LocalCluster) -> None:
 
 
 def _row() -> Any:
-    from cumulo.registry import ClusterRecord
+    from cumulo.life.registry import ClusterRecord
 
     return ClusterRecord(id="x", name="x", provider="local", spec={}, state="running", created=1000.0,
                          updated=1000.0)

@@ -14,8 +14,8 @@ from distributed.versions import VersionMismatchWarning as DistributedVersionWar
 from distributed.versions import error_message
 
 import cumulo
-from cumulo import envcheck
-from cumulo.envcheck import ClusterFacts, VersionMismatchWarning, mismatch_table, mismatches
+from cumulo.envsync import envcheck
+from cumulo.envsync.envcheck import ClusterFacts, VersionMismatchWarning, mismatch_table, mismatches
 from cumulo.exceptions import VersionMismatch
 
 from .conftest import DaskProcesses, wait_for_workers
@@ -112,7 +112,7 @@ def test_distributeds_table_of_a_python_patch_difference_alone_is_quiet() -> Non
 def test_patch_differences_are_informational(caplog: pytest.LogCaptureFixture) -> None:
     facts = ClusterFacts(client=_side(), scheduler=_side(python="3.11.2"), workers={"w": _side(python="3.11.2")})
     assert envcheck.patch_differences(facts) == {"python": {"3.11.7": {"client"}, "3.11.2": {"scheduler", "worker w"}}}
-    caplog.set_level(logging.INFO, logger="cumulo.envcheck")
+    caplog.set_level(logging.INFO, logger="cumulo.envsync.envcheck")
     envcheck.check(facts, policy="raise")  # no VersionMismatch: a patch release round-trips
     assert "python differs only at patch level" in caplog.text and "3.11.2" in caplog.text
     minor = ClusterFacts(client=_side(), scheduler=_side(python="3.12.1"), workers={})
@@ -144,7 +144,7 @@ def test_a_cluster_on_another_patch_release_of_python_connects_quietly(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DistributedVersionWarning)  # conftest's own client, not cumulo's
             wait_for_workers(procs.address, 1)
-        caplog.set_level(logging.INFO, logger="cumulo.envcheck")
+        caplog.set_level(logging.INFO, logger="cumulo.envsync.envcheck")
         with warnings.catch_warnings(record=True) as seen:
             warnings.filterwarnings("always", append=True)
             with cumulo.connect(procs.address, name="patch") as cluster:

@@ -18,7 +18,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.run import run_notebook
 from cumulo.share import Scanner, share
 

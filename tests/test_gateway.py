@@ -35,7 +35,7 @@ from cumulo.exceptions import (
     SpecError,
     TerminateError,
 )
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .conftest import free_port, wait_for
 
@@ -368,7 +368,7 @@ def test_the_provider_imports_without_dask_gateway_and_names_the_extra_when_used
     code = textwrap.dedent("""
         import sys
         sys.modules["dask_gateway"] = None  # as if the gateway extra were not installed
-        import cumulo, cumulo.reaper
+        import cumulo, cumulo.life.reaper
         from cumulo.exceptions import MissingDependency
         from cumulo.providers import provider_class
         assert provider_class("gateway").name == "gateway"

@@ -33,7 +33,7 @@ import pytest
 
 from cumulo.exceptions import SpecError
 from cumulo.jupyter.manager import ClusterManager
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .conftest import free_port
 from .test_jupyter_handlers import call, on_server_loop

@@ -17,9 +17,9 @@ import dask
 import pytest
 
 import cumulo
-from cumulo import guards, reaper
+from cumulo.life import guards, reaper
 from cumulo.exceptions import BudgetExceeded, NotOwner
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from . import detached_provider
 from .conftest import ROOT, wait_for
@@ -246,11 +246,11 @@ def test_keep_alive_option_starts_without_a_lease() -> None:
 
 
 def test_the_watchers_reach_a_cluster_only_through_its_public_surface() -> None:
-    """The watchdog, the meter and ``usage`` act on a running cluster through cumulo.watched's protocols."""
+    """The watchdog, the meter and ``usage`` act on a running cluster through cumulo.life.watched's protocols."""
     import inspect
 
-    from cumulo import watchdog
-    from cumulo.watched import Measured, Metered, Watched
+    from cumulo.life import watchdog
+    from cumulo.life.watched import Measured, Metered, Watched
     from cumulo.widgets import meter
 
     for module in (watchdog, meter):  # no `cluster._private` reach-ins left in the watchers' source

@@ -11,9 +11,9 @@ import pytest
 
 from cumulo.exceptions import ClusterNotFound, NotOwner, ProviderError, SpecError
 from cumulo.jupyter.manager import ClusterManager, day_start
-from cumulo.lifecycle import Lifecycle
-from cumulo.owner import start_time
-from cumulo.registry import Registry
+from cumulo.life.lifecycle import Lifecycle
+from cumulo.life.owner import start_time
+from cumulo.life.registry import Registry
 
 from .conftest import DaskProcesses, wait_for
 

@@ -13,7 +13,7 @@ import pytest
 
 import cumulo
 from cumulo.exceptions import CapacityError, CredentialsError, LaunchTimeout, ProviderError, RateLimited
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .lambda_emulator import Emulator
 from .lambda_support import emulator, no_orphans  # noqa: F401  (fixtures)
@@ -108,7 +108,7 @@ def test_api_key_appears_nowhere(emulator: Emulator, tmp_path: Path, monkeypatch
 
 
 def test_cumulo_down_stops_a_lambda_cluster_from_the_registry_alone(emulator: Emulator) -> None:
-    from cumulo.inventory import stop
+    from cumulo.life.inventory import stop
 
     cluster = cumulo.connect("lambda", name="downme", gpu="A10", workers=2)
     try:

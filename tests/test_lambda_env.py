@@ -24,8 +24,8 @@ import cumulo
 from cumulo import datasets, envsync, pipeline, train
 from cumulo.exceptions import EnvironmentSyncError, SpecError, VersionMismatch
 from cumulo.providers.cloud import bootstrap
-from cumulo.registry import Registry
-from cumulo.tlscerts import create_cluster_tls
+from cumulo.life.registry import Registry
+from cumulo.security.tlscerts import create_cluster_tls
 
 from .conftest import DaskProcesses, wait_for_workers
 from .lambda_emulator import Emulator

@@ -17,7 +17,7 @@ import pytest
 
 from cumulo.exceptions import CapacityError, LaunchTimeout, ProviderError
 from cumulo.providers.lambda_cloud import LambdaApi, LambdaProvider
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.spec import ClusterSpec
 
 from .lambda_emulator import Emulator
@@ -195,7 +195,7 @@ def test_two_reapers_at_once(emulator: Emulator) -> None:
     import threading
     import time
 
-    from cumulo import reaper
+    from cumulo.life import reaper
 
     registry = Registry()
     started = run(start(_spec(workers=2), registry=registry, name="abandoned"))
@@ -230,7 +230,7 @@ def test_kernel_sigkill_mid_launch_is_reaped_after_the_grace(emulator: Emulator,
     import sys
     import time
 
-    from cumulo import reaper
+    from cumulo.life import reaper
 
     from .lambda_support import KILLED_LAUNCH, fast_config
 

@@ -10,7 +10,7 @@ import dask
 
 import cumulo
 from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from .conftest import wait_for
 from .lambda_emulator import Emulator

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "lambda_cloud.ipynb"
 

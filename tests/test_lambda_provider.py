@@ -25,9 +25,9 @@ from cumulo.exceptions import (
     CapacityError, CredentialsError, LaunchTimeout, ProviderError, QuotaError, RateLimited, SpecError,
     TerminateError,
 )
-from cumulo.lifecycle import Lifecycle
+from cumulo.life.lifecycle import Lifecycle
 from cumulo.providers.lambda_cloud import LambdaApi, LambdaProvider
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.spec import ClusterSpec
 
 from .lambda_emulator import Emulator

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cumulo.providers.cloud.bootstrap import BootstrapOptions, user_data
-from cumulo.credentials import Secret, load_secret
+from cumulo.security.credentials import Secret, load_secret
 from cumulo.exceptions import (
     CapacityError, CredentialsError, ProviderError, QuotaError, RateLimited, SpecError,
 )
@@ -26,7 +26,7 @@ from cumulo.http import ApiClient, ErrorMapping, parse_retry_after
 from cumulo.providers.lambda_cloud import LAMBDA_ERRORS, InstanceType, choose_instance_type, lambda_api_key
 from cumulo.providers.lambda_cloud import names, network
 from cumulo.providers.cloud.sshkey import new_key_pair
-from cumulo.tlscerts import create_cluster_tls, load_cluster_tls, remove_cluster_tls
+from cumulo.security.tlscerts import create_cluster_tls, load_cluster_tls, remove_cluster_tls
 
 KEY = "secret_unit_key_abcdefghijklmnop_WXYZ"
 

@@ -17,13 +17,13 @@ import dask
 import pytest
 
 import cumulo
-from cumulo import reaper
+from cumulo.life import reaper
 from cumulo.cli import main
 from cumulo.exceptions import ClusterLost, InsecureAddress, SpecError, TerminateError
 from cumulo.jupyter.manager import ClusterManager
-from cumulo.lifecycle import FINAL, OPEN, TRANSITIONS, Lifecycle, State
+from cumulo.life.lifecycle import FINAL, OPEN, TRANSITIONS, Lifecycle, State
 from cumulo.providers import Orphan, get_provider
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from . import faulty_provider
 from .conftest import BIN, wait_for
@@ -200,7 +200,7 @@ def test_lifecycle_stop_of_a_scheduler_not_ours_only_detaches(dask_processes) ->
 
 
 def test_record_cost_keeps_an_unpriced_clusters_figure_and_never_a_priced_ones() -> None:
-    from cumulo.metering import Spend
+    from cumulo.cost.metering import Spend
 
     registry = Registry()
     lifecycle = Lifecycle(registry)

@@ -24,13 +24,13 @@ from distributed import Client
 from distributed.security import Security
 
 import cumulo
-from cumulo import local_security
+from cumulo.security import local_security
 from cumulo.exceptions import CredentialsError, SpecError
-from cumulo.checkpoint import Checkpoint
+from cumulo.life.checkpoint import Checkpoint
 from cumulo.providers.local import LocalDeployment, LocalProvider
-from cumulo.registry import ClusterRecord, Registry
+from cumulo.life.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec
-from cumulo.tlscerts import create_cluster_tls
+from cumulo.security.tlscerts import create_cluster_tls
 
 SECRET = "lambda-test-key-never-on-a-worker-0123456789"
 

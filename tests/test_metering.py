@@ -17,8 +17,8 @@ import dask
 import pytest
 from distributed import Client, LocalCluster
 
-from cumulo import metering
-from cumulo.registry import ClusterRecord
+from cumulo.cost import metering
+from cumulo.life.registry import ClusterRecord
 
 from .conftest import free_port, gpu_count, wait_for
 
@@ -92,7 +92,7 @@ def test_install_is_idempotent_and_history_survives_reattach(cluster, client: Cl
 
 
 def _tagged(tag: str):  # noqa: ANN202
-    """What cumulo.cellcost puts around each graph a notebook cell submits."""
+    """What cumulo.cost.cellcost puts around each graph a notebook cell submits."""
     return dask.annotate(cumulo_cell=tag)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

@@ -128,7 +128,7 @@ def test_connect_budget_guard_and_ls(toy: dict[str, str]) -> None:
     out = _python("""
         import json, subprocess, sys, time, warnings
         import cumulo
-        from cumulo.metering import spend_of
+        from cumulo.cost.metering import spend_of
         from cumulo_toy.provider import _alive
 
         found = {}
@@ -184,7 +184,7 @@ def test_reap_sweeps_the_plugins_orphans(toy: dict[str, str]) -> None:
     """An instance of this installation whose cluster the registry does not know (a kernel killed mid-launch)."""
     out = _python("""
         import json
-        from cumulo.registry import Registry
+        from cumulo.life.registry import Registry
         from cumulo_toy.provider import start_instance
         pid = start_instance(["sleep", "300"], installation=Registry().installation_id, cluster_id="feedfeedfeed",
                              role="head")

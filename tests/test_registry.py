@@ -14,9 +14,9 @@ import pytest
 
 import cumulo
 from cumulo.exceptions import ClusterNotFound, RegistryError, SpecError
-from cumulo.inventory import reconcile
-from cumulo.lifecycle import Lifecycle, State
-from cumulo.registry import SCHEMA_VERSION, Registry
+from cumulo.life.inventory import reconcile
+from cumulo.life.lifecycle import Lifecycle, State
+from cumulo.life.registry import SCHEMA_VERSION, Registry
 
 from .conftest import wait_for
 

@@ -12,7 +12,7 @@ import pytest
 
 import cumulo
 from cumulo.exceptions import SpecError
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.spec import ENV_NOT_STORED, ClusterSpec
 
 from .conftest import ROOT
@@ -52,7 +52,7 @@ def test_the_default_folder_is_tightened(tmp_path: Path, monkeypatch: pytest.Mon
     folder = tmp_path / "data" / "cumulo"
     folder.mkdir(parents=True, mode=0o755)
     folder.chmod(0o755)
-    out = subprocess.run([sys.executable, "-c", "from cumulo.registry import Registry; print(Registry().path)"],
+    out = subprocess.run([sys.executable, "-c", "from cumulo.life.registry import Registry; print(Registry().path)"],
                          capture_output=True, text=True, cwd=str(ROOT), env=dict(os.environ), check=True)
     assert Path(out.stdout.strip()).parent == folder
     assert _mode(folder) == 0o700 and _mode(folder / "registry.db") == 0o600

@@ -15,7 +15,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from cumulo.cli import main
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.run import parse_on, parse_parameters, run_notebook
 from cumulo.share import from_notebook
 

@@ -21,7 +21,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import cumulo
 from cumulo.cli import main
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.share import Scanner, ShareRefused, from_notebook, last_run_line, merge_spec_from, share
 
 pytest.importorskip("detect_secrets")

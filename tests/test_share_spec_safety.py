@@ -22,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 import cumulo
 from cumulo import envsync
 from cumulo.exceptions import ConfigError, SpecError
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 from cumulo.share import from_notebook, merge_spec_from
 
 from .test_envsync_safety import _sdist_that_runs_code

@@ -15,10 +15,10 @@ import dask
 import pytest
 
 import cumulo
-from cumulo import metering
+from cumulo.cost import metering
 from cumulo.jupyter.manager import ClusterManager
-from cumulo.lifecycle import Lifecycle
-from cumulo.registry import ClusterRecord, Registry
+from cumulo.life.lifecycle import Lifecycle
+from cumulo.life.registry import ClusterRecord, Registry
 from cumulo.widgets.meter import meter_model, top_cells
 
 from .conftest import free_port, wait_for
@@ -113,7 +113,7 @@ def test_unreachable_and_closed_clusters_have_no_pictures(registry_path: Any) ->
 
 
 def _mark(client: Any, tag: str, count: int) -> None:
-    """The end-of-cell mark cumulo.cellcost sends after a cell, with its execution count."""
+    """The end-of-cell mark cumulo.cost.cellcost sends after a cell, with its execution count."""
     now = time.time()
     client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": tag, "start": now - 1.0, "end": now,
                                "execution_count": count})

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import cumulo
-import cumulo.registry
+import cumulo.life.registry
 import cumulo.train
 from cumulo.exceptions import ConnectError, CumuloError, SpecError
 from cumulo.spec import ClusterSpec, duration_seconds, probe_loopback
@@ -172,7 +172,7 @@ def test_connect_to_a_closed_loopback_port_fails_at_once() -> None:
     with pytest.raises(ConnectError, match=f"nothing listens at tcp://127.0.0.1:{port}"):
         cumulo.connect(f"tcp://127.0.0.1:{port}")
     assert time.perf_counter() - t0 < 5.0
-    assert cumulo.registry.Registry().list() == []
+    assert cumulo.life.registry.Registry().list() == []
 
 
 @pytest.mark.timeout(60)
@@ -186,7 +186,7 @@ def test_connect_with_zero_local_workers_is_refused() -> None:
         cluster.close()
         pytest.fail("connect(workers=0) started a cluster that nothing could run on")
     assert time.perf_counter() - t0 < 10.0
-    assert cumulo.registry.Registry().list() == []
+    assert cumulo.life.registry.Registry().list() == []
 
 
 # -- scripts without `if __name__ == "__main__":` -------------------------------------------------
@@ -290,7 +290,7 @@ def test_a_script_without_the_main_guard_fails_fast_and_leaves_no_row(tmp_path: 
     assert GUARD_ADVICE in out.stderr, out.stderr
     assert out.stderr.count("Traceback") == 1, out.stderr  # one error, not one per worker
     assert elapsed < 30, elapsed
-    assert cumulo.registry.Registry(registry_path).list() == []
+    assert cumulo.life.registry.Registry(registry_path).list() == []
 
 
 def test_errors_here_are_cumulo_errors() -> None:
@@ -364,7 +364,7 @@ def test_a_script_from_standard_input_is_told_why_local_workers_cannot_start(reg
     assert "read from standard input" in out.stderr and "python job.py" in out.stderr
     assert "Nanny failed to start." not in out.stderr.replace("'Nanny failed to start'", "")
     assert out.stderr.count("Traceback") == 1 and time.monotonic() - started < 60
-    assert cumulo.registry.Registry(registry_path).list() == []
+    assert cumulo.life.registry.Registry(registry_path).list() == []
 
 
 def test_standard_input_may_still_attach_to_a_running_scheduler() -> None:

@@ -27,7 +27,7 @@ from cumulo import datasets, pipeline
 from cumulo.exceptions import ConnectError, CredentialsError, EnvironmentSyncError, HostKeyRefused, ProviderError
 from cumulo.providers.ssh.session import open_session
 from cumulo.providers.ssh.target import Host
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from . import sshd
 from .conftest import BIN, free_port, wait_for

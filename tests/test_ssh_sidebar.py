@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from cumulo.jupyter.manager import ClusterManager
-from cumulo.registry import Registry
+from cumulo.life.registry import Registry
 
 from . import sshd
 from .conftest import wait_for

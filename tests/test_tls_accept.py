@@ -3,7 +3,7 @@
 tornado builds each accepted stream without ``ssl_options`` and so makes its default
 *client* context, loading the system's CA store (some 20 ms of CPU per process) for a
 socket that already speaks TLS. cumulo's local processes hand the stream the socket's
-context instead (``cumulo._local_worker.accepted_tls_keeps_its_context``).
+context instead (``cumulo.security._local_worker.accepted_tls_keeps_its_context``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from cumulo.tlscerts import create_cluster_tls
+from cumulo.security.tlscerts import create_cluster_tls
 
 _SERVER = textwrap.dedent(
     """
@@ -22,7 +22,7 @@ _SERVER = textwrap.dedent(
     from tornado import netutil
     from tornado.tcpserver import TCPServer
     sys.path.insert(0, {sdk!r})
-    from cumulo._local_worker import accepted_tls_keeps_its_context
+    from cumulo.security._local_worker import accepted_tls_keeps_its_context
 
     patched = accepted_tls_keeps_its_context() if {patch!r} else False
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile={ca!r})

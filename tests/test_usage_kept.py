@@ -20,9 +20,9 @@ import pytest
 
 import cumulo
 from cumulo.jupyter.manager import ClusterManager
-from cumulo.lifecycle import Lifecycle
-from cumulo.metering import stored_usage
-from cumulo.registry import Registry
+from cumulo.life.lifecycle import Lifecycle
+from cumulo.cost.metering import stored_usage
+from cumulo.life.registry import Registry
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def test_usage_of_a_closed_cluster_by_name_and_by_id(registry_path: Path) -> Non
     with dask.config.set({"cumulo.cost.rate-per-worker-hour": 36.0, "cumulo.widgets.cell-line-on-connect": False}):
         with cumulo.connect(workers=2, threads_per_worker=1, name="kept") as cluster:
             client = cluster.client
-            with dask.annotate(cumulo_cell="k1/1"):  # a notebook cell's work, as cumulo.cellcost tags it
+            with dask.annotate(cumulo_cell="k1/1"):  # a notebook cell's work, as cumulo.cost.cellcost tags it
                 client.gather(client.map(_nap, range(6), pure=False))
             client._send_to_scheduler({"op": "cumulo-cell-mark", "mark": "k1/1", "start": time.time() - 1,
                                        "end": time.time(), "execution_count": 4, "notebook": "etl.ipynb",

@@ -20,8 +20,8 @@ import dask
 import pytest
 
 from cumulo.jupyter.manager import ClusterManager
-from cumulo.metering import spend_of, stored_usage
-from cumulo.registry import Registry
+from cumulo.cost.metering import spend_of, stored_usage
+from cumulo.life.registry import Registry
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -40,7 +40,7 @@ SETUP = (
     "                 'cumulo.cost.sample-interval': '0.2s'})\n"
     "%load_ext cumulo\n"
     "import cumulo\n"
-    "from cumulo.metering import Spend\n"
+    "from cumulo.cost.metering import Spend\n"
     "from cumulo.widgets.meter import CostMeter, rank_cells, render_html, top_cells\n"
     f"cluster = cumulo.connect(workers=2, threads_per_worker=1, name={NAME!r})\n"
     "client = cluster.client\n"

@@ -258,7 +258,7 @@ def test_the_top_cells_table_headers_sit_over_their_columns() -> None:
 
 
 def test_a_cell_is_named_by_its_notebook_and_execution_count() -> None:
-    from cumulo.metering import cell_label
+    from cumulo.cost.metering import cell_label
 
     cell = {"tag": "69053dd4-12857/3", "kernel": "69053dd4-12857", "seq": 3, "execution_count": 2}
     assert cell_label({**cell, "notebook": "etl.ipynb"}) == "etl.ipynb [2]"

@@ -14,7 +14,7 @@ from . import config as _config  # noqa: F401  (merges cumulo.* defaults into da
 from ._version import __version__
 from .cluster import Cluster, connect, current
 from .exceptions import CumuloError
-from .inventory import clusters
+from .life.inventory import clusters
 from .magics import load_ipython_extension, unload_ipython_extension
 from .magics import register_with_running_shell as _register_with_running_shell
 
@@ -49,8 +49,8 @@ def gateway_options(address: str | None = None, **kwargs: Any) -> Any:
 
 
 def prices(gpu: str | None = None, provider: str | None = None, region: str | None = None) -> Any:
-    """GPU offers and prices as a DataFrame, cheapest $/GPU-hour first (see cumulo.catalog.prices)."""
-    from .catalog import prices as _prices  # heavy (pandas, the price tables): only when asked
+    """GPU offers and prices as a DataFrame, cheapest $/GPU-hour first (see cumulo.cost.catalog.prices)."""
+    from .cost.catalog import prices as _prices  # heavy (pandas, the price tables): only when asked
 
     return _prices(gpu=gpu, provider=provider, region=region)
 

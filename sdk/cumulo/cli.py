@@ -78,7 +78,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from cumulo.inventory import stop  # heavy (distributed, the providers): only for `cumulo down`
+    from cumulo.life.inventory import stop  # heavy (distributed, the providers): only for `cumulo down`
 
     if not args.name and not args.all:
         print("cumulo down: name a cluster (see `cumulo ls`) or pass --all", file=sys.stderr)
@@ -95,7 +95,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _reap(args: argparse.Namespace) -> int:
-    from cumulo.reaper import sweep  # heavy (distributed, the providers): only for `cumulo reap`
+    from cumulo.life.reaper import sweep  # heavy (distributed, the providers): only for `cumulo reap`
 
     done = sweep(dry_run=args.dry_run, terminate_unknown=args.terminate_unknown)
     if not done.clusters:
@@ -122,11 +122,10 @@ def _usage(args: argparse.Namespace) -> int:
     import asyncio
 
     from cumulo.exceptions import ClusterNotFound
-    from cumulo.inventory import find
-    from cumulo.metering import (Spend, Usage, attribution, cells_text, fetch_ledger_async, ranked, spend_of,
-                                 stored_usage_text, usage_text)
+    from cumulo.life.inventory import find
+    from cumulo.cost.metering import Spend, Usage, attribution, cells_text, fetch_ledger_async, ranked, spend_of, stored_usage_text, usage_text
     from cumulo.providers import get_provider
-    from cumulo.registry import Registry
+    from cumulo.life.registry import Registry
 
     registry = Registry()
     rec = find(args.name, registry)
@@ -177,7 +176,7 @@ def _run_notebook(args: argparse.Namespace) -> int:
 
 
 def _prices(args: argparse.Namespace) -> int:
-    from cumulo import catalog  # heavy (pandas): only for `cumulo prices`
+    from cumulo.cost import catalog  # heavy (pandas): only for `cumulo prices`
 
     if args.refresh:
         print(catalog.refresh().text())

@@ -1,7 +1,7 @@
 """The client side of one cluster: the Client, what the environment check learned, and the dataframe backend.
 
 A :class:`~cumulo.cluster.Cluster` attaches a ``distributed.Client`` to its
-scheduler, probes the workers (versions, GPUs: :mod:`cumulo.envcheck`) and
+scheduler, probes the workers (versions, GPUs: :mod:`cumulo.envsync.envcheck`) and
 switches dask's ``dataframe.backend`` to match them, so that the same user code
 runs on pandas or cuDF. On close it puts the backend back. That is one idea,
 kept apart from the cluster's life (start, stop, guards) that drives it.
@@ -17,7 +17,8 @@ from dask.utils import parse_timedelta
 from distributed import Client
 from distributed.security import Security
 
-from . import config, envcheck
+from . import config
+from .envsync import envcheck
 from .exceptions import ConnectTimeout
 
 __all__ = ["ClientLink", "sizes"]

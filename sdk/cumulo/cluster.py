@@ -13,7 +13,7 @@ awaitables, and ``await``, ``with`` and ``async with`` all work.
 What a connect() call asks for is decided in :mod:`cumulo.connecting`; the client,
 environment facts and dataframe backend are :mod:`cumulo.clientlink`'s. The code
 that watches a cluster (watchdog, meter, usage) reaches it through the protocols
-of :mod:`cumulo.watched`, which Cluster implements.
+of :mod:`cumulo.life.watched`, which Cluster implements.
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ from distributed import Client
 from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin
 
-from . import config, connecting, display, envcheck, watchdog
-from .checkpoint import Checkpoint
+from . import config, connecting, display
+from .envsync import envcheck
+from .life import watchdog
+from .life.checkpoint import Checkpoint
 from .clientlink import ClientLink, sizes
 from .exceptions import ClusterLost, ClusterNotFound, ConnectError, ConnectTimeout, NotOwner, ProviderError, SpecError
-from .lifecycle import BY_KERNEL, Lifecycle
-from .names import new_name
+from .life.lifecycle import BY_KERNEL, Lifecycle
+from .life.names import new_name
 from .providers import Deployment, Provider, get_provider
 from .providers.address import security_from
-from .registry import ClusterRecord, Registry
+from .life.registry import ClusterRecord, Registry
 from .spec import MAX_WORKERS, ClusterSpec
 from .widgets import live_bundle
 from .widgets.usage_view import UsageView
@@ -125,9 +127,9 @@ class Cluster(SyncMethodMixin):
     ) -> None:
         self.spec = spec
         self.registry = registry
-        #: The one writer of this cluster's registry state (cumulo.lifecycle).
+        #: The one writer of this cluster's registry state (cumulo.life.lifecycle).
         self.lifecycle = Lifecycle(registry)
-        #: Lease, spend and guards on this cluster's loop, once it runs (cumulo.watchdog).
+        #: Lease, spend and guards on this cluster's loop, once it runs (cumulo.life.watchdog).
         self.watchdog: watchdog.Watchdog | None = None
         #: Who stopped this cluster, when another process did (the row's note).
         self.stopped_by: str | None = None
@@ -310,7 +312,7 @@ class Cluster(SyncMethodMixin):
         await self._watch()
 
     async def _watch(self) -> None:
-        """Install the usage ledger, set the kernel lease, start the watchdog (cumulo.watchdog)."""
+        """Install the usage ledger, set the kernel lease, start the watchdog (cumulo.life.watchdog)."""
         try:
             self.watchdog = await watchdog.attach(self, self._provider)
         except Exception as exc:  # metering must never make a working cluster unusable
@@ -380,7 +382,7 @@ class Cluster(SyncMethodMixin):
     async def let_go(self, record: ClusterRecord) -> None:
         """Another process stopped this cluster (``record`` is its row): let go of it, and remember who.
 
-        For the watchdog (cumulo.watched.Watched), on the cluster's loop: nothing is
+        For the watchdog (cumulo.life.watched.Watched), on the cluster's loop: nothing is
         stopped, except this process's own children of a cluster that lived in it.
         """
         self.stopped_by = record.note or f"its registry row is {record.state}"
@@ -430,7 +432,7 @@ class Cluster(SyncMethodMixin):
     async def __aexit__(self, *exc: Any) -> None:
         await self._close()
 
-    # -- cost and guards (cumulo.metering, cumulo.guards) -------------------------------
+    # -- cost and guards (cumulo.cost.metering, cumulo.life.guards) -------------------------------
 
     @property
     def usage(self) -> UsageView:
@@ -450,7 +452,7 @@ class Cluster(SyncMethodMixin):
         return (self._record.budget if self._record is not None else None) or self.spec.budget
 
     async def stop_for(self, why: str, *, from_loop: bool = False) -> None:
-        """Stop the cluster for ``why`` as close() does, on its loop (for the watchdog: cumulo.watched.Watched).
+        """Stop the cluster for ``why`` as close() does, on its loop (for the watchdog: cumulo.life.watched.Watched).
 
         ``from_loop``: called by a periodic callback on the cluster's own loop, which then
         is stopped from another thread.
@@ -458,7 +460,7 @@ class Cluster(SyncMethodMixin):
         await self._close(why=why, from_loop=from_loop)
 
     async def scale_to(self, n: int) -> None:
-        """``scale(n)`` on the cluster's loop (for the watchdog: cumulo.watched.Watched)."""
+        """``scale(n)`` on the cluster's loop (for the watchdog: cumulo.life.watched.Watched)."""
         await self._scale(n)
 
     def detach(self) -> None:

@@ -20,7 +20,7 @@ from .exceptions import ClusterNotFound, SpecError
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import known_providers, provider_for_address
 from .providers import provider_class as get_provider_class
-from .registry import ClusterRecord, Registry
+from .life.registry import ClusterRecord, Registry
 from .spec import ClusterSpec, did_you_mean, spec_arguments, validate_name
 
 __all__ = ["Request", "request"]

@@ -16,7 +16,7 @@ from .envsync import recorded
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .registry import ClusterRecord
+    from .life.registry import ClusterRecord
 
 __all__ = ["cluster_html", "cluster_text", "clusters_frame"]
 

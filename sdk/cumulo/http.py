@@ -13,7 +13,7 @@ the rules live in one place:
 - provider JSON errors are mapped to cumulo exceptions through a per-provider
   :class:`ErrorMapping`; every message says what to do next;
 - the API key never appears in a message, a repr or a log line: it lives in a
-  :class:`~cumulo.credentials.Secret` and every error text is scrubbed of it.
+  :class:`~cumulo.security.credentials.Secret` and every error text is scrubbed of it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from .credentials import Secret
+from .security.credentials import Secret
 from .exceptions import CredentialsError, CumuloError, ProviderError, QuotaError, RateLimited
 
 __all__ = ["ApiClient", "ApiError", "BearerAuth", "ErrorMapping", "parse_retry_after"]

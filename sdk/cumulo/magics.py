@@ -1,6 +1,6 @@
 """IPython integration: ``%load_ext cumulo``, and how a CumuloError looks in a notebook.
 
-Loading the extension turns on the per-cell cost line (cumulo.cellcost) for
+Loading the extension turns on the per-cell cost line (cumulo.cost.cellcost) for
 every cluster connected in this kernel, now and later. Magics (``%cumulo``,
 ``%%cumulo``) are registered here too.
 
@@ -19,7 +19,8 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from . import cellcost, config
+from .cost import cellcost
+from . import config
 from .cluster import _live
 from .exceptions import CumuloError
 

@@ -2,7 +2,7 @@
 
 This package is deliberately self-contained: its modules import only the standard
 library, ``distributed`` and each other, because the scheduler it is sent to may not
-have cumulo installed. cumulo.metering registers it with
+have cumulo installed. cumulo.cost.metering registers it with
 ``cloudpickle.register_pickle_by_value`` (the package: cloudpickle counts its
 submodules in), so the plugin class and everything it uses travel by value.
 
@@ -16,7 +16,7 @@ What it records, in bounded memory (aggregates, never a list per task):
     (:mod:`cumulo._energy`, the ``cumulo-energy`` worker metric); nothing where
     nothing is measured;
   - per notebook cell: every graph a cell submits carries the annotation
-    ``cumulo_cell`` = ``"<kernel>/<seq>"`` (set by cumulo.cellcost with
+    ``cumulo_cell`` = ``"<kernel>/<seq>"`` (set by cumulo.cost.cellcost with
     ``dask.annotate`` as each graph is submitted). Tasks submitted, finished, erred
     and still running, task-seconds, busy worker-seconds, GPU-seconds and GPU
     energy are added up per tag, for the last ``max_cells`` tags; older tags

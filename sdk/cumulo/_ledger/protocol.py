@@ -2,7 +2,7 @@
 
 Kept apart from the ledger's code so that what crosses process boundaries (the plugin's
 name, the version of its answer, the task annotation naming a cell, the power sampler's
-worker metric) is in one place; cumulo.cellcost and cumulo.metering read them from here
+worker metric) is in one place; cumulo.cost.cellcost and cumulo.cost.metering read them from here
 (through :mod:`cumulo._ledger`).
 """
 

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .. import _wheels
+from . import _wheels
 from ..exceptions import EnvironmentSyncError
 from .lock import Local, Lock
 from .shipcheck import refuse_secrets, shippable_tree

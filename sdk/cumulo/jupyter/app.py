@@ -10,7 +10,7 @@ from jupyter_server.extension.application import ExtensionApp
 
 from .. import config
 from ..exceptions import ConfigError, CumuloError
-from ..registry import Registry
+from ..life.registry import Registry
 from .handlers import make_handlers
 from .manager import ClusterManager
 

@@ -36,15 +36,15 @@ from typing import Any
 
 from .. import config
 from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
-from ..inventory import find, reconcile, stop_record, who
-from ..lifecycle import Lifecycle
-from ..metering import Usage, attribution, fetch_ledger_async, ranked, spend_of, stored_usage
+from ..life.inventory import find, reconcile, stop_record, who
+from ..life.lifecycle import Lifecycle
+from ..cost.metering import Usage, attribution, fetch_ledger_async, ranked, spend_of, stored_usage
 from ..providers import get_provider, known_providers, provider_class, provider_for_address
 from ..providers.gateway.options import cluster_form
 from ..providers.gateway.server_gateway import check_same
 from ..providers.gateway.server_gateway import configured as server_gateway
-from ..reaper import sweep
-from ..registry import OPEN_STATES, ClusterRecord, Registry
+from ..life.reaper import sweep
+from ..life.registry import OPEN_STATES, ClusterRecord, Registry
 from ..spec import MAX_WORKERS, ClusterSpec, validate_name
 from ..widgets.meter import rank_cells, top_cells, usage_series
 
@@ -354,7 +354,7 @@ class ClusterManager:
 
     def prices(self, *, gpu: str | None = None, provider: str | None = None) -> dict[str, Any]:
         """The GPU offers of the catalog as JSON rows (NaN as null), for the New cluster form."""
-        from .. import catalog  # imported here: pandas and the snapshot load only when asked
+        from ..cost import catalog  # imported here: pandas and the snapshot load only when asked
 
         frame = catalog.prices(gpu=gpu, provider=provider)
         rows = []

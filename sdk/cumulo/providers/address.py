@@ -14,12 +14,12 @@ from distributed.security import Security
 
 from .. import config
 from ..exceptions import InsecureAddress, SpecError
-from ..registry import ClusterRecord
+from ..life.registry import ClusterRecord
 from ..spec import ClusterSpec, is_loopback_host, parse_address
 from .base import Deployment, Provider
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..life.checkpoint import Checkpoint
 
 __all__ = ["AddressProvider", "security_from"]
 

@@ -55,13 +55,13 @@ import yaml
 from distributed.security import Security
 
 from .. import config
-from ..credentials import Credential
+from ..security.credentials import Credential
 from ..exceptions import NotOwner, ProviderError
-from ..registry import ClusterRecord, Registry
+from ..life.registry import ClusterRecord, Registry
 from ..spec import ClusterSpec
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..life.checkpoint import Checkpoint
 
 __all__ = ["Deployment", "Orphan", "Provider", "Say", "add_config_section", "shutdown_scheduler"]
 

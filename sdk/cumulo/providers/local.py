@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import parse_timedelta
 from distributed.security import Security
 
-from .. import config, local_security
+from .. import config
+from ..security import local_security
 from .._spawn import _start_method
 from ..exceptions import ConnectTimeout, CredentialsError, ProviderError, SpecError
-from ..registry import ClusterRecord, Registry
+from ..life.registry import ClusterRecord, Registry
 from ..spec import ClusterSpec, parse_address
 from .base import Deployment, Orphan, Provider, shutdown_scheduler
 
 if TYPE_CHECKING:
-    from ..checkpoint import Checkpoint
+    from ..life.checkpoint import Checkpoint
 
 __all__ = ["LocalDeployment", "LocalProvider", "gpu_count"]
 

@@ -24,8 +24,8 @@ Teardown, always: on success, on a failing cell, on Ctrl-C (SIGINT) and on SIGTE
    last cell after interrupting whatever still runs);
 2. the kernel is shut down (gracefully, then killed);
 3. registry rows the kernel owned (found by its process id) that are still open are stopped
-   from this process through the lifecycle (:func:`cumulo.inventory.stop_record`), and rows of
-   clusters that died with the kernel are marked lost (:func:`cumulo.inventory.reconcile`);
+   from this process through the lifecycle (:func:`cumulo.life.inventory.stop_record`), and rows of
+   clusters that died with the kernel are marked lost (:func:`cumulo.life.inventory.reconcile`);
 4. whatever is left of the kernel's process group (it runs in its own session) is killed.
 
 A row that could not be stopped is reported as "may still bill" and makes the exit status 1.

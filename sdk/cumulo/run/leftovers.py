@@ -1,8 +1,8 @@
 """What the kernel left behind (teardown steps 3 and 4): its registry rows, then its processes.
 
 Rows the kernel owned (found by its process id and host) that are still open are stopped
-from this process through the lifecycle (:func:`cumulo.inventory.stop_record`), and rows of
-clusters that died with the kernel are marked lost (:func:`cumulo.inventory.reconcile`); a
+from this process through the lifecycle (:func:`cumulo.life.inventory.stop_record`), and rows of
+clusters that died with the kernel are marked lost (:func:`cumulo.life.inventory.reconcile`); a
 row that could not be stopped is reported as "may still bill". Then whatever is left of the
 kernel's process group (it runs in its own session) is killed, never our own group.
 """
@@ -16,8 +16,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..inventory import reconcile, stop_record, who
-from ..registry import ClusterRecord, Registry
+from ..life.inventory import reconcile, stop_record, who
+from ..life.registry import ClusterRecord, Registry
 from .kernel import TEARDOWN_TIMEOUT
 
 

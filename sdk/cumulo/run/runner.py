@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..exceptions import CumuloError
-from ..registry import Registry
+from ..life.registry import Registry
 from ..share import METADATA_KEY, METADATA_VERSION, _read, cluster_entry, estimate_line, last_run_line, run_summary
 from .kernel import choose_kernel, close_kernel, execute_in, require_notebook_packages
 from .leftovers import kill_group, owned_rows, stop_left_open

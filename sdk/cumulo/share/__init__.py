@@ -83,7 +83,7 @@ from .spec import (
 )
 
 if TYPE_CHECKING:
-    from ..registry import Registry
+    from ..life.registry import Registry
 
 __all__ = [
     "HARDWARE_FIELDS",

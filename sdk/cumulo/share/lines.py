@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..metering import rates
+from ..cost.metering import rates
 
 __all__ = ["estimate_line", "last_run_line"]
 
@@ -55,7 +55,7 @@ def _estimate(entry: dict[str, Any]) -> tuple[float | None, str]:
     provider = spec.get("provider") or entry.get("provider") or "local"
     workers = max(int(spec.get("workers") or entry.get("workers") or 1), 1)
     try:
-        from .. import catalog  # heavy (pandas, the price tables): only for a notebook that asks a price
+        from ..cost import catalog  # heavy (pandas, the price tables): only for a notebook that asks a price
 
         frame = catalog.prices(provider=provider)
     except Exception:

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from ..credentials import find
+from ..security.credentials import find
 from ..exceptions import CumuloError
 from ..providers import provider_classes
 from .detectors import (

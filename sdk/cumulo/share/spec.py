@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 from .. import config
 from .._version import __version__
 from ..exceptions import ConfigError, SpecError
-from ..metering import spend_of
-from ..registry import Registry
+from ..cost.metering import spend_of
+from ..life.registry import Registry
 from ..spec import ClusterSpec
 from .lines import estimate_line, last_run_line
 from .notebook import _read
 
 if TYPE_CHECKING:
-    from ..registry import ClusterRecord
+    from ..life.registry import ClusterRecord
 
 __all__ = [
     "ALLOW_REQUIREMENTS",

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import parse_timedelta
 
 from .. import config
-from ..cellhistory import kernel_id
-from ..metering import Spend, attribution, ranked, spend_of, stored_usage
+from ..cost.cellhistory import kernel_id
+from ..cost.metering import Spend, attribution, ranked, spend_of, stored_usage
 
 if TYPE_CHECKING:
-    from ..watched import Metered
+    from ..life.watched import Metered
 
 __all__ = ["CostMeter", "in_kernel", "live_bundle", "meter_model", "rank_cells", "render_html", "render_model",
            "render_text", "sparkline_svg", "top_cells", "usage_series", "workers_svg"]
@@ -103,7 +103,7 @@ def usage_series(samples: list[dict[str, Any]] | None, *, points: int | None = N
 
 def rank_cells(cells: list[dict[str, Any]] | None, *, limit: int = _TOP) -> list[dict[str, Any]]:
     """The rows the meter lists: the top cells by cost (then by task time), at most ``limit``, then
-    "other cells", "outside cells" and "idle" (:func:`cumulo.metering.ranked`): together, the spend.
+    "other cells", "outside cells" and "idle" (:func:`cumulo.cost.metering.ranked`): together, the spend.
 
     Shared with the JupyterLab sidebar card, so both rank (and cut) the same way.
     """
@@ -115,7 +115,7 @@ def meter_model(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | No
                 cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the meter shows, as plain data (what render_html/render_text draw).
 
-    ``s``: a :meth:`cumulo.metering.Usage.summary`; ``samples``: the ledger's recent
+    ``s``: a :meth:`cumulo.cost.metering.Usage.summary`; ``samples``: the ledger's recent
     samples (shaped by :func:`usage_series`); ``cells``: rows with ``label``, ``cost``,
     ``task_seconds``, ``running`` (the top few are kept by :func:`rank_cells`).
     """
@@ -261,7 +261,7 @@ def _cells_table(cells: list[dict[str, Any]], spend: float | None) -> str:
 
 def top_cells(ledger: dict[str, Any], record: Any, *, mine: bool = True, spend: Any = None) -> list[dict[str, Any]]:
     """Where the spend went, from a ledger: its top cells (all kernels), the other cells, work outside
-    cells and idle, named and priced as every view does (:func:`cumulo.metering.attribution`).
+    cells and idle, named and priced as every view does (:func:`cumulo.cost.metering.attribution`).
 
     ``record``: the cluster's registry row (its price), or None. ``mine``: a cell of
     this process's kernel whose notebook is unknown is "[7]"; the Jupyter server, which

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import config
-from ..metering import Usage
+from ..cost.metering import Usage
 from .meter import CostMeter
 
 __all__ = ["UsageView"]

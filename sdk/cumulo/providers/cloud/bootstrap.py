@@ -40,7 +40,7 @@ import dask
 import distributed
 
 from ...exceptions import SpecError
-from ...tlscerts import ClusterTLS
+from ...security.tlscerts import ClusterTLS
 
 __all__ = ["MAX_USER_DATA", "BootstrapOptions", "user_data"]
 

@@ -29,7 +29,7 @@ from distributed.security import Security
 from ...aio import until
 from ...envsync import Prepared, compact
 from ...exceptions import LaunchTimeout, ProviderError
-from ...tlscerts import ClusterTLS, create_cluster_tls
+from ...security.tlscerts import ClusterTLS, create_cluster_tls
 from ..base import Say
 from .adapter import ACTIVE, BOOTING, FAILED_BOOT, GONE, CloudAdapter, Instance, Mark
 from .bootstrap import BootstrapOptions, user_data
@@ -38,7 +38,7 @@ from .settings import CloudSettings
 from .sshkey import new_key_pair
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
+    from ...life.checkpoint import Checkpoint
 
 __all__ = ["Launcher"]
 

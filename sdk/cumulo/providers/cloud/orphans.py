@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from ...exceptions import CumuloError
-from ...lifecycle import Lifecycle
-from ...registry import ClusterRecord, Registry
+from ...life.lifecycle import Lifecycle
+from ...life.registry import ClusterRecord, Registry
 from ..base import Orphan
 from .adapter import GONE, CloudAdapter, Instance, Mark
 from .settings import CloudSettings

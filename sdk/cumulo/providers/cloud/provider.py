@@ -26,9 +26,9 @@ from distributed.security import Security
 from ... import envsync
 from ...envsync import Prepared
 from ...exceptions import ProviderError, TerminateError
-from ...registry import ClusterRecord, Registry
+from ...life.registry import ClusterRecord, Registry
 from ...spec import ClusterSpec
-from ...tlscerts import load_cluster_tls
+from ...security.tlscerts import load_cluster_tls
 from ..base import Deployment, Orphan, Provider
 from .adapter import CloudAdapter, Mark
 from .launch import Launcher
@@ -38,7 +38,7 @@ from .settings import CloudSay, CloudSettings
 from .teardown import instances_gone, teardown
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
+    from ...life.checkpoint import Checkpoint
 
 __all__ = ["CloudDeployment", "CloudProvider"]
 

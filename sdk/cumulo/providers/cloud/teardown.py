@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 from ...aio import until
 from ...exceptions import CumuloError, TerminateError
-from ...tlscerts import remove_cluster_tls
+from ...security.tlscerts import remove_cluster_tls
 from .adapter import GONE, CloudAdapter, Instance, Mark
 from .settings import CloudSettings
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
+    from ...life.checkpoint import Checkpoint
 
 __all__ = ["instances_gone", "of_cluster", "teardown", "terminate_confirmed"]
 

@@ -32,14 +32,14 @@ from distributed.security import Security
 
 from ... import config
 from ...exceptions import ConnectError, ConnectTimeout, LaunchTimeout, ProviderError, SpecError, TerminateError
-from ...lifecycle import BY_KERNEL
-from ...registry import ClusterRecord
+from ...life.lifecycle import BY_KERNEL
+from ...life.registry import ClusterRecord
 from ...spec import ClusterSpec
 from ..base import Deployment, Provider, Say
 from . import api, server_gateway, tls
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
+    from ...life.checkpoint import Checkpoint
 
 __all__ = ["GatewayDeployment", "GatewayProvider"]
 

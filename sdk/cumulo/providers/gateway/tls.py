@@ -23,8 +23,8 @@ from distributed.security import Security
 from ... import config
 from ...aio import blocking
 from ...exceptions import CredentialsError
-from ...registry import ClusterRecord
-from ...tlscerts import private_folder
+from ...life.registry import ClusterRecord
+from ...security.tlscerts import private_folder
 from . import api
 
 __all__ = ["certs_root", "from_gateway", "load", "remove", "save", "security_of"]

@@ -16,7 +16,7 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from ... import config
-from ...credentials import Credential, Secret, find
+from ...security.credentials import Credential, Secret, find
 from ...exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
 from ...http import DEFAULT_HINTS, ApiClient, ErrorMapping
 from .shapes import InstanceType, parse_instance_types

@@ -30,16 +30,16 @@ from distributed.security import Security
 from ... import config, envsync
 from ...aio import until
 from ...exceptions import CumuloError, LaunchTimeout, ProviderError, SpecError, TerminateError
-from ...registry import ClusterRecord
+from ...life.registry import ClusterRecord
 from ...spec import ClusterSpec
-from ...tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls, remove_cluster_tls
+from ...security.tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls, remove_cluster_tls
 from ..base import Deployment, Provider, Say, shutdown_scheduler
 from . import environment, remote
 from .session import Session, open_session, open_sessions
 from .target import Host, parse_target
 
 if TYPE_CHECKING:
-    from ...checkpoint import Checkpoint
+    from ...life.checkpoint import Checkpoint
 
 __all__ = ["SSHProvider"]
 

@@ -23,11 +23,11 @@ from distributed.core import rpc
 
 from cumulo import config
 from cumulo.aio import until
-from cumulo.checkpoint import Checkpoint
-from cumulo.credentials import Credential, find
+from cumulo.life.checkpoint import Checkpoint
+from cumulo.security.credentials import Credential, find
 from cumulo.exceptions import LaunchTimeout
 from cumulo.providers import Deployment, Orphan, Provider
-from cumulo.registry import ClusterRecord, Registry
+from cumulo.life.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec
 
 HERE = Path(__file__).parent

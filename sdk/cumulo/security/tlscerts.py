@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from distributed.security import Security
 
-from .exceptions import CredentialsError
+from ..exceptions import CredentialsError
 
 __all__ = ["ROLES", "ClusterTLS", "create_cluster_tls", "default_directory", "load_cluster_tls", "private_folder",
            "remove_cluster_tls"]

@@ -24,7 +24,7 @@ secrets present. It
     block, which is what ``/proc/<pid>/environ`` shows and which unsetenv()
     leaves in place.
 
-It is loaded by path, not as ``cumulo._local_worker``, and imports nothing
+It is loaded by path, not as ``cumulo.security._local_worker``, and imports nothing
 of cumulo: importing it does nothing; only ``dask_setup(worker)`` acts.
 """
 

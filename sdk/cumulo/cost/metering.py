@@ -15,7 +15,7 @@ same history. This module installs it, reads it, and turns it into money:
 Every figure is an estimate (cumulo does not read provider invoices) and says
 so, with the basis it was computed on.
 
-Per cell (:meth:`Usage.cells`, filled by cumulo.cellcost's tags): a cell is
+Per cell (:meth:`Usage.cells`, filled by cumulo.cost.cellcost's tags): a cell is
 charged for what its tasks used, busy worker-time x the same price
 (:func:`cell_spend`). What no cell used is shown as rows of its own, so that
 every view adds up to the spend (:func:`attribution`):
@@ -48,16 +48,16 @@ from typing import TYPE_CHECKING, Any
 
 from dask.utils import parse_timedelta
 
-from . import _energy, _ledger, config
+from .. import _energy, _ledger, config
 from .cellhistory import history, kernel_id
-from .exceptions import ClusterLost
+from ..exceptions import ClusterLost
 
 if TYPE_CHECKING:
     import pandas as pd
     from distributed import Client
 
-    from .registry import ClusterRecord, Registry
-    from .watched import Measured
+    from ..life.registry import ClusterRecord, Registry
+    from ..life.watched import Measured
 
 __all__ = [
     "CELL_COLUMNS", "IDLE", "OTHER_CELLS", "OUTSIDE", "Spend", "Usage", "attribution", "cell_label", "cell_spend",
@@ -427,7 +427,7 @@ class _RowOnly:
 class Usage:
     """``cluster.usage``: the ledger of one cluster read through its client, plus this kernel's cells.
 
-    ``cluster`` is a :class:`cumulo.watched.Measured`: a cluster's client, status and row
+    ``cluster`` is a :class:`cumulo.life.watched.Measured`: a cluster's client, status and row
     (re-read from its registry where there is one, so spend follows the row's state).
     """
 
@@ -522,7 +522,7 @@ class Usage:
         return out
 
     def record_cell(self, row: dict[str, Any]) -> None:
-        """Remember one cell's figures as the ledger gave them (called by cumulo.cellcost)."""
+        """Remember one cell's figures as the ledger gave them (called by cumulo.cost.cellcost)."""
         tag = row.get("tag")
         if tag is None:
             return

@@ -19,11 +19,11 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
-from .display import clusters_frame
-from .exceptions import ClusterNotFound, CumuloError
+from ..display import clusters_frame
+from ..exceptions import ClusterNotFound, CumuloError
 from .lifecycle import Lifecycle
-from .metering import fetch_ledger_async, final_usage
-from .providers import get_provider, provider_class
+from ..cost.metering import fetch_ledger_async, final_usage
+from ..providers import get_provider, provider_class
 from .registry import ClusterRecord, Registry
 
 __all__ = ["StopReport", "clusters", "find", "reconcile", "stop", "stop_record", "who"]

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import config
-from .exceptions import RegistryError, SpecError
+from .. import config
+from ..exceptions import RegistryError, SpecError
 from .owner import Owner, alive, this_process
 from .states import FINAL, OPEN
 
@@ -104,7 +104,7 @@ MIGRATIONS: dict[int, str] = {
     # v1 -> v2: 'stop-failed' (cleanup failed, may still bill) is an open state, so it holds its name
     1: "DROP INDEX IF EXISTS clusters_one_open_name; "
        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    # v2 -> v3: an owner is a process identity, not a bare PID (cumulo.owner); a closed cluster keeps
+    # v2 -> v3: an owner is a process identity, not a bare PID (cumulo.life.owner); a closed cluster keeps
     # its final usage (JSON: totals, busy/idle, energy, top cells) so `cumulo usage` shows it later
     2: "ALTER TABLE clusters ADD COLUMN owner_started REAL; "
        "ALTER TABLE clusters ADD COLUMN owner_boot TEXT; "
@@ -146,7 +146,7 @@ class ClusterRecord:
     cost: float | None = None
     cost_kind: str | None = None
     note: str | None = None
-    #: The usage kept when the cluster closed (a JSON object; see cumulo.metering), None while open.
+    #: The usage kept when the cluster closed (a JSON object; see cumulo.cost.metering), None while open.
     usage: str | None = None
 
     @property
@@ -402,13 +402,13 @@ class Registry:
     def update(self, cluster_id: str, **values: Any) -> None:
         """Set fields of a cluster row (``spec`` may be given as a dict); never its state.
 
-        A row's state is written only by cumulo.lifecycle (through :meth:`transition`).
+        A row's state is written only by cumulo.life.lifecycle (through :meth:`transition`).
         """
         unknown = set(values) - _UPDATABLE
         if unknown:
             raise TypeError(f"unknown cluster fields: {sorted(unknown)}")
         if "state" in values or "closed" in values:
-            raise TypeError("a cluster's state is written only by cumulo.lifecycle")
+            raise TypeError("a cluster's state is written only by cumulo.life.lifecycle")
         if "spec" in values and not isinstance(values["spec"], str):
             values["spec"] = json.dumps(values["spec"], sort_keys=True)
         values["updated"] = time.time()

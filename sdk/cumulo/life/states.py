@@ -1,4 +1,4 @@
-"""A cluster row's states and the moves between them: the table cumulo.lifecycle enforces.
+"""A cluster row's states and the moves between them: the table cumulo.life.lifecycle enforces.
 
 ::
 

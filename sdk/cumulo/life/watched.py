@@ -1,9 +1,9 @@
 """What the code that watches a cluster needs of it: a small public surface that :class:`~cumulo.cluster.Cluster` implements.
 
 Three things run beside a cluster in the kernel that holds it and act on it:
-``cluster.usage`` (:class:`cumulo.metering.Usage`) reads its ledger and row, the
+``cluster.usage`` (:class:`cumulo.cost.metering.Usage`) reads its ledger and row, the
 live cost meter (:mod:`cumulo.widgets.meter`) draws them on the cluster's loop,
-and the watchdog (:mod:`cumulo.watchdog`) enforces the lease, budget and idle
+and the watchdog (:mod:`cumulo.life.watchdog`) enforces the lease, budget and idle
 rules. They reach the cluster only through these protocols, never through its
 private members: the cluster can change inside without breaking them, and a
 test (or a cluster seen only through its registry row) can stand in for it.
@@ -25,16 +25,16 @@ if TYPE_CHECKING:
     from distributed import Client
 
     from .lifecycle import Lifecycle
-    from .metering import Usage
+    from ..cost.metering import Usage
     from .registry import ClusterRecord, Registry
-    from .spec import ClusterSpec
+    from ..spec import ClusterSpec
 
 __all__ = ["Measured", "Metered", "Watched"]
 
 
 @runtime_checkable
 class Measured(Protocol):
-    """What :class:`cumulo.metering.Usage` reads of a cluster: its row and, while it runs, its client."""
+    """What :class:`cumulo.cost.metering.Usage` reads of a cluster: its row and, while it runs, its client."""
 
     @property
     def id(self) -> str:

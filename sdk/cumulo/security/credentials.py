@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from . import config
-from .exceptions import CredentialsError
+from .. import config
+from ..exceptions import CredentialsError
 
 __all__ = ["Credential", "Secret", "find", "load_secret"]
 

@@ -1,13 +1,13 @@
 """The one owner of a cluster row's state: every start, stop, loss and reap goes through here.
 
-The states and the table of allowed moves are drawn in :mod:`cumulo.states`.
+The states and the table of allowed moves are drawn in :mod:`cumulo.life.states`.
 
 A row closes (``closed``/``failed``/``lost``) only after the provider confirms
 that nothing bills; a cleanup that raised leaves it ``stop-failed``. The first
 final state sticks: another process may have closed the row meanwhile.
 
 Providers never write rows. While they launch or stop they report through a
-:class:`~cumulo.checkpoint.Checkpoint` (billable resources, the scheduler's
+:class:`~cumulo.life.checkpoint.Checkpoint` (billable resources, the scheduler's
 address, the price), which the lifecycle persists.
 """
 
@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .checkpoint import Checkpoint
-from .exceptions import CumuloError
+from ..exceptions import CumuloError
 from .states import FINAL, OPEN, TRANSITIONS, State, allowed_from
 
 if TYPE_CHECKING:
-    from .metering import Spend
-    from .providers.base import Deployment, Provider
+    from ..cost.metering import Spend
+    from ..providers.base import Deployment, Provider
     from .registry import ClusterRecord, Registry
 
 __all__ = ["Checkpoint", "FINAL", "Lifecycle", "OPEN", "State", "TRANSITIONS"]

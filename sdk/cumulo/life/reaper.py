@@ -14,7 +14,7 @@ Used by ``cumulo reap`` and by the Jupyter server's timer alike. One pass:
      them: this installation's own orphans are stopped, anything else is
      reported and left alone unless ``terminate_unknown``.
 
-Every stop goes through :class:`cumulo.lifecycle.Lifecycle`, as `cumulo down` does.
+Every stop goes through :class:`cumulo.life.lifecycle.Lifecycle`, as `cumulo down` does.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import guards
-from .aio import blocking
-from .exceptions import CredentialsError, CumuloError
+from ..aio import blocking
+from ..exceptions import CredentialsError, CumuloError
 from .inventory import keep_usage, reconcile, who
 from .lifecycle import Lifecycle, State
-from .metering import Spend, fetch_ledger_async, final_usage, spend_of
-from .providers import Orphan, Provider, get_provider, known_providers, provider_class
+from ..cost.metering import Spend, fetch_ledger_async, final_usage, spend_of
+from ..providers import Orphan, Provider, get_provider, known_providers, provider_class
 from .registry import ClusterRecord, Registry
 
 __all__ = ["Reaped", "Sweep", "reap", "sweep", "sweep_async"]

@@ -27,9 +27,9 @@ from typing import Any
 
 import pandas as pd
 
-from . import config
-from .exceptions import CumuloError, ProviderError, SpecError, did_you_mean
-from .providers import provider_classes
+from .. import config
+from ..exceptions import CumuloError, ProviderError, SpecError, did_you_mean
+from ..providers import provider_classes
 
 __all__ = [
     "COLUMNS", "RefreshReport", "format_table", "freshness", "live_sources", "no_match", "price_of", "prices",
@@ -40,7 +40,7 @@ COLUMNS = [
     "provider", "instance_type", "gpu_model", "gpu_count", "gpu_memory_gb", "vcpus", "ram_gb",
     "on_demand_per_hour", "spot_per_hour", "region", "source", "as_of",
 ]
-_SNAPSHOT = Path(__file__).parent / "data" / "prices.csv"
+_SNAPSHOT = Path(__file__).parent.parent / "data" / "prices.csv"
 #: Price sources that are not (yet) providers, fetched live by ``refresh()`` too.
 _PRICE_ONLY_LIVE = ("azure",)
 # Azure SKUs we ask the retail API about, with their shape: the snapshot's Azure rows plus these.

@@ -49,10 +49,10 @@ import dask.config
 import yaml
 from distributed.security import Security
 
-from . import config
+from .. import config
 from ._local_worker import accepted_tls_keeps_its_context
-from .exceptions import ConfigError, CredentialsError, SpecError
-from .providers import provider_classes
+from ..exceptions import ConfigError, CredentialsError, SpecError
+from ..providers import provider_classes
 from .tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls
 
 __all__ = [
@@ -188,7 +188,7 @@ def client_security(cluster_id: str) -> Security:
 def client_config(cluster_id: str) -> dict[str, Any]:
     """``distributed.comm.*`` settings that let any Dask client of this user reach the cluster::
 
-        with dask.config.set(cumulo.local_security.client_config(cluster_id)):
+        with dask.config.set(cumulo.security.local_security.client_config(cluster_id)):
             client = distributed.Client(address)
     """
     return _cluster_tls(cluster_id).dask_config("client")

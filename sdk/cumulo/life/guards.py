@@ -4,11 +4,11 @@ Nothing here has side effects: each rule is a function of a cluster's registry
 row, its usage ledger and the time, returning a :class:`Verdict` (or None).
 Two places act on verdicts:
 
-  - the kernel that holds a cluster (:mod:`cumulo.watchdog`, a periodic
+  - the kernel that holds a cluster (:mod:`cumulo.life.watchdog`, a periodic
     callback on the cluster's own loop): budget warnings at each
     ``cumulo.guards.budget-warn-at`` fraction, the ``budget-action`` at 100%
     (close, scale-to-zero, warn), and the idle timeout;
-  - every other process (:mod:`cumulo.reaper`: ``cumulo reap`` and the Jupyter
+  - every other process (:mod:`cumulo.life.reaper`: ``cumulo reap`` and the Jupyter
     server's timer), for clusters whose kernel stopped heartbeating: an expired
     lease (unless the cluster was detached or keep-alive), a spent budget, or
     an idle timeout.
@@ -26,8 +26,8 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
-from . import config
-from .metering import Spend, rates
+from .. import config
+from ..cost.metering import Spend, rates
 from .registry import ClusterRecord
 
 __all__ = ["BudgetWarning", "Verdict", "budget_levels", "costs_money", "default_idle_timeout", "in_kernel",

@@ -9,7 +9,7 @@ deploy/cluster.py runs its background work), stopped when the cluster closes:
     use raises ClusterLost naming them;
   - every ``cumulo.guards.interval``: heartbeat the row (the kernel lease), read
     the scheduler's ledger, record spend, and act on the verdicts of
-    :func:`cumulo.guards.in_kernel` (budget warnings, budget action, idle close).
+    :func:`cumulo.life.guards.in_kernel` (budget warnings, budget action, idle close).
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
-from . import cellcost, config, guards
-from .cellhistory import kernel_id
-from .exceptions import BudgetExceeded, CumuloError, NotOwner
-from .metering import Spend, Usage, install_async, spend_of
+from ..cost import cellcost
+from .. import config
+from . import guards
+from ..cost.cellhistory import kernel_id
+from ..exceptions import BudgetExceeded, CumuloError, NotOwner
+from ..cost.metering import Spend, Usage, install_async, spend_of
 from .watched import Watched
 
 if TYPE_CHECKING:
-    from .providers.base import Provider
+    from ..providers.base import Provider
 
 __all__ = ["Watchdog", "attach"]
 
@@ -43,7 +45,7 @@ class Watchdog:
     the spend at the last pass. ``check()`` runs one pass now (from a notebook or
     a test) and returns what it did, as short phrases.
 
-    It reaches the cluster only through :class:`cumulo.watched.Watched`; ``provider``
+    It reaches the cluster only through :class:`cumulo.life.watched.Watched`; ``provider``
     says what the cluster's provider can do (owns its scheduler, bills on its own).
     """
 
@@ -238,7 +240,7 @@ def _warn(message: str) -> None:
     """A budget warning, attributed to cumulo's guard rather than to a line of its loop's code (the
     user's own frame is on another thread by the time a guard runs)."""
     warnings.warn_explicit(message, guards.BudgetWarning, filename="cumulo budget guard", lineno=0,
-                           module="cumulo.watchdog")
+                           module="cumulo.life.watchdog")
 
 
 async def attach(cluster: Watched, provider: Provider) -> Watchdog:
