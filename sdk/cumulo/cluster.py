@@ -35,6 +35,7 @@ from .envsync import envcheck
 from .life import watchdog
 from .life.checkpoint import Checkpoint
 from .clientlink import ClientLink, sizes
+from .cost.metering import install_async
 from .exceptions import ClusterLost, ClusterNotFound, ConnectError, ConnectTimeout, NotOwner, ProviderError, SpecError
 from .life.lifecycle import BY_KERNEL, Lifecycle
 from .life.names import new_name
@@ -252,8 +253,8 @@ class Cluster(SyncMethodMixin):
                 from .envsync import ship_wheels  # heavy (builds wheels): only workers that lack local code
 
                 await ship_wheels(client, self._deployment.local_wheels, self._deployment.local_digest)
-            await self._link.describe()
-            await self._mark_running()
+            installed = await self._describe_and_meter()
+            await self._mark_running(installed)
         except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
             await self._abandon(exc, checkpoint)
             raise
@@ -287,7 +288,23 @@ class Cluster(SyncMethodMixin):
             raise
         await self._mark_running()
 
-    async def _mark_running(self) -> None:
+    async def _describe_and_meter(self) -> bool:
+        """The version probe and the usage ledger's install: independent round trips, in flight together.
+
+        Returns whether the ledger is installed. A refused environment cancels the install:
+        the cluster is being abandoned anyway.
+        """
+        assert self.client is not None
+        installing = asyncio.ensure_future(install_async(self.client))
+        try:
+            await self._link.describe()
+        except BaseException:
+            installing.cancel()
+            raise
+        return await installing
+
+    async def _mark_running(self, installed: bool | None = None) -> None:
+        """Record the running cluster; ``installed``: the ledger's install already done (None: do it now)."""
         global _current
         facts = self._link.facts
         assert self.client is not None
@@ -309,12 +326,12 @@ class Cluster(SyncMethodMixin):
         self.status = "running"
         _current = weakref.ref(self)
         _live.add(self)
-        await self._watch()
+        await self._watch(installed)
 
-    async def _watch(self) -> None:
+    async def _watch(self, installed: bool | None) -> None:
         """Install the usage ledger, set the kernel lease, start the watchdog (cumulo.life.watchdog)."""
         try:
-            self.watchdog = await watchdog.attach(self, self._provider)
+            self.watchdog = await watchdog.attach(self, self._provider, installed=installed)
         except Exception as exc:  # metering must never make a working cluster unusable
             logger.warning("cumulo: cost tracking for %r is off: %s", self.name, exc)
 

@@ -243,7 +243,7 @@ def _warn(message: str) -> None:
                            module="cumulo.life.watchdog")
 
 
-async def attach(cluster: Watched, provider: Provider) -> Watchdog:
+async def attach(cluster: Watched, provider: Provider, *, installed: bool | None = None) -> Watchdog:
     """Once a cluster runs: install the ledger, set the kernel lease, start the watchdog, track cells.
 
     Runs on the cluster's event loop. Clusters cumulo only attached to by address get
@@ -252,7 +252,8 @@ async def attach(cluster: Watched, provider: Provider) -> Watchdog:
     """
     usage = cluster.usage
     assert cluster.client is not None
-    usage.installed = await install_async(cluster.client)
+    # ``installed``: the caller already installed the ledger, overlapping its round trip with another
+    usage.installed = await install_async(cluster.client) if installed is None else installed
     usage.scheduler_id = (getattr(cluster.client, "_scheduler_identity", None) or {}).get("id")
     rec = cluster.registry.get(cluster.id)
     values: dict[str, Any] = {}

@@ -15,8 +15,10 @@ teardown, orphan sweep, first boot, firewall source) drives. One idea per module
 
 from __future__ import annotations
 
-from .adapter import LambdaAdapter
-from .api import API_KEY, LAMBDA_ERRORS, LambdaApi, lambda_api_key
+import importlib
+from typing import Any
+
+from .key import API_KEY
 from .names import PREFIX
 from .provider import LambdaDeployment, LambdaProvider
 from .shapes import InstanceType, choose_instance_type
@@ -25,3 +27,13 @@ __all__ = [
     "API_KEY", "InstanceType", "LAMBDA_ERRORS", "LambdaAdapter", "LambdaApi", "LambdaDeployment", "LambdaProvider",
     "PREFIX", "choose_instance_type", "lambda_api_key",
 ]
+
+#: Names of the API client's modules, loaded on first use: declaring the provider (which every
+#: connect() does, for config validation and the workers' scrub list) must not load httpx.
+_LATER = {"LAMBDA_ERRORS": "api", "LambdaApi": "api", "lambda_api_key": "api", "LambdaAdapter": "adapter"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LATER:
+        return getattr(importlib.import_module(f"{__name__}.{_LATER[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

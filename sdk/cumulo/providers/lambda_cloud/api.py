@@ -16,19 +16,14 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from ... import config
-from ...security.credentials import Credential, Secret, find
+from ...security.credentials import Secret, find
 from ...exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
 from ...http import DEFAULT_HINTS, ApiClient, ErrorMapping
+from .key import API_KEY
 from .shapes import InstanceType, parse_instance_types
 
 __all__ = ["API_KEY", "LAMBDA_ERRORS", "LambdaApi", "lambda_api_key"]
 
-#: Lambda's API key: where cumulo finds it, and its format (``cumulo share`` removes such keys from notebooks).
-API_KEY = Credential(
-    what="Lambda Cloud API key", env_var="LAMBDA_API_KEY", file_setting="lambda.api-key-file",
-    default_file="lambda-api-key", keyring_service="cumulo-lambda",
-    pattern=r"\b(secret_[A-Za-z0-9\-]+_[A-Za-z0-9_.\-]{16,})",
-)
 
 
 def lambda_api_key() -> Secret:

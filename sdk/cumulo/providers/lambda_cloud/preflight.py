@@ -10,14 +10,18 @@ a named SSH key the account lacks, or a client behind NAT (cloud/network.py).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ... import config
 from ...exceptions import SpecError
 from ...spec import ClusterSpec
 from ..cloud.plan import Plan, check_price, last_resort_idle
 from ..cloud.settings import CloudSay, CloudSettings
-from .adapter import LambdaAdapter
 from .network import client_cidr
 from .shapes import choose_instance_type
+
+if TYPE_CHECKING:
+    from .adapter import LambdaAdapter
 
 __all__ = ["make_plan", "refuse_unsupported"]
 

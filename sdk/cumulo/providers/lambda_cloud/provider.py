@@ -9,17 +9,18 @@ Lambda's own: its offers and refusals (preflight.py), its config section
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...spec import ClusterSpec
 from ..cloud.plan import Plan
 from ..cloud.provider import CloudDeployment, CloudProvider
 from ..cloud.settings import CloudSay
-from .adapter import LambdaAdapter
-from .api import API_KEY
+from .key import API_KEY
 from .names import PROVIDER
 from .preflight import make_plan, refuse_unsupported
-from .prices import price_rows
+
+if TYPE_CHECKING:
+    from .adapter import LambdaAdapter
 
 __all__ = ["LambdaDeployment", "LambdaProvider"]
 
@@ -42,6 +43,9 @@ class LambdaProvider(CloudProvider):
     live_prices = True
 
     def adapter(self) -> LambdaAdapter:
+        # heavy: the API client (httpx) loads when Lambda is used, not when every provider is declared
+        from .adapter import LambdaAdapter
+
         return LambdaAdapter()
 
     async def preflight(self, spec: ClusterSpec) -> None:
@@ -55,4 +59,7 @@ class LambdaProvider(CloudProvider):
     @classmethod
     def fetch_prices(cls, today: str) -> list[dict[str, Any]]:
         """Lambda's list prices now, from ``GET /instance-types`` (prices.py)."""
+        # heavy: the API client (httpx), only for a price refresh
+        from .prices import price_rows
+
         return price_rows(today)
