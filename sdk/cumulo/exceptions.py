@@ -66,7 +66,6 @@ __all__ = [
     "TerminateError",
     "TrainingError",
     "VersionMismatch",
-    "did_you_mean",
 ]
 
 
@@ -228,6 +227,7 @@ class TrainingError(RemoteError):
         self.rank = rank
 
 
+# Not in __all__ (which lists the errors only): the message helper every "unknown X" error uses.
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'lambda'?)' for the choice nearest to a misspelt ``word``; '' when none is near.
 
