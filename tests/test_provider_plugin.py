@@ -81,7 +81,9 @@ def test_config_section_secret_and_prices_come_from_the_package(toy: dict[str, s
         import json
         import dask
         import cumulo
-        from cumulo import catalog, config, local_security
+        from cumulo import config
+        from cumulo.cost import catalog
+        from cumulo.security import local_security
         from cumulo.exceptions import ConfigError, SpecError
         from cumulo.providers import known_providers, provider_class
 

@@ -58,7 +58,7 @@ def prices(gpu: str | None = None, provider: str | None = None, region: str | No
 # in a Jupyter kernel, a CumuloError shows as its message under the user's frames (cumulo.debug: all of them)
 _register_with_running_shell()
 
-_SUBMODULES = {"catalog", "datasets", "pipeline", "progress", "run", "share", "train"}
+_SUBMODULES = {"datasets", "pipeline", "progress", "run", "share", "train"}
 
 
 def __getattr__(name: str) -> Any:
