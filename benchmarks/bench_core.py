@@ -52,11 +52,15 @@ CONNECT_RAW = textwrap.dedent(
 )
 
 
-def _fresh(code: str, env: dict[str, str]) -> float:
+def _fresh(code: str, env: dict[str, str]) -> tuple[float, float]:
+    """(seconds from the interpreter's start to the first result, seconds of the whole process from
+    launch to exit, close and interpreter shutdown included) for ``code`` in a fresh interpreter."""
+    t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    whole = time.perf_counter() - t0
     if done.returncode:
         raise RuntimeError(done.stderr[-2000:])
-    return float(done.stdout.strip().splitlines()[0])
+    return float(done.stdout.strip().splitlines()[0]), whole
 
 
 def pandas_pipeline(path: Path) -> pd.DataFrame:
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4_000_000)
     parser.add_argument("--partitions", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--connect-repeats", type=int, default=7, help="alternating fresh processes per variant")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.md"))
     args = parser.parse_args()
 
@@ -94,10 +99,13 @@ def main() -> None:
 
     # (a) connect to first result, fresh interpreters, alternating
     connect: dict[str, list[float]] = {"cumulo.connect()": [], "LocalCluster + Client": []}
-    for _ in range(args.repeats):
-        connect["cumulo.connect()"].append(_fresh(CONNECT_CUMULO, env))
-        connect["LocalCluster + Client"].append(_fresh(CONNECT_RAW, env))
-        print("connect", {k: round(v[-1], 3) for k, v in connect.items()}, flush=True)
+    whole: dict[str, list[float]] = {k: [] for k in connect}
+    for _ in range(args.connect_repeats):
+        for name, code in (("cumulo.connect()", CONNECT_CUMULO), ("LocalCluster + Client", CONNECT_RAW)):
+            first, total = _fresh(code, env)
+            connect[name].append(first)
+            whole[name].append(total)
+        print("connect", {k: (round(v[-1], 3), round(whole[k][-1], 3)) for k, v in connect.items()}, flush=True)
 
     # (b) pipeline
     data = work / "trips"
@@ -130,21 +138,24 @@ def main() -> None:
             plain.close()
 
     med_c = {k: statistics.median(v) for k, v in connect.items()}
+    med_w = {k: statistics.median(v) for k, v in whole.items()}
     med_p = {k: statistics.median(v) for k, v in times.items()}
     lines = [
         "# cumulo core benchmark",
         "",
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, dask {dask.__version__}; "
         f"{args.repeats} alternating repeats, medians. Command: `python benchmarks/bench_core.py --rows {args.rows} "
-        f"--repeats {args.repeats}`.",
+        f"--repeats {args.repeats} --connect-repeats {args.connect_repeats}`.",
         "",
-        "## (a) connect to first result (fresh interpreter, 2 workers x 1 thread)",
+        f"## (a) connect, first result, close (fresh interpreter, 2 workers x 1 thread, TLS on for cumulo; "
+        f"{args.connect_repeats} alternating runs each)",
         "",
-        "| variant | median s | ratio vs raw |",
-        "|---|---:|---:|",
+        "| variant | to first result: median s | ratio | whole process: median s | ratio |",
+        "|---|---:|---:|---:|---:|",
     ]
-    raw_c = med_c["LocalCluster + Client"]
-    lines += [f"| {k} | {v:.3f} | {v / raw_c:.3f} |" for k, v in med_c.items()]
+    raw_c, raw_w = med_c["LocalCluster + Client"], med_w["LocalCluster + Client"]
+    lines += [f"| {k} | {v:.3f} | {v / raw_c:.3f} | {med_w[k]:.3f} | {med_w[k] / raw_w:.3f} |"
+              for k, v in med_c.items()]
     lines += [
         "",
         f"## (b) demo pipeline, {args.rows:,} rows in {args.partitions} Parquet files (2 workers x 1 thread)",
@@ -154,7 +165,7 @@ def main() -> None:
     ]
     raw_p = med_p["raw dask, same cluster"]
     lines += [f"| {k} | {v:.3f} | {v / raw_p:.3f} |" for k, v in med_p.items()]
-    lines += ["", "Aims: pipeline overhead ratio <= 1.05 against raw dask; connect <= 1.2x raw.", ""]
+    lines += ["", "Aims: pipeline overhead ratio <= 1.05 against raw dask; the whole connect-result-close process <= 1.1x raw.", ""]
     report = "\n".join(lines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)

@@ -216,5 +216,5 @@ def test_a_provider_section_is_merged_and_validated_with_the_rest() -> None:
 
 
 def test_a_provider_cannot_take_a_section_cumulo_uses() -> None:
-    with pytest.raises(ConfigError, match="cumulo.life.guards: cumulo uses it"):
+    with pytest.raises(ConfigError, match="cumulo.guards: cumulo uses it"):
         config.add_section("guards", defaults={}, schema={"type": "object", "properties": {}})
