@@ -113,7 +113,7 @@ def main() -> None:
                                      "pandas, one core": []}
     with cumulo.connect(workers=2, threads_per_worker=1) as cluster:
         datasets.taxi(data, rows=args.rows, partitions=args.partitions, client=cluster.client)
-        raw_client = Client(cluster.client.scheduler.address, set_as_default=False)
+        raw_client = Client(cluster.client.scheduler.address, security=cluster.client.security, set_as_default=False)
         plain = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
         plain_client = Client(plain, set_as_default=False)
         try:
