@@ -119,13 +119,22 @@ def _reap(args: argparse.Namespace) -> int:
 
 def _usage(args: argparse.Namespace) -> int:
     # heavy: each subcommand imports what it needs, so that `cumulo --help` stays fast
-    import asyncio
-
+    from cumulo.aio import blocking
+    from cumulo.cost.metering import (
+        Spend,
+        Usage,
+        attribution,
+        cells_text,
+        fetch_ledger_async,
+        ranked,
+        spend_of,
+        stored_usage_text,
+        usage_text,
+    )
     from cumulo.exceptions import ClusterNotFound
     from cumulo.life.inventory import find
-    from cumulo.cost.metering import Spend, Usage, attribution, cells_text, fetch_ledger_async, ranked, spend_of, stored_usage_text, usage_text
-    from cumulo.providers import get_provider
     from cumulo.life.registry import Registry
+    from cumulo.providers import get_provider
 
     registry = Registry()
     rec = find(args.name, registry)
@@ -133,7 +142,7 @@ def _usage(args: argparse.Namespace) -> int:
         raise ClusterNotFound(f"no cluster named {args.name!r} (nor with that id) in the registry; see `cumulo ls`")
     ledger = None
     if rec.is_open and rec.address:
-        ledger = asyncio.run(fetch_ledger_async(rec.address, get_provider(rec.provider).security(rec)))
+        ledger = blocking(fetch_ledger_async(rec.address, get_provider(rec.provider).security(rec)))
     spend = spend_of(rec, ledger)
     if spend.amount is None and rec.cost is not None:
         spend = Spend(rec.cost, rec.rate_per_hour, "last figure recorded by its kernel")

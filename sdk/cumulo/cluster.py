@@ -31,17 +31,17 @@ from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin
 
 from . import config, connecting, display
-from .envsync import envcheck
-from .life import watchdog
-from .life.checkpoint import Checkpoint
 from .clientlink import ClientLink, sizes
 from .cost.metering import install_async
+from .envsync import envcheck
 from .exceptions import ClusterLost, ClusterNotFound, ConnectError, ConnectTimeout, NotOwner, ProviderError, SpecError
+from .life import watchdog
+from .life.checkpoint import Checkpoint
 from .life.lifecycle import BY_KERNEL, Lifecycle
 from .life.names import new_name
+from .life.registry import ClusterRecord, Registry
 from .providers import Deployment, Provider, get_provider
 from .providers.address import security_from
-from .life.registry import ClusterRecord, Registry
 from .spec import MAX_WORKERS, ClusterSpec
 from .widgets import live_bundle
 from .widgets.usage_view import UsageView

@@ -17,10 +17,10 @@ from typing import Any
 from . import config
 from ._spawn import check_main_guard
 from .exceptions import ClusterNotFound, SpecError
+from .life.registry import ClusterRecord, Registry
 from .providers import DEFAULT as DEFAULT_PROVIDER
 from .providers import known_providers, provider_for_address
 from .providers import provider_class as get_provider_class
-from .life.registry import ClusterRecord, Registry
 from .spec import ClusterSpec, did_you_mean, spec_arguments, validate_name
 
 __all__ = ["Request", "request"]

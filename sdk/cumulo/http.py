@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
-from .security.credentials import Secret
 from .exceptions import CredentialsError, CumuloError, ProviderError, QuotaError, RateLimited
+from .security.credentials import Secret
 
 __all__ = ["ApiClient", "ApiError", "BearerAuth", "ErrorMapping", "parse_retry_after"]
 

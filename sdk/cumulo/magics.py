@@ -19,9 +19,9 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from .cost import cellcost
 from . import config
 from .cluster import _live
+from .cost import cellcost
 from .exceptions import CumuloError
 
 __all__ = ["load_ipython_extension", "register_with_running_shell", "show_errors_briefly", "unload_ipython_extension"]

@@ -39,9 +39,9 @@ import time
 import weakref
 from typing import Any
 
-from . import cellhistory
 from .. import config
 from .._ledger import CELL_ANNOTATION
+from . import cellhistory
 from .metering import cell_spend, fetch_cell
 
 __all__ = ["current_cell", "loaded", "register", "track", "tracked", "unregister"]

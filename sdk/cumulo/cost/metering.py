@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import parse_timedelta
 
 from .. import _energy, _ledger, config
-from .cellhistory import history, kernel_id
 from ..exceptions import ClusterLost
+from .cellhistory import history, kernel_id
 
 if TYPE_CHECKING:
     import pandas as pd

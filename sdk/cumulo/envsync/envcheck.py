@@ -28,9 +28,9 @@ import cloudpickle
 from distributed import Client
 from distributed.versions import VersionMismatchWarning as DistributedVersionWarning
 
-from . import _probe
 from .. import config
 from ..exceptions import VersionMismatch
+from . import _probe
 
 __all__ = ["ClusterFacts", "VersionMismatchWarning", "gather", "mismatch_table", "mismatches",
            "patch_differences", "patch_only_pattern", "quiet_patch_level_warnings"]

@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from . import _wheels
 from ..exceptions import EnvironmentSyncError
+from . import _wheels
 from .lock import Local, Lock
 from .shipcheck import refuse_secrets, shippable_tree
 

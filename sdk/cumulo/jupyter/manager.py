@@ -35,16 +35,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import config
+from ..aio import blocking
+from ..cost.metering import Usage, attribution, fetch_ledger_async, ranked, spend_of, stored_usage
 from ..exceptions import ClusterNotFound, CumuloError, NotOwner, SpecError
 from ..life.inventory import find, reconcile, stop_record, who
 from ..life.lifecycle import Lifecycle
-from ..cost.metering import Usage, attribution, fetch_ledger_async, ranked, spend_of, stored_usage
+from ..life.reaper import sweep
+from ..life.registry import OPEN_STATES, ClusterRecord, Registry
 from ..providers import get_provider, known_providers, provider_class, provider_for_address
 from ..providers.gateway.options import cluster_form
 from ..providers.gateway.server_gateway import check_same
 from ..providers.gateway.server_gateway import configured as server_gateway
-from ..life.reaper import sweep
-from ..life.registry import OPEN_STATES, ClusterRecord, Registry
 from ..spec import MAX_WORKERS, ClusterSpec, validate_name
 from ..widgets.meter import rank_cells, top_cells, usage_series
 
@@ -485,13 +486,13 @@ def _read_ledgers(
     async def all_() -> list[dict[str, Any] | None]:
         return list(await asyncio.gather(*(one(r) for r in targets)))
 
-    return {r.id: ledger for r, ledger in zip(targets, asyncio.run(all_()))}
+    return {r.id: ledger for r, ledger in zip(targets, blocking(all_()))}
 
 
 def _stop_elsewhere(rec: ClusterRecord, registry: Registry) -> None:
     """Stop a cluster another process started, through its provider, as `cumulo down` does."""
     registry.event(rec.id, "stop-requested", "stop requested from JupyterLab")
-    asyncio.run(stop_record(rec, registry, why=who("stopped from JupyterLab")))
+    blocking(stop_record(rec, registry, why=who("stopped from JupyterLab")))
 
 
 def _jsonable(value: Any) -> Any:

@@ -8,7 +8,6 @@ A cluster is named by its name or by the id ``cumulo ls`` shows (:func:`find`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -19,11 +18,12 @@ from typing import Any
 
 from dask.utils import parse_timedelta
 
+from ..aio import blocking
+from ..cost.metering import fetch_ledger_async, final_usage
 from ..display import clusters_frame
 from ..exceptions import ClusterNotFound, CumuloError
-from .lifecycle import Lifecycle
-from ..cost.metering import fetch_ledger_async, final_usage
 from ..providers import get_provider, provider_class
+from .lifecycle import Lifecycle
 from .registry import ClusterRecord, Registry
 
 __all__ = ["StopReport", "clusters", "find", "reconcile", "stop", "stop_record", "who"]
@@ -160,7 +160,7 @@ def stop(name: str | None = None, *, all: bool = False, registry: Registry | Non
     report = StopReport()
     for record in targets:
         try:
-            asyncio.run(stop_record(record, registry))
+            blocking(stop_record(record, registry))
         except Exception as exc:
             if not all:
                 raise

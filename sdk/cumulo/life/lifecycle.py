@@ -18,8 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .checkpoint import Checkpoint
 from ..exceptions import CumuloError
+from .checkpoint import Checkpoint
 from .states import FINAL, OPEN, TRANSITIONS, State, allowed_from
 
 if TYPE_CHECKING:

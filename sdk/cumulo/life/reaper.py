@@ -23,13 +23,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import guards
 from ..aio import blocking
+from ..cost.metering import Spend, fetch_ledger_async, final_usage, spend_of
 from ..exceptions import CredentialsError, CumuloError
+from ..providers import Orphan, Provider, get_provider, known_providers, provider_class
+from . import guards
 from .inventory import keep_usage, reconcile, who
 from .lifecycle import Lifecycle, State
-from ..cost.metering import Spend, fetch_ledger_async, final_usage, spend_of
-from ..providers import Orphan, Provider, get_provider, known_providers, provider_class
 from .registry import ClusterRecord, Registry
 
 __all__ = ["Reaped", "Sweep", "reap", "sweep", "sweep_async"]

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
-from ..cost import cellcost
 from .. import config
-from . import guards
+from ..cost import cellcost
 from ..cost.cellhistory import kernel_id
-from ..exceptions import BudgetExceeded, CumuloError, NotOwner
 from ..cost.metering import Spend, Usage, install_async, spend_of
+from ..exceptions import BudgetExceeded, CumuloError, NotOwner
+from . import guards
 from .watched import Watched
 
 if TYPE_CHECKING:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from distributed import Client
 
-    from .lifecycle import Lifecycle
     from ..cost.metering import Usage
-    from .registry import ClusterRecord, Registry
     from ..spec import ClusterSpec
+    from .lifecycle import Lifecycle
+    from .registry import ClusterRecord, Registry
 
 __all__ = ["Measured", "Metered", "Watched"]
 

@@ -55,9 +55,9 @@ import yaml
 from distributed.security import Security
 
 from .. import config
-from ..security.credentials import Credential
 from ..exceptions import NotOwner, ProviderError
 from ..life.registry import ClusterRecord, Registry
+from ..security.credentials import Credential
 from ..spec import ClusterSpec
 
 if TYPE_CHECKING:

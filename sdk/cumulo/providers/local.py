@@ -21,10 +21,10 @@ from dask.utils import parse_timedelta
 from distributed.security import Security
 
 from .. import config
-from ..security import local_security
 from .._spawn import _start_method
 from ..exceptions import ConnectTimeout, CredentialsError, ProviderError, SpecError
 from ..life.registry import ClusterRecord, Registry
+from ..security import local_security
 from ..spec import ClusterSpec, parse_address
 from .base import Deployment, Orphan, Provider, shutdown_scheduler
 

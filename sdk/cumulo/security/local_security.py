@@ -50,9 +50,9 @@ import yaml
 from distributed.security import Security
 
 from .. import config
-from ._local_worker import accepted_tls_keeps_its_context
 from ..exceptions import ConfigError, CredentialsError, SpecError
 from ..providers import provider_classes
+from ._local_worker import accepted_tls_keeps_its_context
 from .tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls
 
 __all__ = [

@@ -6,17 +6,17 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 
-from ..security.credentials import find
 from ..exceptions import CumuloError
 from ..providers import provider_classes
+from ..security.credentials import find
 from .detectors import (
     _ASSIGNMENT,
     SECRET_NAMED,
     _builtin_plugins,
     _detect_secrets,
     _extra_plugins,
-    _secret_word,
     _secret_pairs,
+    _secret_word,
     _value_shaped,
 )
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config
 from .._version import __version__
-from ..exceptions import ConfigError, SpecError
 from ..cost.metering import spend_of
+from ..exceptions import ConfigError, SpecError
 from ..life.registry import Registry
 from ..spec import ClusterSpec
 from .lines import estimate_line, last_run_line

@@ -27,8 +27,8 @@ from ... import envsync
 from ...envsync import Prepared
 from ...exceptions import ProviderError, TerminateError
 from ...life.registry import ClusterRecord, Registry
-from ...spec import ClusterSpec
 from ...security.tlscerts import load_cluster_tls
+from ...spec import ClusterSpec
 from ..base import Deployment, Orphan, Provider
 from .adapter import CloudAdapter, Mark
 from .launch import Launcher

@@ -16,9 +16,9 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from ... import config
-from ...security.credentials import Secret, find
 from ...exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
 from ...http import DEFAULT_HINTS, ApiClient, ErrorMapping
+from ...security.credentials import Secret, find
 from .key import API_KEY
 from .shapes import InstanceType, parse_instance_types
 

@@ -31,8 +31,8 @@ from ... import config, envsync
 from ...aio import until
 from ...exceptions import CumuloError, LaunchTimeout, ProviderError, SpecError, TerminateError
 from ...life.registry import ClusterRecord
-from ...spec import ClusterSpec
 from ...security.tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls, remove_cluster_tls
+from ...spec import ClusterSpec
 from ..base import Deployment, Provider, Say, shutdown_scheduler
 from . import environment, remote
 from .session import Session, open_session, open_sessions
