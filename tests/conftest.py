@@ -91,12 +91,12 @@ def no_leaked_threads() -> Iterator[None]:
 def no_live_clusters() -> Iterator[None]:
     """Fail a test that leaves a cumulo Cluster open (a client attached, a watchdog running), as distributed's
     check_instances does for clients and servers."""
-    from cumulo import cluster as cluster_module
+    from cumulo import attached
 
     yield
     deadline = time.monotonic() + 10
     while True:
-        live = [c for c in list(cluster_module._live) if c.status == "running"]
+        live = [c for c in list(attached.live) if c.status == "running"]
         if not live or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -10,8 +10,10 @@ Sync and async from one implementation, as distributed does: public methods
 call ``self.sync(self._method)``; with ``asynchronous=True`` they return
 awaitables, and ``await``, ``with`` and ``async with`` all work.
 
-What a connect() call asks for is decided in :mod:`cumulo.connecting`; the client,
-environment facts and dataframe backend are :mod:`cumulo.clientlink`'s. The code
+What a connect() call asks for is decided in :mod:`cumulo.connecting`; how a start
+runs (and is undone when it fails) in :mod:`cumulo.starting`; the client, environment
+facts and dataframe backend are :mod:`cumulo.clientlink`'s; which clusters this
+process holds, :mod:`cumulo.attached`'s. The code
 that watches a cluster (watchdog, meter, usage) reaches it through the protocols
 of :mod:`cumulo.life.watched`, which Cluster implements.
 """
@@ -22,7 +24,6 @@ import asyncio
 import atexit
 import logging
 import threading
-import weakref
 from typing import Any
 
 from dask.utils import parse_timedelta
@@ -30,19 +31,18 @@ from distributed import Client
 from distributed.security import Security
 from distributed.utils import LoopRunner, SyncMethodMixin
 
-from . import config, connecting, display
+from . import attached, config, connecting, display
 from .clientlink import ClientLink, sizes
-from .cost.metering import install_async
 from .envsync import envcheck
-from .exceptions import ClusterLost, ClusterNotFound, ConnectError, ConnectTimeout, NotOwner, ProviderError, SpecError
+from .exceptions import ClusterLost, ClusterNotFound, ConnectTimeout, NotOwner, ProviderError, SpecError
 from .life import watchdog
-from .life.checkpoint import Checkpoint
 from .life.lifecycle import BY_KERNEL, Lifecycle
 from .life.names import new_name
 from .life.registry import ClusterRecord, Registry
 from .providers import Deployment, Provider, get_provider
 from .providers.address import security_from
 from .spec import MAX_WORKERS, ClusterSpec
+from .starting import Starting
 from .widgets import live_bundle
 from .widgets.usage_view import UsageView
 
@@ -53,13 +53,9 @@ logger = logging.getLogger("cumulo")
 #: How long an interrupted connect() waits for its cleanup (terminating what launched) to finish.
 _INTERRUPT_CLEANUP_S = 300.0
 
-_current: weakref.ref[Cluster] | None = None
-_live: weakref.WeakSet[Cluster] = weakref.WeakSet()
-
-
 def current() -> Cluster:
     """The cluster most recently connected in this process (ClusterNotFound if none is open)."""
-    cluster = _current() if _current is not None else None
+    cluster = attached.current_or_none()
     if cluster is None or cluster.status != "running":
         raise ClusterNotFound("no cluster is connected in this process: call cumulo.connect() first")
     return cluster
@@ -108,7 +104,7 @@ def connect(
     return Cluster(asked.spec, provider=provider, registry=asked.registry, asynchronous=asynchronous)
 
 
-class Cluster(SyncMethodMixin):
+class Cluster(Starting, SyncMethodMixin):
     """A Dask cluster attached to this process. Create with :func:`connect`.
 
     Attributes: ``client`` (distributed.Client), ``name``, ``id``, ``provider``,
@@ -230,123 +226,6 @@ class Cluster(SyncMethodMixin):
         """Whether this process started the cluster (and so can scale it)."""
         return self._deployment is not None
 
-    async def _start(self) -> None:
-        self.status = "starting"
-        if self._record is not None:
-            await self._attach(self._record)
-            return
-        await self._provider.preflight(self.spec)  # refusals leave no row behind
-        record = self.lifecycle.begin(
-            self.name,
-            self._provider,
-            self.spec.stored() | {"name": self.name},
-            budget=self.spec.budget,
-            idle_timeout=self.spec.idle_timeout,
-        )
-        self.id = record.id
-        self._record = record
-        checkpoint = self.lifecycle.checkpoint(record, self._provider)
-        try:
-            self._deployment = await self._provider.launch(self.spec, cluster_id=record.id, checkpoint=checkpoint)
-            client = await self._link.connect(self._deployment.address, self._deployment.security)
-            if self._deployment.local_wheels:
-                from .envsync import ship_wheels  # heavy (builds wheels): only workers that lack local code
-
-                await ship_wheels(client, self._deployment.local_wheels, self._deployment.local_digest)
-            installed = await self._describe_and_meter()
-            await self._mark_running(installed)
-        except BaseException as exc:  # including a Ctrl-C that lands after the launch succeeded
-            await self._abandon(exc, checkpoint)
-            raise
-
-    async def _attach(self, record: ClusterRecord) -> None:
-        self.id = record.id
-        if not record.address:
-            raise ConnectError(f"cluster {record.name!r} is still starting; try again in a moment")
-        try:
-            await self._link.connect(record.address, self._security)
-            await self._link.describe()
-        except ConnectError as exc:
-            self.status = "failed"
-            await self._link.close()
-            if self._provider.lives_in_owner_process and record.owner_alive() is False:
-                # such a cluster lives in its owner's process: with the owner gone, nothing runs
-                self.lifecycle.lost(record, self._provider, f"owner process {record.owner_pid} exited")
-                raise ClusterNotFound(
-                    f"cluster {record.name!r} stopped with the process that started it (pid {record.owner_pid}); "
-                    f"start a new one with cumulo.connect({record.provider!r}, name={record.name!r})."
-                ) from exc
-            raise ConnectError(
-                f"cluster {record.name!r} is registered as running at {record.address} but does not answer: "
-                f"{exc} It may still be running"
-                + (" and billing" if self._provider.bills_independently else "")
-                + f"; try again, or stop it with `cumulo down {record.name}`."
-            ) from exc
-        except BaseException:
-            await self._link.close()
-            self.status = "failed"
-            raise
-        await self._mark_running()
-
-    async def _describe_and_meter(self) -> bool:
-        """The version probe and the usage ledger's install: independent round trips, in flight together.
-
-        Returns whether the ledger is installed. A refused environment cancels the install:
-        the cluster is being abandoned anyway.
-        """
-        assert self.client is not None
-        installing = asyncio.ensure_future(install_async(self.client))
-        try:
-            await self._link.describe()
-        except BaseException:
-            installing.cancel()
-            raise
-        return await installing
-
-    async def _mark_running(self, installed: bool | None = None) -> None:
-        """Record the running cluster; ``installed``: the ledger's install already done (None: do it now)."""
-        global _current
-        facts = self._link.facts
-        assert self.client is not None
-        ident = await self.client.scheduler.identity()
-        self.address = self.client.scheduler.address
-        values: dict[str, Any] = {
-            "address": self.address,
-            "dashboard": self.dashboard_link,
-            **sizes(ident),
-            "gpus": facts.gpus if facts else 0,
-            "gpu_model": facts.gpu_model if facts else None,
-            "backend": self.backend,
-        }
-        if self._deployment is not None and self._deployment.rate_per_hour is not None:
-            values["rate_per_hour"] = self._deployment.rate_per_hour
-        if not self.lifecycle.running(self.id, **values):
-            rec = self.registry.get(self.id)
-            raise ClusterLost(f"cluster {self.name!r} was stopped while it started ({rec.state}: {rec.note})")
-        self.status = "running"
-        _current = weakref.ref(self)
-        _live.add(self)
-        await self._watch(installed)
-
-    async def _watch(self, installed: bool | None) -> None:
-        """Install the usage ledger, set the kernel lease, start the watchdog (cumulo.life.watchdog)."""
-        try:
-            self.watchdog = await watchdog.attach(self, self._provider, installed=installed)
-        except Exception as exc:  # metering must never make a working cluster unusable
-            logger.warning("cumulo: cost tracking for %r is off: %s", self.name, exc)
-
-    async def _abandon(self, exc: BaseException, checkpoint: Checkpoint) -> None:
-        """A start failed: stop whatever started; the lifecycle records failed, stop-failed or nothing."""
-        _live.discard(self)
-        if self.watchdog is not None:
-            self.watchdog.stop()
-        self.status = "failed"
-        await self._link.close()
-        assert self._record is not None
-        await self.lifecycle.abandon(self._record, self._provider, exc, deployment=self._deployment,
-                                     checkpoint=checkpoint)
-        self._link.restore_backend()
-
     def close(self) -> Any:
         """Stop the cluster (workers and scheduler) and close its registry row.
 
@@ -392,7 +271,7 @@ class Cluster(SyncMethodMixin):
             raise
         self.status = "closed"
         self._link.restore_backend()
-        _live.discard(self)
+        attached.forget(self)
         if from_loop and not self._asynchronous:
             threading.Thread(target=self._loop_runner.stop, name="cumulo-loop-stop", daemon=True).start()
 
@@ -412,7 +291,7 @@ class Cluster(SyncMethodMixin):
             except Exception:
                 logger.debug("cumulo: closing the remains of %r failed", self.name, exc_info=True)
         self._link.restore_backend()
-        _live.discard(self)
+        attached.forget(self)
 
     def disconnect(self) -> Any:
         """Close this process's client and leave the cluster running (re-attach with connect(name=...))."""
@@ -434,7 +313,7 @@ class Cluster(SyncMethodMixin):
             self.watchdog.release_lease()
         self.status = "closed"
         self._link.restore_backend()
-        _live.discard(self)
+        attached.forget(self)
 
     def __enter__(self) -> Cluster:
         return self
@@ -627,7 +506,7 @@ def close_all() -> None:
     A cluster this process only re-attached to by name belongs to another
     process (a kernel, the Jupyter server): this must not stop it.
     """
-    for cluster in list(_live):
+    for cluster in list(attached.live):
         if cluster.status == "running" and not cluster._asynchronous:
             try:
                 if cluster.owner:

@@ -19,8 +19,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from . import config
-from .cluster import _live
+from . import attached, config
 from .cost import cellcost
 from .exceptions import CumuloError
 
@@ -127,7 +126,7 @@ def load_ipython_extension(ip: Any) -> None:
     from ._cell_magic import CellMagics  # %%cumulo: run a cell on a worker (remote_cell.py)
 
     ip.register_magics(CellMagics)
-    for cluster in list(_live):
+    for cluster in list(attached.live):
         cellcost.track(cluster)
 
 
