@@ -58,7 +58,10 @@ def prices(gpu: str | None = None, provider: str | None = None, region: str | No
 # in a Jupyter kernel, a CumuloError shows as its message under the user's frames (cumulo.debug: all of them)
 _register_with_running_shell()
 
-_SUBMODULES = {"datasets", "pipeline", "progress", "run", "share", "train"}
+#: Submodules loaded on first use (attribute -> module): ``cumulo.catalog`` keeps the name the docs used
+#: before the price catalog moved to cumulo.cost.catalog.
+_SUBMODULES = {name: name for name in ("datasets", "pipeline", "progress", "run", "share", "train")} | {
+    "catalog": "cost.catalog"}
 
 
 def __getattr__(name: str) -> Any:
@@ -66,5 +69,5 @@ def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module 'cumulo' has no attribute {name!r}")
