@@ -47,18 +47,23 @@ class Reaper:
                 return
             except CumuloError as exc:
                 log.warning("cumulo reaper: sweep failed, will retry in %.0fs: %s", self.interval, exc)
+            except Exception:  # any other fault of one sweep (a provider's bug, the OS): the guards go on
+                log.exception("cumulo reaper: sweep failed unexpectedly, will retry in %.0fs", self.interval)
             else:
                 for item in stopped:
                     log.info("cumulo reaper stopped %s", item)
             self.sweeps += 1
 
     async def stop(self) -> None:
+        """Stop the timer; never raises (shutdown must go on to close the clusters the server owns)."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception:  # the loop ended on an error earlier: it was logged, and shutdown goes on
+                log.exception("cumulo reaper: the timer had stopped on an error")
             self._task = None
 
 
@@ -103,7 +108,7 @@ class CumuloExtension(ExtensionApp):
         self.reaper.start()
 
     async def stop_extension(self) -> None:
-        await self.reaper.stop()
+        await self.reaper.stop()  # never raises: what the server owns is closed below in any case
         if config.get("jupyter.stop-owned-on-shutdown", True):
             loop = asyncio.get_running_loop()
             names = await loop.run_in_executor(None, self.manager.close_owned)

@@ -17,6 +17,7 @@ Tables:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -32,7 +33,9 @@ from ..exceptions import RegistryError, SpecError
 from .owner import Owner, alive, this_process
 from .states import FINAL, OPEN
 
-__all__ = ["ClusterRecord", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION"]
+__all__ = ["ClusterRecord", "CorruptRow", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION"]
+
+logger = logging.getLogger(__name__)
 
 #: States of a cluster that may still be running (and billing); see cumulo.lifecycle.
 OPEN_STATES = tuple(sorted(s.value for s in OPEN))
@@ -373,19 +376,19 @@ class Registry:
         rows = self._read("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
         if not rows:
             raise KeyError(cluster_id)
-        return _cluster(rows[0])
+        return _cluster(rows[0], self.path)
 
     def find_open(self, name: str) -> ClusterRecord | None:
         """The open cluster with this name, if any."""
         rows = self._read(
             f"SELECT * FROM clusters WHERE name = ? AND state IN {_OPEN_SQL}", (name,)
         )
-        return _cluster(rows[0]) if rows else None
+        return _cluster(rows[0], self.path) if rows else None
 
     def latest(self, name: str) -> ClusterRecord | None:
         """The most recent cluster with this name, open or closed."""
         rows = self._read("SELECT * FROM clusters WHERE name = ? ORDER BY created DESC LIMIT 1", (name,))
-        return _cluster(rows[0]) if rows else None
+        return _cluster(rows[0], self.path) if rows else None
 
     def list(self, *, include_closed: bool = True, since: float | None = None) -> list[ClusterRecord]:
         """Clusters, newest first; closed ones only if they were created after ``since`` (when given)."""
@@ -397,7 +400,7 @@ class Registry:
             sql += f" WHERE state IN {_OPEN_SQL} OR created >= ?"
             args = (since,)
         sql += " ORDER BY created DESC"
-        return [_cluster(r) for r in self._read(sql, args)]
+        return _readable(self._read(sql, args), self.path)
 
     def update(self, cluster_id: str, **values: Any) -> None:
         """Set fields of a cluster row (``spec`` may be given as a dict); never its state.
@@ -578,7 +581,41 @@ def _private_place(path: Path, *, own_folder: bool) -> None:
             continue
 
 
-def _cluster(row: sqlite3.Row) -> ClusterRecord:
+class CorruptRow(RegistryError):
+    """A registry row cumulo cannot read (its spec is not a JSON object): named, and skipped in lists."""
+
+    def __init__(self, row: dict[str, Any], registry: Path | str, why: str) -> None:
+        self.cluster_id = str(row.get("id"))
+        super().__init__(
+            f"registry row {self.cluster_id} ({row.get('name')!r}, {row.get('provider')}, {row.get('state')}) is "
+            f"unreadable: {why}. cumulo skips it; if that cluster may still run, stop it in its provider's "
+            f"console, then remove the row: sqlite3 {registry} \"DELETE FROM clusters WHERE id='{self.cluster_id}'\"")
+
+
+#: Ids of unreadable rows already reported by this process (one line each, not one per listing).
+_reported: set[str] = set()
+
+
+def _cluster(row: sqlite3.Row, registry: Path | str = "the registry") -> ClusterRecord:
     data = dict(row)
-    data["spec"] = json.loads(data["spec"] or "{}")
+    try:
+        spec = json.loads(data["spec"] or "{}")
+        if not isinstance(spec, dict):
+            raise ValueError("its spec is not a JSON object")
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        raise CorruptRow(data, registry, str(exc)) from None
+    data["spec"] = spec
     return ClusterRecord(**data)
+
+
+def _readable(rows: list[sqlite3.Row], registry: Path | str) -> list[ClusterRecord]:
+    """The rows as records, leaving out (and reporting once) those that cannot be read."""
+    out = []
+    for row in rows:
+        try:
+            out.append(_cluster(row, registry))
+        except CorruptRow as exc:
+            if exc.cluster_id not in _reported:
+                _reported.add(exc.cluster_id)
+                logger.warning("cumulo: %s", exc)
+    return out
