@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from cumulo import providers
 from cumulo.exceptions import RegistryError
 from cumulo.jupyter.app import Reaper
