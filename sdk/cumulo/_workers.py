@@ -115,6 +115,10 @@ class WorkerInfo:
     nthreads: int
 
 
+#: How long remote work waits for a worker to (re)join a cluster that has none at the moment.
+REJOIN_WAIT_S = 30.0
+
+
 def probe_workers(client: Client, workers: list[str] | None = None) -> list[WorkerInfo]:
     """Ask the workers (all, or the given addresses) where they run and what GPUs they see.
 
@@ -124,7 +128,14 @@ def probe_workers(client: Client, workers: list[str] | None = None) -> list[Work
 
     info = client.scheduler_info(n_workers=-1)["workers"]
     if not info:
-        raise SpecError("the cluster has no workers yet. Scale it up (cluster.scale(n)) and try again.")
+        # a worker whose nanny restarts it (after a crash, or a killed rank) rejoins within seconds: wait
+        # for one before refusing, rather than fail a call made in that moment
+        try:
+            client.wait_for_workers(1, timeout=REJOIN_WAIT_S)
+        except TimeoutError:
+            raise SpecError(f"the cluster has no workers (none joined within {REJOIN_WAIT_S:g} s). Scale it up "
+                            "(cluster.scale(n)) and try again.") from None
+        info = client.scheduler_info(n_workers=-1)["workers"]
     if workers is not None:
         unknown = [w for w in workers if w not in info]
         if unknown:
