@@ -67,6 +67,10 @@ def _literal_runs(text: str) -> Iterator[list[re.Match[str]]]:
         yield run
 
 
+#: Kinds that say where a secret was assigned, not what it is: a format's own kind wins over them.
+_GENERIC_KINDS = frozenset({SECRET_NAMED, "Secret Keyword"})
+
+
 def _slug(kind: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-")
 
@@ -222,7 +226,10 @@ class Scanner:
         for start, end, kind in found:
             if merged and start < merged[-1][1]:
                 last = merged[-1]
-                merged[-1] = (last[0], max(last[1], end), last[2])
+                # one secret found twice: name it by its format ("GitHub Token") rather than by the name
+                # it was assigned to, whichever detector happened to come first
+                named = kind if last[2] in _GENERIC_KINDS and kind not in _GENERIC_KINDS else last[2]
+                merged[-1] = (last[0], max(last[1], end), named)
             else:
                 merged.append((start, end, kind))
         return merged
