@@ -2,7 +2,13 @@
 
 (a) connect to first result: ``cumulo.connect()`` + one small computation vs
     ``LocalCluster()`` + ``Client`` + the same, each in a fresh interpreter so
-    import and start-up costs are counted the way a user meets them.
+    import and start-up costs are counted the way a user meets them: with the
+    bytecode an installed package has (pip compiles it at install; distributed's
+    is in site-packages). Where PYTHONDONTWRITEBYTECODE is set and the source
+    tree has none (this machine), an editable cumulo would be compiled from source
+    in every process; the children get a bytecode cache of their own
+    (PYTHONPYCACHEPREFIX, filled by one untimed run of each variant), and the
+    compile-every-time variants are measured beside them for comparison.
 (b) the demo pipeline (filter, join, groupby, hourly windows) through cumulo,
     through raw dask on the same cluster (a plain Client to the same scheduler),
     through raw dask on a separate plain LocalCluster of the same shape, and in
@@ -11,7 +17,8 @@
 Runs alternate between variants so that drift on the machine hits all alike;
 the report gives medians and ratios. Usage:
 
-    python benchmarks/bench_core.py [--rows 4000000] [--repeats 5] [--out benchmarks/results/core.md]
+    python benchmarks/bench_core.py [--rows 4000000] [--repeats 5] [--connect-repeats 7] [--skip-pipeline]
+                                    [--out benchmarks/results/core.md]
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ CONNECT_CUMULO = textwrap.dedent(
     cluster.close()
     """
 )
+#: The variants run with PYTHONDONTWRITEBYTECODE=1: a module without a .pyc (an editable cumulo's) is compiled
+#: from source in every process.
+COMPILED = "no bytecode cache"
 CONNECT_RAW = textwrap.dedent(
     """
     import time; t0 = time.perf_counter()
@@ -72,42 +82,24 @@ def pandas_pipeline(path: Path) -> pd.DataFrame:
     return transform(trips, zones())["by_borough_hour"]
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in avg)
+
+
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=4_000_000)
-    parser.add_argument("--partitions", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--connect-repeats", type=int, default=7, help="alternating fresh processes per variant")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.md"))
-    args = parser.parse_args()
-
+def _pipeline(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
+    """(b): the demo pipeline through cumulo, raw dask on the same and on its own cluster, and pandas."""
     import dask
     from distributed import Client, LocalCluster
 
     import cumulo
     from cumulo import datasets, pipeline
 
-    work = Path(tempfile.mkdtemp(prefix="cumulo-bench-"))
-    env = {**os.environ, "CUMULO_REGISTRY": str(work / "registry.db")}
-    os.environ["CUMULO_REGISTRY"] = env["CUMULO_REGISTRY"]
-
-    # (a) connect to first result, fresh interpreters, alternating
-    connect: dict[str, list[float]] = {"cumulo.connect()": [], "LocalCluster + Client": []}
-    whole: dict[str, list[float]] = {k: [] for k in connect}
-    for _ in range(args.connect_repeats):
-        for name, code in (("cumulo.connect()", CONNECT_CUMULO), ("LocalCluster + Client", CONNECT_RAW)):
-            first, total = _fresh(code, env)
-            connect[name].append(first)
-            whole[name].append(total)
-        print("connect", {k: (round(v[-1], 3), round(whole[k][-1], 3)) for k, v in connect.items()}, flush=True)
-
-    # (b) pipeline
     data = work / "trips"
     times: dict[str, list[float]] = {"cumulo": [], "raw dask, same cluster": [], "raw dask, own LocalCluster": [],
                                      "pandas, one core": []}
@@ -136,26 +128,79 @@ def main() -> None:
             raw_client.close()
             plain_client.close()
             plain.close()
+    return times
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=4_000_000)
+    parser.add_argument("--partitions", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--connect-repeats", type=int, default=7, help="alternating fresh processes per variant")
+    parser.add_argument("--skip-pipeline", action="store_true", help="only (a): connect, first result, close")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "core.md"))
+    args = parser.parse_args()
+
+    import dask
+
+    work = Path(tempfile.mkdtemp(prefix="cumulo-bench-"))
+    env = {**os.environ, "CUMULO_REGISTRY": str(work / "registry.db")}
+    os.environ["CUMULO_REGISTRY"] = env["CUMULO_REGISTRY"]
+    # as installed: bytecode written once (the untimed first run) and read by every later process
+    installed = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"} | {
+        "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+    # as this machine runs an editable cumulo: site-packages' bytecode is read, none is written for the source tree
+    no_cache = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
+
+    # (a) connect to first result, fresh interpreters, alternating
+    variants = {
+        "cumulo.connect()": (CONNECT_CUMULO, installed),
+        "LocalCluster + Client": (CONNECT_RAW, installed),
+        f"cumulo.connect(), {COMPILED}": (CONNECT_CUMULO, no_cache),
+        f"LocalCluster + Client, {COMPILED}": (CONNECT_RAW, no_cache),
+    }
+    connect: dict[str, list[float]] = {k: [] for k in variants}
+    whole: dict[str, list[float]] = {k: [] for k in variants}
+    for code, child_env in variants.values():  # untimed: fills the bytecode cache, warms the page cache
+        _fresh(code, child_env)
+    load = [os.getloadavg()]
+    for _ in range(args.connect_repeats):
+        for name, (code, child_env) in variants.items():
+            first, total = _fresh(code, child_env)
+            connect[name].append(first)
+            whole[name].append(total)
+        print("connect", {k: (round(v[-1], 3), round(whole[k][-1], 3)) for k, v in connect.items()}, flush=True)
+    load.append(os.getloadavg())
+
+    # (b) pipeline
+    times = {} if args.skip_pipeline else _pipeline(args, work)
     med_c = {k: statistics.median(v) for k, v in connect.items()}
     med_w = {k: statistics.median(v) for k, v in whole.items()}
     med_p = {k: statistics.median(v) for k, v in times.items()}
+    command = (f"python benchmarks/bench_core.py --rows {args.rows} --repeats {args.repeats} "
+               f"--connect-repeats {args.connect_repeats}" + (" --skip-pipeline" if args.skip_pipeline else ""))
     lines = [
         "# cumulo core benchmark",
         "",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, dask {dask.__version__}; "
-        f"{args.repeats} alternating repeats, medians. Command: `python benchmarks/bench_core.py --rows {args.rows} "
-        f"--repeats {args.repeats} --connect-repeats {args.connect_repeats}`.",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; machine: {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, dask {dask.__version__}; medians of alternating runs. "
+        f"Command: `{command}`.",
         "",
         f"## (a) connect, first result, close (fresh interpreter, 2 workers x 1 thread, TLS on for cumulo; "
         f"{args.connect_repeats} alternating runs each)",
         "",
-        "| variant | to first result: median s | ratio | whole process: median s | ratio |",
-        "|---|---:|---:|---:|---:|",
+        "Ratios are against LocalCluster + Client under the same bytecode condition; the paired ratio is the "
+        "median over rounds of (variant / raw run of the same round), which cancels drift. Load average "
+        f"(1, 5, 15 min) before: {_load(load[0])}; after: {_load(load[1])}.",
+        "",
+        "| variant | to first result: median s | ratio | whole process: median s | ratio | whole: paired ratio |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    raw_c, raw_w = med_c["LocalCluster + Client"], med_w["LocalCluster + Client"]
-    lines += [f"| {k} | {v:.3f} | {v / raw_c:.3f} | {med_w[k]:.3f} | {med_w[k] / raw_w:.3f} |"
-              for k, v in med_c.items()]
+    for k, v in med_c.items():
+        raw = "LocalCluster + Client" + (f", {COMPILED}" if k.endswith(COMPILED) else "")
+        paired = statistics.median(a / b for a, b in zip(whole[k], whole[raw], strict=True))
+        lines.append(f"| {k} | {v:.3f} | {v / med_c[raw]:.3f} | {med_w[k]:.3f} | {med_w[k] / med_w[raw]:.3f} "
+                     f"| {paired:.3f} |")
     lines += [
         "",
         f"## (b) demo pipeline, {args.rows:,} rows in {args.partitions} Parquet files (2 workers x 1 thread)",
@@ -163,8 +208,11 @@ def main() -> None:
         "| variant | median s | ratio vs raw dask (same cluster) |",
         "|---|---:|---:|",
     ]
-    raw_p = med_p["raw dask, same cluster"]
-    lines += [f"| {k} | {v:.3f} | {v / raw_p:.3f} |" for k, v in med_p.items()]
+    if med_p:
+        raw_p = med_p["raw dask, same cluster"]
+        lines += [f"| {k} | {v:.3f} | {v / raw_p:.3f} |" for k, v in med_p.items()]
+    else:
+        lines += ["| (not run: --skip-pipeline) | | |"]
     lines += ["", "Aims: pipeline overhead ratio <= 1.05 against raw dask; the whole connect-result-close process <= 1.1x raw.", ""]
     report = "\n".join(lines)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

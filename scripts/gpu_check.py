@@ -86,8 +86,9 @@ STEPS = (
          "cumulo.train.torch runs 20 DDP steps of a small MLP with NCCL, one rank per GPU (world size 1 on "
          "one GPU); the loss must fall", 90),
     Step("tests", "the gpu-marked tests",
-         "pytest -m gpu on the test files that carry the marker; tests needing what is not installed "
-         "there (cuDF, xgboost) are skipped and named", 150),
+         "pytest -m gpu on the test files that carry the marker; tests marked cudf are skipped and named "
+         "where cuDF is not installed, and tests that import what is missing (xgboost) skip with that reason",
+         150),
     Step("bench", "dask array reduction, CuPy vs NumPy",
          "sum of squares and standard deviation of a 16384x16384 float64 dask array (2 GiB): CuPy chunks "
          "on the GPU worker vs NumPy chunks on the machine's CPU cores (threaded scheduler), as a ratio", 60),
@@ -1048,10 +1049,22 @@ def step_train(out: Path, limit: float) -> dict[str, Any]:
                    figures)
 
 
+def _uses_gpu_marker(source: str) -> bool:
+    """Whether the code (not a string or comment in it) applies ``pytest.mark.gpu``."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return "mark.gpu" in source  # pytest will report the file; let it be collected
+    return any(isinstance(node, ast.Attribute) and node.attr == "gpu" and isinstance(node.value, ast.Attribute)
+               and node.value.attr == "mark" for node in ast.walk(tree))
+
+
 def gpu_test_files(root: Path = ROOT) -> list[str]:
     """Test files that carry the ``gpu`` marker."""
     return sorted(str(p.relative_to(root)) for p in (root / "tests").glob("test_*.py")
-                  if "mark.gpu" in p.read_text(errors="replace"))
+                  if _uses_gpu_marker(p.read_text(errors="replace")))
 
 
 def parse_junit(path: Path) -> list[dict[str, str]]:
@@ -1178,24 +1191,23 @@ def _child(name: str, result: Path, out: Path, limit: float) -> int:
 
 # ---------------------------------------------------------------------------------- pytest plugin (step 4)
 
-#: Modules a gpu test may need that the GPU machine may lack; a test whose source names one that does
-#: not import here is skipped with that reason, instead of failing for a missing package.
-_OPTIONAL_MODULES = ("cudf", "dask_cudf", "xgboost", "cupy", "torch", "dask_cuda")
+#: Markers that name what a gpu test needs beyond the GPU and dask-cuda, with the modules that must import for
+#: it: where one does not import here, the test is skipped with that reason, instead of failing for a missing
+#: package. Selected by marker, never by what the test's source mentions (a test may name cuDF without needing
+#: it, as the check that the default cluster gets one CUDA worker per GPU does).
+MARKER_NEEDS = {"cudf": ("cudf", "dask_cudf")}
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    import inspect
-
     import pytest
 
     for item in items:
-        if item.get_closest_marker("gpu") is None or getattr(item, "function", None) is None:
-            continue
-        try:
-            src = inspect.getsource(item.function)
-        except (OSError, TypeError):
-            continue
-        missing = [m for m in _OPTIONAL_MODULES if re.search(rf"\b{m}\b", src) and importlib.util.find_spec(m) is None]
+        missing = [m for marker, modules in MARKER_NEEDS.items() if item.get_closest_marker(marker) is not None
+                   for m in modules if not _importable(m)]
         if missing:
             item.add_marker(pytest.mark.skip(reason=f"needs {', '.join(missing)}, not installed on this machine: "
                                                     "not tested"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+
+from .require_all import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401  (hooks)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -47,6 +50,8 @@ def live_children() -> list[psutil.Process]:
 #: Where outside services would be reached if a test forgot to point them at an emulator: a closed
 #: loopback port, so such a test fails fast and no traffic leaves this machine.
 NOWHERE = "http://127.0.0.1:9/nowhere"
+#: AWS's price list files are named per region: the same closed port, with the {region} the setting needs.
+NOWHERE_AWS_PRICES = NOWHERE + "/{region}/index.csv"
 
 
 @pytest.fixture(autouse=True)
@@ -55,10 +60,27 @@ def no_outside_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import dask
 
     monkeypatch.delenv("LAMBDA_API_KEY", raising=False)
-    for key in ("LAMBDA__BASE_URL", "CATALOG__LAMBDA_URL", "CATALOG__AZURE_URL"):  # for subprocesses and kernels
+    # AWS: no credentials or profile of the machine, no instance metadata service (169.254.169.254), and every
+    # endpoint on loopback (tests/aws_emulator.py sets its own)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_EC2", "AWS_ENDPOINT_URL_SSM"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", NOWHERE)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    # Azure: no credentials of the machine (DefaultAzureCredential would ask az, the environment or the instance
+    # metadata service), and ARM on the closed port (tests/azure_support.py points it at its emulator)
+    for key in ("AZURE_ACCESS_TOKEN", "AZURE_SUBSCRIPTION_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET",
+                "AZURE_TENANT_ID", "AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_CERTIFICATE_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("DASK_CUMULO__AZURE__CREDENTIAL", "static-token")
+    for key in ("LAMBDA__BASE_URL", "CATALOG__LAMBDA_URL", "CATALOG__AZURE_URL", "AZURE__ARM_ENDPOINT"):  # for subprocesses and kernels
         monkeypatch.setenv(f"DASK_CUMULO__{key}", NOWHERE)
+    monkeypatch.setenv("DASK_CUMULO__AWS__PRICE_LIST_URL", NOWHERE_AWS_PRICES)
     with dask.config.set({"cumulo.lambda.base-url": NOWHERE, "cumulo.catalog.lambda-url": NOWHERE,
-                          "cumulo.catalog.azure-url": NOWHERE}):
+                          "cumulo.catalog.azure-url": NOWHERE, "cumulo.aws.price-list-url": NOWHERE_AWS_PRICES,
+                          "cumulo.azure.arm-endpoint": NOWHERE, "cumulo.azure.credential": "static-token"}):
         yield
 
 
@@ -135,6 +157,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def kernel_then_killed(script: str, *args: str) -> Iterator[str]:
+    """A kernel (``python -c script args``) that prints a cluster id and then waits: yields the id, and kills
+    the kernel on leaving, as a laptop or a crash would, without it closing anything."""
+    kernel = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    try:
+        cid = kernel.stdout.readline().strip()  # type: ignore[union-attr]
+        assert cid, "the kernel never connected"
+        yield cid
+    finally:
+        kernel.kill()
+        kernel.wait(10)
+        kernel.stdout.close()  # type: ignore[union-attr]
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]

@@ -7,7 +7,9 @@ terminated. When an instance becomes active the emulator runs its ``user_data``
 as a real local process group, as cloud-init would: each instance gets its own
 loopback address 127.X.Y.N (Linux routes all of 127/8 to lo), exported to the
 script as CUMULO_BIND_HOST, so real dask schedulers and workers talk TLS to each
-other and to the test. Terminating kills the process group.
+other and to the test (``ip`` and ``private_ip`` are that one address: unlike
+Lambda's, which differ). ``make_unhealthy(id)`` lists an instance as
+``unhealthy``. Terminating kills the process group.
 
 Fault modes (attributes of ``Emulator.faults``, set by tests):
   no_capacity        set of instance type names with no capacity anywhere
@@ -23,6 +25,22 @@ Fault modes (attributes of ``Emulator.faults``, set by tests):
   launch_delay       seconds a launch waits after creating instances, before answering
   echo_credentials   401 answers quote the Authorization header back (a careless server)
   ssh_key_500_after_create  POST /ssh-keys stores the key, then answers 500
+
+``Emulator(ssh_user=NAME)``: each instance also runs its own sshd on its
+address (tests/sshd.py), as an image does: a fresh host key, and the user NAME
+(an existing local account, standing in for the image's ``ubuntu``) let in with
+the public key registered under the name the launch gave. The instance's
+scripts get CUMULO_SSH_HOST_KEYS and CUMULO_SSH_PORT to find it.
+
+It enforces the facts in lambda_spec.py (the spec's routes, limits and error
+codes): names of at most 64 characters, user data of at most 1 MB, launch
+tags, at most 20 firewall rules, per-region firewall rulesets attached at
+launch (same region only; deleting one still attached answers 409
+``firewall-ruleset-in-use``; none in regions without firewalls), and an SSH
+key that is already gone answers 400 ``global/invalid-parameters`` on delete.
+``launches_per_minute`` adds the spec's window to ``launch_interval``.
+More fault modes: ``account_error`` (every launch answers 403 with that code),
+``provider_errors`` (the next N requests answer 503 ``provider/internal-unavailable``).
 
 ``forget(id)`` terminates an instance and drops it from every answer, as Lambda
 stops listing instances some time after they terminate: GET /instances/{id}
@@ -40,6 +58,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -57,6 +76,11 @@ from typing import Any
 
 import psutil
 
+try:
+    from . import lambda_spec as spec
+except ImportError:  # run as a script: python tests/lambda_emulator.py
+    import lambda_spec as spec  # type: ignore[no-redef]
+
 PRICES = {  # cents per hour, public list prices (DESIGN.md anchors; others plausible)
     "gpu_1x_a10": (75, "1x A10 (24 GB PCIe)", 30, 200, 1),
     "gpu_1x_a100": (129, "1x A100 (40 GB PCIe)", 30, 200, 1),
@@ -66,7 +90,12 @@ PRICES = {  # cents per hour, public list prices (DESIGN.md anchors; others plau
     "gpu_1x_h100_sxm5": (329, "1x H100 (80 GB SXM5)", 26, 225, 1),
     "gpu_8x_h100_sxm5": (2392, "8x H100 (80 GB SXM5)", 208, 1800, 8),
 }
-REGIONS = {"us-east-1": "Virginia, USA", "us-west-1": "California, USA", "europe-central-1": "Germany"}
+#: (family, name, version) of the images offered, with the regions each is in (every region when None)
+IMAGES = [("lambda-stack-22-04", "Lambda Stack 22.04", "1.0.0", None),
+          ("lambda-stack-22-04", "Lambda Stack 22.04", "1.1.0", None),
+          ("ubuntu-22-04", "Ubuntu 22.04", "1.0.0", ("us-east-1", "us-west-1"))]
+REGIONS = {"us-south-1": "Texas, USA", "us-east-1": "Virginia, USA", "us-west-1": "California, USA",
+           "europe-central-1": "Germany"}
 
 
 @dataclass
@@ -85,6 +114,8 @@ class Faults:
     launch_delay: float = 0.0
     echo_credentials: bool = False
     ssh_key_500_after_create: bool = False
+    account_error: str | None = None
+    provider_errors: int = 0
 
 
 @dataclass
@@ -102,14 +133,19 @@ class Instance:
     workdir: Path | None = None
     listed: bool = True
     ssh_key_names: list[str] = field(default_factory=list)
+    tags: list[dict[str, str]] = field(default_factory=list)
+    rulesets: list[str] = field(default_factory=list)
+    image: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         cents, desc, vcpus, mem, gpus = PRICES[self.type_name]
-        up = self.status in ("active", "unhealthy", "terminating")
+        up = self.status in ("active", "unhealthy", "terminating", "preempted")
         return {
             "id": self.id, "name": self.name, "status": self.status,
             "ip": self.ip if up else None, "private_ip": self.ip if up else None,
             "hostname": f"{self.ip.replace('.', '-')}-emulated", "ssh_key_names": list(self.ssh_key_names),
+            "tags": [dict(t) for t in self.tags], "firewall_rulesets": [{"id": r} for r in self.rulesets],
+            "image": {"id": self.image} if self.image else None,
             "file_system_names": [], "is_reserved": False,
             "region": {"name": self.region, "description": REGIONS[self.region]},
             "instance_type": {"name": self.type_name, "description": desc, "price_cents_per_hour": cents,
@@ -122,17 +158,28 @@ class Emulator:
 
     def __init__(self, *, api_key: str = "secret_emulator_key_0123456789abcdef", boot_seconds: float = 0.3,
                  terminate_seconds: float = 0.2, request_interval: float = 0.0, launch_interval: float = 0.0,
-                 retry_after: float = 0.05, max_instances: int = 12, image: str = "bare") -> None:
+                 retry_after: float = 0.05, max_instances: int = 12, image: str = "bare",
+                 ssh_user: str | None = None, launches_per_minute: int = 0) -> None:
         if image not in ("bare", "prepared"):
             raise ValueError("image is 'bare' (the system's python3 only) or 'prepared' (the test's Python)")
         #: "bare": an instance has the system's python3 and nothing else, as a fresh cloud image would,
         #: so whatever its workers import was installed by cumulo. "prepared": the test's own Python is on
         #: PATH, as an image with dask preinstalled would be (for tests with cumulo.cloud.install-packages off).
         self.image = image
+        self.ssh_user = ssh_user
         self.api_key = api_key
         self.boot_seconds, self.terminate_seconds = boot_seconds, terminate_seconds
         self.request_interval, self.launch_interval = request_interval, launch_interval
         self.retry_after, self.max_instances = retry_after, max_instances
+        self.launches_per_minute = launches_per_minute
+        self._launch_times: list[float] = []
+        #: firewall rulesets by id: {"id", "name", "region", "rules"}
+        self.rulesets: dict[str, dict[str, Any]] = {}
+        #: GET /images: one entry per image and region
+        self.images = [{"id": f"img-{family}-{version}-{r}".replace(".", ""), "family": family, "name": name,
+                        "version": version, "architecture": "x86_64", "region": {"name": r, "description": d}}
+                       for family, name, version, where in IMAGES for r, d in REGIONS.items()
+                       if where is None or r in where]
         self.faults = Faults()
         self.instances: dict[str, Instance] = {}
         self.firewall: list[dict[str, Any]] = [
@@ -147,6 +194,7 @@ class Emulator:
         self._net = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}"
         self._next_host = 2
         self._root = Path(tempfile.mkdtemp(prefix="lambda-emulator-"))
+        self._ssh_root: Path | None = None
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -184,6 +232,8 @@ class Emulator:
             insts = list(self.instances.values())
         self._kill(*insts)
         shutil.rmtree(self._root, ignore_errors=True)
+        if self._ssh_root is not None:
+            shutil.rmtree(self._ssh_root, ignore_errors=True)
 
     def __enter__(self) -> Emulator:
         return self.start()
@@ -192,9 +242,22 @@ class Emulator:
         self.close()
 
     def live(self) -> list[Instance]:
-        """Instances that are not terminated (what would still bill)."""
+        """Instances that are not terminated or preempted (what would still bill)."""
         with self._lock:
-            return [i for i in self.instances.values() if i.status != "terminated"]
+            return [i for i in self.instances.values() if i.status not in ("terminated", "preempted")]
+
+    def preempt(self, instance_id: str) -> None:
+        """Lambda takes the instance back: its processes die at once and it is listed as ``preempted``."""
+        with self._lock:
+            inst = self.instances[instance_id]
+        self._kill(inst)
+        with self._lock:
+            inst.status, inst.changed = "preempted", time.monotonic()
+
+    def cumulo_rulesets(self) -> list[str]:
+        """Names of the firewall rulesets cumulo made (named cumulo-...) still on the account."""
+        with self._lock:
+            return sorted(r["name"] for r in self.rulesets.values() if r["name"].startswith("cumulo-"))
 
     def forget(self, instance_id: str) -> None:
         """Terminate an instance at once and stop listing it (Lambda forgets terminated instances)."""
@@ -261,14 +324,36 @@ class Emulator:
             "CUMULO_DASHBOARD_PORT": "0", "PATH": path,
         })
         env.pop("LAMBDA_API_KEY", None)  # an instance never sees the user's key
+        sshd = ""
+        if self.ssh_user:
+            sshd, host_public, port = self._sshd(inst)
+            env.update({"CUMULO_SSH_HOST_KEYS": str(host_public), "CUMULO_SSH_PORT": str(port)})
+            sshd += " & "
         # A watchdog in the instance's process group powers it off if the emulator's process dies
         # (even by SIGKILL), so a crashed test run leaves no dask processes behind.
-        launcher = (f"( while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.5; done; kill -KILL 0 ) & "
+        launcher = (f"( while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.5; done; kill -KILL 0 ) & {sshd}"
                     f"exec bash {shlex.quote(str(script))}")
         proc = subprocess.Popen(["bash", "-c", launcher], cwd=inst.workdir, env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         inst.pgid = proc.pid
         threading.Thread(target=proc.wait, daemon=True).start()  # reap the bash parent
+
+    def _sshd(self, inst: Instance) -> tuple[str, Path, int]:
+        """The instance's sshd (its command, host public key, port), letting in its launch's registered key."""
+        from . import sshd
+
+        keys = "".join(k["public_key"] + "\n" for k in self.ssh_keys if k["name"] in inst.ssh_key_names)
+        if self._ssh_root is None:  # readable by the login user: sshd reads authorized_keys as that user
+            self._ssh_root = Path(tempfile.mkdtemp(prefix="lambda-emulator-ssh-"))
+            self._ssh_root.chmod(0o755)
+        assert self.ssh_user is not None
+        return sshd.instance_command(self._ssh_root / inst.id, inst.ip, self.ssh_user, keys)
+
+    def make_unhealthy(self, instance_id: str) -> None:
+        """Lambda lists the instance as ``unhealthy`` (its processes keep running)."""
+        with self._lock:
+            inst = self.instances[instance_id]
+            inst.status, inst.changed = "unhealthy", time.monotonic()
 
     def _kill(self, *insts: Instance) -> None:
         # Termination is a power-off: SIGKILL each process group, then wait (bounded) until none is left.
@@ -315,15 +400,23 @@ class Emulator:
             self.faults.cloudflare_429 -= 1
             return 429, "error code: 1015", {}
         is_launch = route == "/instance-operations/launch"
+        recent = [t for t in self._launch_times if now - t < 60.0]
         if now - self._last_request < self.request_interval or \
-                (is_launch and now - self._last_launch < self.launch_interval):
+                (is_launch and now - self._last_launch < self.launch_interval) or \
+                (is_launch and self.launches_per_minute and len(recent) >= self.launches_per_minute):
             return self._error(429, "global/too-many-requests", "Too many requests.")
         self._last_request = now
         if self.faults.server_errors > 0:
             self.faults.server_errors -= 1
             return self._error(500, "global/internal-error", "Something went wrong.")
+        if self.faults.provider_errors > 0:
+            self.faults.provider_errors -= 1
+            return self._error(503, "provider/internal-unavailable", "An upstream provider is unavailable.",
+                               "Try again in a few moments.")
         if method == "GET" and route == "/instance-types":
             return 200, {"data": self._types()}, {}
+        if method == "GET" and route == "/images":
+            return 200, {"data": [dict(i) for i in self.images]}, {}
         if method == "GET" and route == "/instances":
             return 200, {"data": [i.to_json() for i in self.instances.values() if i.listed]}, {}
         if method == "GET" and route.startswith("/instances/"):
@@ -337,20 +430,35 @@ class Emulator:
             return self._add_key(body or {})
         if method == "DELETE" and route.startswith("/ssh-keys/"):
             key_id = route.rsplit("/", 1)[1]
-            if not any(k["id"] == key_id for k in self.ssh_keys):
-                return self._error(404, "global/not-found", "The requested resource was not found.")
+            if not any(k["id"] == key_id for k in self.ssh_keys):  # the real API's answer, not a 404
+                return self._error(400, "global/invalid-parameters", "Invalid SSH key ID.")
             self.ssh_keys = [k for k in self.ssh_keys if k["id"] != key_id]
             return 200, {"data": {}}, {}
         if method == "GET" and route == "/firewall-rules":
             return 200, {"data": [dict(r) for r in self.firewall]}, {}
+        if method == "GET" and route == "/firewall-rulesets":
+            return 200, {"data": [self._ruleset_json(r) for r in self.rulesets.values()]}, {}
+        if method == "POST" and route == "/firewall-rulesets":
+            return self._add_ruleset(body or {})
+        if method == "DELETE" and route.startswith("/firewall-rulesets/"):
+            return self._delete_ruleset(route.rsplit("/", 1)[1])
         if method == "PUT" and route == "/firewall-rules":
             rules = (body or {}).get("data")
             if not isinstance(rules, list):
                 return self._error(400, "global/invalid-parameters", "data must be a list of rules")
+            if len(rules) > spec.MAX_FIREWALL_RULES:
+                return self._error(400, "global/invalid-parameters",
+                                   f"At most {spec.MAX_FIREWALL_RULES} firewall rules are allowed.")
             self.firewall = [dict(r) for r in rules]
             return 200, {"data": self.firewall}, {}
         if method == "POST" and is_launch:
             self._last_launch = now
+            self._launch_times = [*recent, now]
+            if self.faults.account_error:
+                return self._error(403, self.faults.account_error, {
+                    "global/invalid-address": "Your account has an invalid billing address.",
+                    "global/account-inactive": "Your account is inactive."}.get(self.faults.account_error,
+                                                                              "Forbidden."))
             if self.faults.launch_500 > 0:
                 self.faults.launch_500 -= 1
                 self.launches += 1
@@ -387,6 +495,25 @@ class Emulator:
         if quantity > 1:
             return self._error(400, "global/invalid-parameters", "Requested too many instances.",
                                "Input should be less than or equal to 1")
+        name, user_data = str(body.get("name") or ""), str(body.get("user_data") or "")
+        if len(name) > spec.MAX_NAME:
+            return self._error(400, "global/invalid-parameters", f"name must be at most {spec.MAX_NAME} characters.")
+        if len(user_data.encode()) > spec.MAX_USER_DATA:
+            return self._error(400, "global/invalid-parameters", "user_data must be at most 1 MB.")
+        tags = body.get("tags") or []
+        if not isinstance(tags, list) or len(tags) > spec.MAX_TAGS or not all(
+                isinstance(t, dict) and re.match(spec.TAG_KEY, str(t.get("key", ""))) and
+                isinstance(t.get("value"), str) and len(t["value"]) <= spec.MAX_TAG_VALUE for t in tags):
+            return self._error(400, "global/invalid-parameters", "tags must be a list of {key, value}; keys are "
+                               "lower-case letters, digits and '-'.")
+        image = (body.get("image") or {}).get("id") if body.get("image") else None
+        if image is not None and not any(i["id"] == image and i["region"]["name"] == region for i in self.images):
+            return self._error(400, "global/invalid-parameters", f"Image {image} does not exist in region {region}.")
+        attached = [str((r or {}).get("id")) for r in body.get("firewall_rulesets") or []]
+        for rid in attached:
+            if rid not in self.rulesets or self.rulesets[rid]["region"] != region:
+                return self._error(400, "global/invalid-parameters",
+                                   f"Firewall ruleset {rid} does not exist in region {region}.")
         if type_name in self.faults.no_capacity or self.faults.fail_launch_at == self.launches:
             return self._error(400, "instance-operations/launch/insufficient-capacity",
                                "Not enough capacity to fulfill launch request.",
@@ -399,8 +526,8 @@ class Emulator:
             iid = uuid.uuid4().hex
             ip = f"{self._net}.{self._next_host}"
             self._next_host += 1
-            self.instances[iid] = Instance(iid, str(body.get("name") or ""), type_name, region, ip,
-                                           str(body.get("user_data") or ""), ssh_key_names=list(keys))
+            self.instances[iid] = Instance(iid, name, type_name, region, ip, user_data, ssh_key_names=list(keys),
+                                           tags=[dict(t) for t in tags], rulesets=attached, image=image)
             ids.append(iid)
         if self.faults.launch_500_after_create:
             return self._error(500, "global/internal-error", "Something went wrong.")
@@ -419,6 +546,38 @@ class Emulator:
             out.append(inst.to_json())
         return 200, {"data": {"terminated_instances": out}}, {}
 
+
+    def _ruleset_json(self, rs: dict[str, Any]) -> dict[str, Any]:
+        users = [i.id for i in self.instances.values()
+                 if rs["id"] in i.rulesets and i.status not in ("terminated", "preempted")]
+        return {**rs, "rules": [dict(r) for r in rs["rules"]], "instance_ids": users}
+
+    def _add_ruleset(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        name, region, rules = body.get("name"), body.get("region"), body.get("rules")
+        if not isinstance(name, str) or not 1 <= len(name) <= spec.MAX_NAME:
+            return self._error(400, "global/invalid-parameters", f"name must be 1 to {spec.MAX_NAME} characters.")
+        if region not in REGIONS:
+            return self._error(400, "global/invalid-parameters", f"Unknown region {region}.")
+        if region in spec.NO_FIREWALL_REGIONS:
+            return self._error(400, "global/invalid-parameters", f"Firewall rules are not supported in {region}.")
+        if not isinstance(rules, list) or len(rules) > spec.MAX_FIREWALL_RULES or not all(
+                isinstance(r, dict) and r.get("protocol") in ("tcp", "udp", "icmp", "all") and
+                isinstance(r.get("source_network"), str) for r in rules):
+            return self._error(400, "global/invalid-parameters",
+                               f"rules must be a list of at most {spec.MAX_FIREWALL_RULES} rules.")
+        rid = uuid.uuid4().hex
+        self.rulesets[rid] = {"id": rid, "name": name, "region": region, "rules": [dict(r) for r in rules]}
+        return 200, {"data": self._ruleset_json(self.rulesets[rid])}, {}
+
+    def _delete_ruleset(self, rid: str) -> tuple[int, Any, dict[str, str]]:
+        rs = self.rulesets.get(rid)
+        if rs is None:
+            return self._error(404, "global/object-does-not-exist", "Specified firewall ruleset does not exist.")
+        if self._ruleset_json(rs)["instance_ids"]:
+            return self._error(409, "firewall-ruleset-in-use", "The firewall ruleset is attached to instances.",
+                               "Terminate or detach them first.")
+        del self.rulesets[rid]
+        return 200, {"data": {}}, {}
 
     def _add_key(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         name, public = body.get("name"), body.get("public_key")

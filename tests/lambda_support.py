@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dask
 import pytest
-
-from cumulo.life.checkpoint import Checkpoint
-from cumulo.life.lifecycle import Lifecycle
-from cumulo.providers.base import Deployment
+from cumulo.life.registry import Registry
 from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.life.registry import ClusterRecord, Registry
 from cumulo.spec import ClusterSpec
 
+from . import cloud_support
+from .cloud_support import Started, close  # noqa: F401  (re-exported for the Lambda tests)
 from .lambda_emulator import Emulator
 
 
@@ -40,6 +38,7 @@ def fast_config(emu: Emulator, tmp_path: Path) -> dict[str, Any]:
         "cumulo.lambda.base-url": emu.base_url,
         "cumulo.lambda.request-interval": 0.0,
         "cumulo.lambda.launch-interval": 0.0,
+        "cumulo.lambda.launches-per-minute": 0,
         "cumulo.lambda.poll-interval": 0.05,
         "cumulo.lambda.max-retries": 3,
         "cumulo.lambda.request-timeout": 5,
@@ -57,13 +56,11 @@ def fast_config(emu: Emulator, tmp_path: Path) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
-    """A running emulator, LAMBDA_API_KEY set to its key, and cumulo.lambda.* pointing at it.
-
-    Its instances are a prepared image (the test's Python, packages install off): the environment
-    sync is tested on bare instances in test_lambda_env.py."""
-    emu = Emulator(image="prepared").start()
+@contextmanager
+def serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Iterator[Emulator]:
+    """A running emulator of a prepared image (``options``: the Emulator's), LAMBDA_API_KEY set to its key, and
+    cumulo.lambda.* pointing at it; closed (every instance killed) on the way out."""
+    emu = Emulator(image="prepared", **options).start()
     monkeypatch.setenv("LAMBDA_API_KEY", emu.api_key)
     try:
         with dask.config.set(fast_config(emu, tmp_path)):
@@ -72,54 +69,30 @@ def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulat
         emu.close()
 
 
+@pytest.fixture
+def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """A running emulator (:func:`serving`).
+
+    Its instances are a prepared image (the test's Python, packages install off): the environment
+    sync is tested on bare instances in test_lambda_env.py."""
+    with serving(tmp_path, monkeypatch) as emu:
+        yield emu
+
+
 def run(coro: Any) -> Any:
     """Run a coroutine to completion on a fresh event loop."""
     return asyncio.run(coro)
 
 
-@dataclass
-class Started:
-    """A Lambda cluster started through the lifecycle, as connect() would."""
-
-    registry: Registry
-    record: ClusterRecord
-    checkpoint: Checkpoint
-    provider: LambdaProvider
-    deployment: Deployment
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-
 async def start(spec: ClusterSpec, *, provider: LambdaProvider | None = None, registry: Registry | None = None,
                 name: str = "t") -> Started:
-    """preflight -> begin (row) -> checkpoint -> launch; a failed launch is abandoned by the lifecycle and re-raised."""
-    provider = provider or LambdaProvider()
-    registry = registry or Registry()
-    life = Lifecycle(registry)
-    await provider.preflight(spec)
-    record = life.begin(name, provider, spec.to_dict())
-    checkpoint = life.checkpoint(record, provider)
-    try:
-        deployment = await provider.launch(spec, cluster_id=record.id, checkpoint=checkpoint)
-    except BaseException as exc:
-        await life.abandon(record, provider, exc, checkpoint=checkpoint)
-        raise
-    life.running(record.id)
-    return Started(registry, record, checkpoint, provider, deployment)
-
-
-async def close(started: Started, *, why: str = "closed by the test") -> None:
-    """Stop through the lifecycle with the owner's deployment (the row closes only on a confirmed stop)."""
-    await Lifecycle(started.registry).stop(started.registry.get(started.id), started.provider, why=why,
-                                           deployment=started.deployment)
+    """cloud_support.start with a LambdaProvider unless one is given."""
+    return await cloud_support.start(spec, provider=provider or LambdaProvider(), registry=registry, name=name)
 
 
 async def stop_from_row(registry: Registry, cluster_id: str, provider: LambdaProvider | None = None) -> None:
-    """Stop as another process would (`cumulo down`): the row and its recorded resources only."""
-    provider = provider or LambdaProvider()
-    await Lifecycle(registry).stop(registry.get(cluster_id), provider, why="cumulo down")
+    """Stop as `cumulo down` would, with a LambdaProvider unless one is given."""
+    await cloud_support.stop_from_row(registry, cluster_id, provider or LambdaProvider())
 
 
 def check_agreement(emu: Emulator, registries: Iterable[Registry]) -> None:
@@ -146,6 +119,8 @@ def check_agreement(emu: Emulator, registries: Iterable[Registry]) -> None:
         desc = str(rule.get("description") or "")
         if desc.startswith("cumulo-"):
             assert desc in open_names, f"firewall rule {desc} of no open cluster"
+    for name in emu.cumulo_rulesets():
+        assert name in open_names, f"firewall ruleset {name} of no open cluster"
     for key in emu.ssh_keys:
         if key["name"].startswith("cumulo-"):
             assert key["name"] in open_names, f"ssh key {key['name']} of no open cluster"
@@ -159,11 +134,12 @@ def no_orphans(emulator: Emulator) -> Iterator[None]:
     groups = emulator.running_process_groups()
     registry = Registry()
     not_terminated = [(r.resource_id, r.state) for r in registry.resources(provider="lambda")
-                      if r.kind == "instance" and r.state != "terminated"]
+                      if r.kind == "instance" and r.state not in ("terminated", "preempted")]
     known = {r.resource_id for r in registry.resources(provider="lambda") if r.kind == "instance"}
     launches = {r.resource_id for r in registry.resources(provider="lambda") if r.kind == "launch"}
     unrecorded = [i for i, inst in emulator.instances.items() if i not in known and inst.name in launches]
     rules = [r["description"] for r in emulator.firewall if str(r.get("description")).startswith("cumulo-")]
+    rules += emulator.cumulo_rulesets()
     keys = [k["name"] for k in emulator.ssh_keys if k["name"].startswith("cumulo-")]
     assert not live, f"instances left running at the emulator: {live}"
     assert not groups, f"instance processes still running: {groups}"
@@ -173,23 +149,5 @@ def no_orphans(emulator: Emulator) -> Iterator[None]:
     assert not keys, f"cumulo ssh keys left on the account: {keys}"
 
 
-#: A kernel that launches a 2-worker cluster named argv[2] with config argv[1], printing the row id first:
-#: tests SIGKILL it part way through the launch.
-KILLED_LAUNCH = """
-import asyncio, json, sys
-import dask
-from cumulo.life.lifecycle import Lifecycle
-from cumulo.providers.lambda_cloud import LambdaProvider
-from cumulo.life.registry import Registry
-from cumulo.spec import ClusterSpec
-dask.config.set(json.loads(sys.argv[1]))
-spec = ClusterSpec(provider="lambda", gpu="A10", workers=2)
-provider = LambdaProvider()
-life = Lifecycle(Registry())
-async def main():
-    await provider.preflight(spec)
-    record = life.begin(sys.argv[2], provider, spec.to_dict())
-    print(record.id, flush=True)
-    await provider.launch(spec, cluster_id=record.id, checkpoint=life.checkpoint(record, provider))
-asyncio.run(main())
-"""
+#: A kernel that launches a 2-worker Lambda cluster: tests SIGKILL it part way through the launch.
+KILLED_LAUNCH = cloud_support.killed_launch("lambda", "LambdaProvider", gpu="A10")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 KEY = "test-key-not-secret"
@@ -56,7 +56,28 @@ AZURE_PAGES = [
 ]
 
 
-class PriceEmulator:
+_Served = TypeVar("_Served", bound="LoopbackHTTP")
+
+
+class LoopbackHTTP:
+    """An HTTP server on 127.0.0.1:<free port>, serving in a thread for the length of a ``with`` block."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self: _Served) -> _Served:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+class PriceEmulator(LoopbackHTTP):
     """Serve both APIs on 127.0.0.1:<free port>; ``lambda_url``/``azure_url`` go into cumulo.catalog.* config."""
 
     def __init__(self) -> None:
@@ -96,17 +117,6 @@ class PriceEmulator:
                                             "NextPageLink": nxt, "Count": len(AZURE_PAGES[page])})
                 return self._send(404, {"error": {"code": "not-found", "message": self.path}})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        super().__init__(Handler)
         self.lambda_url = f"{self.base}/lambda/api/v1"
         self.azure_url = f"{self.base}/azure/api/retail/prices"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> PriceEmulator:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(5)

@@ -100,20 +100,7 @@ def _serve(tmp: Path, port: int, user: str, home: Path, host_key: Path, client_k
            sftp: bool, owns_user: bool) -> SSHServer:
     known = tmp / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {host_public}\n")
-    config = tmp / "sshd_config"
-    config.write_text(f"""ListenAddress 127.0.0.1
-Port {port}
-HostKey {host_key}
-PidFile {tmp / 'sshd.pid'}
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-AuthorizedKeysFile .ssh/authorized_keys
-AllowUsers {user}
-""" + ("Subsystem sftp internal-sftp\n" if sftp else ""))
-    Path("/run/sshd").mkdir(exist_ok=True)
+    config = _config(tmp, "127.0.0.1", port, user, host_key, ".ssh/authorized_keys", sftp=sftp)
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
                             stderr=open(tmp / "sshd.log", "wb"))
     server = SSHServer(port, user, home, client_key, known, host_public, proc, owns_user)
@@ -130,6 +117,46 @@ AllowUsers {user}
             time.sleep(0.05)
     stop(server)
     raise RuntimeError(f"sshd did not start: {(tmp / 'sshd.log').read_text()[-2000:]}")
+
+
+def _config(folder: Path, address: str, port: int, user: str, host_key: Path, authorized: str, *,
+            sftp: bool) -> Path:
+    """Write the sshd_config of a server on ``address:port`` that lets only ``user`` in, by key only."""
+    config = folder / "sshd_config"
+    config.write_text(f"""ListenAddress {address}
+Port {port}
+HostKey {host_key}
+PidFile {folder / 'sshd.pid'}
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+AuthorizedKeysFile {authorized}
+AllowUsers {user}
+""" + ("Subsystem sftp internal-sftp\n" if sftp else ""))
+    Path("/run/sshd").mkdir(exist_ok=True)
+    return config
+
+
+def instance_command(folder: Path, address: str, user: str, authorized_keys: str) -> tuple[str, Path, int]:
+    """An emulated cloud instance's own sshd, as its image would run one: a fresh host key, ``user`` let in with
+    ``authorized_keys`` (what the cloud installs from the key named at launch), listening on the instance's
+    ``address``. Returns the shell command that runs it in the foreground (for the instance's process group),
+    the host public key's path and the port. ``folder`` must be readable by ``user`` (sshd reads the keys as it)."""
+    folder.mkdir(mode=0o755, parents=True)
+    host_key = folder / "ssh_host_ed25519_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    authorized = folder / "authorized_keys"
+    authorized.write_text(authorized_keys)
+    authorized.chmod(0o644)
+    import socket
+
+    with socket.socket() as probe:  # a free port on the instance's address
+        probe.bind((address, 0))
+        port = probe.getsockname()[1]
+    config = _config(folder, address, port, user, host_key, str(authorized), sftp=False)
+    return f"{SSHD} -D -e -f {config} 2>>{folder / 'sshd.log'}", host_key.with_suffix(".pub"), port
 
 
 def stop(server: SSHServer) -> None:

@@ -16,9 +16,9 @@ from .price_emulator import KEY, PriceEmulator
 
 # $/GPU-hour bands wide enough for every public cloud list price we know of, narrow enough to catch a
 # price per instance filed as per GPU (or a typo by a factor of ten).
-BANDS = {"T4": (0.2, 1.5), "L4": (0.4, 1.6), "A10": (0.5, 3.5), "A10G": (0.5, 2.5),
+BANDS = {"T4": (0.2, 1.5), "T4G": (0.2, 1.5), "L4": (0.4, 1.6), "L40S": (1.0, 4.0), "A10": (0.5, 3.5), "A10G": (0.5, 2.5),
          "A100-40GB": (0.8, 5.0), "A100-80GB": (1.0, 6.5), "H100": (1.5, 13.0), "H200": (2.0, 15.0)}
-MEMORY = {"T4": {16}, "L4": {24}, "A10": {24}, "A10G": {24}, "A100-40GB": {40}, "A100-80GB": {80},
+MEMORY = {"T4": {16}, "T4G": {16}, "L4": {24}, "L40S": {48}, "A10": {24}, "A10G": {24}, "A100-40GB": {40}, "A100-80GB": {80},
           "H100": {80, 94}, "H200": {141}}
 
 
@@ -126,7 +126,7 @@ def test_refresh_from_live_sources(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAMBDA_API_KEY", KEY)
     with PriceEmulator() as emu, dask.config.set({"cumulo.catalog.lambda-url": emu.lambda_url,
                                                   "cumulo.catalog.azure-url": emu.azure_url}):
-        report = catalog.refresh()
+        report = catalog.refresh(sources=("lambda", "azure"))  # AWS's: tests/test_aws_prices.py
         assert report.ok == {"lambda": 2, "azure": 2}, report.text()
         assert not report.failed
         assert any("page=1" in p for p in emu.requests), "followed Azure's NextPageLink"
@@ -150,13 +150,13 @@ def test_failed_refresh_keeps_last_good_data(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LAMBDA_API_KEY", KEY)
     with PriceEmulator() as emu, dask.config.set({"cumulo.catalog.lambda-url": emu.lambda_url,
                                                   "cumulo.catalog.azure-url": emu.azure_url}):
-        assert not catalog.refresh().failed
+        assert not catalog.refresh(sources=("lambda", "azure")).failed  # AWS's: tests/test_aws_prices.py
         emu.fail = True
-        report = catalog.refresh()
+        report = catalog.refresh(sources=("lambda", "azure"))
     assert set(report.failed) == {"lambda", "azure"}
     assert "keeping the last good data" in report.text()
-    fresh = catalog.freshness()
-    assert fresh[0].startswith("lambda: live prices fetched") and "last refresh failed" in fresh[0]
+    fresh = next(line for line in catalog.freshness() if line.startswith("lambda: "))
+    assert fresh.startswith("lambda: live prices fetched") and "last refresh failed" in fresh
     frame = catalog.prices()
     assert frame[frame.instance_type == "gpu_1x_h100_sxm5"]["on_demand_per_hour"].iloc[0] == pytest.approx(2.99)
 
@@ -212,9 +212,11 @@ def test_every_estimate_says_what_its_price_is_how_old_and_how_to_refresh_it() -
     assert lambda_row["source"] == ("list price bundled with cumulo (`cumulo prices --refresh` fetches current "
                                     "ones) from https://lambda.ai/pricing")
     assert lambda_row["as_of"] == "2025"
-    aws_row = frame[frame["instance_type"] == "g4dn.xlarge"].iloc[0]
-    assert aws_row["source"].startswith("list price bundled with cumulo (no live aws source: check the page) from "
-                                        "https://aws.amazon.com/")
+    aws_row = frame[frame["instance_type"] == "g4dn.xlarge"].iloc[0]  # AWS's price list is a live source
+    assert aws_row["source"].startswith("list price bundled with cumulo (`cumulo prices --refresh` fetches current "
+                                        "ones) from https://aws.amazon.com/")
+    gcp_row = frame[frame["provider"] == "gcp"].iloc[0]
+    assert gcp_row["source"].startswith("list price bundled with cumulo (no live gcp source: check the page) from ")
     assert catalog.snapshot()["source"].str.startswith("https://").all()  # the data keeps the bare page
 
 

@@ -28,19 +28,24 @@ from .conftest import wait_for
 WATTS = 250.0
 SLEEP = 0.4
 
-#: A stand-in for pynvml with one GPU drawing WATTS; ``counter=True`` adds the driver's energy counter.
+#: A stand-in for pynvml with one GPU drawing WATTS; ``counter=True`` adds the driver's energy counter (mJ, not zero
+#: at start, as a real one is not). ``set_watts`` changes the draw from that moment on; the counter follows it.
 FAKE_NVML = """
 import os, sys, time, types
 m = types.ModuleType(NAME)
 m.watts = WATTS
-m.t0 = time.monotonic()
+m.drawn, m.since = 1000.0 * WATTS, time.monotonic()  # J drawn up to `since`
+def set_watts(w):
+    now = time.monotonic()
+    m.drawn, m.since, m.watts = m.drawn + m.watts * (now - m.since), now, w
+m.set_watts = set_watts
 m.nvmlInit = lambda: None
 m.nvmlDeviceGetHandleByIndex = lambda i: ("fake", i)
 m.nvmlDeviceGetHandleByUUID = lambda u: ("fake", u)
 m.nvmlDeviceGetPowerUsage = lambda h: int(m.watts * 1000)  # mW
 m.nvmlDeviceGetUUID = lambda h: UUID or f"GPU-fake-{os.getpid()}"
 if COUNTER:
-    m.nvmlDeviceGetTotalEnergyConsumption = lambda h: int((time.monotonic() - m.t0 + 1000.0) * m.watts * 1000)  # mJ
+    m.nvmlDeviceGetTotalEnergyConsumption = lambda h: int((m.drawn + m.watts * (time.monotonic() - m.since)) * 1000)
 sys.modules[NAME] = m
 """
 
@@ -54,9 +59,24 @@ def nap(i: int) -> int:
     return i
 
 
-def _sampler(name: str, interval: float = 0.1) -> PowerSampler:
+def _sampler(name: str, interval: float = 0.1, max_samples: int = 120) -> PowerSampler:
     cloudpickle.register_pickle_by_value(_energy)
-    return PowerSampler(interval=interval, nvml_module=name)
+    return PowerSampler(interval=interval, max_samples=max_samples, nvml_module=name)
+
+
+def _power_off(name: str) -> float:
+    """On a worker: the stand-in GPU draws 0 W from now on; when that was. Runs on the worker's event loop, as
+    the sampler does, so no reading falls between the switch and the time returned."""
+    import sys
+
+    sys.modules[name].set_watts(0.0)
+    return time.time()
+
+
+def _sampler_state(dask_worker: Any) -> dict[str, Any]:
+    """On a worker: its power sampler's readings (wall time, W) and the energy it has added up (J)."""
+    plugin = dask_worker.plugins[_energy.PLUGIN_NAME]
+    return {"readings": list(plugin.readings), "energy_j": plugin.energy_j}
 
 
 @pytest.fixture
@@ -67,36 +87,66 @@ def lc():
         yield cluster
 
 
+#: How far wall-clock stamps (the sampler's readings, time.time) and the monotonic time it integrates over may
+#: drift apart during a test: both are read microseconds apart, and NTP slews one against the other by at most
+#: 0.05%, 15 ms over the 30 s the test is allowed. (Half of one 0.1 s sampling gap at 250 W is 12.5 J; this is 5.)
+CLOCKS_S = 0.02
+
+
 @pytest.mark.parametrize("counter", [False, True], ids=["integrated-power", "energy-counter"])
 def test_energy_is_measured_where_nvml_reports_power(lc: LocalCluster, counter: bool) -> None:
     with Client(lc, set_as_default=False) as c:
         assert metering.install(c)
         name = f"cumulo_test_nvml_{int(counter)}"
         c.run(exec, fake_nvml(name, counter=counter), {})
-        c.register_plugin(_sampler(name))
-        first = wait_for(lambda: (x := metering.fetch_ledger(c))["energy"] and x["totals"]["energy_j"] > 0 and x,
-                         what="a power reading")
+        c.register_plugin(_sampler(name, max_samples=100_000))  # keeps every reading: the first is the start
+        # the ledger hears each sampler with its worker's heartbeat; a task is charged the power known as it ends
+        wait_for(lambda: metering.fetch_ledger(c)["totals"]["power_w"] == 2 * WATTS, what="both GPUs' power")
         t0 = time.time()
         with dask.annotate(cumulo_cell="kernel-e/1"):
             c.gather(c.map(nap, range(4), pure=False))
-        time.sleep(1.0)
+        done = time.time()
         ledger = metering.fetch_ledger(c, cells=True, samples=3)
-        elapsed = ledger["now"] - first["now"]
         t = ledger["totals"]
         assert t["power_w"] == pytest.approx(2 * WATTS)
-        # two GPUs at 250 W for `elapsed` seconds (each sample lags by up to a heartbeat + a ledger sample)
-        assert t["energy_j"] - first["totals"]["energy_j"] == pytest.approx(2 * WATTS * elapsed, rel=0.3)
         assert all(w["power_w"] == WATTS and w["energy_j"] > 0 for w in ledger["workers"])
         (cell,) = [x for x in ledger["cells"] if x["tag"] == "kernel-e/1"]
         # its tasks' time on a 1-thread worker x that worker's GPU power: 4 x 0.4 s x 250 W = 400 J
         assert cell["energy_j"] == pytest.approx(cell["task_seconds"] * WATTS, rel=0.01)
-        assert 4 * SLEEP * WATTS <= cell["energy_j"] <= 4 * (SLEEP + 0.25) * WATTS
+        # each nap sleeps SLEEP; all four ran between t0 and done, on two one-thread workers
+        assert 4 * SLEEP <= cell["task_seconds"] <= 2 * (done - t0), (cell["task_seconds"], done - t0)
         assert ledger["samples"][-1]["power_w"] == pytest.approx(2 * WATTS)
         summary = metering.Usage.of_record(_row()).summary(ledger)
         assert summary["energy_wh"] == pytest.approx(t["energy_j"] / 3600.0)
         assert "GPU energy" in metering.usage_text(summary) and "500 W now" in metering.usage_text(summary)
         reports = c.run(lambda dask_worker: dask_worker.metrics["cumulo-energy"](dask_worker))
         assert {r["source"] for r in reports.values()} == {"nvml-counter" if counter else "nvml-power"}
+
+        # The GPUs stop drawing power: once each sampler has read that, its energy is final, and the ledger's
+        # figure for each GPU must come to it, whatever the heartbeats' timing.
+        off = c.run(_power_off, name)
+        state = wait_for(lambda: (r := c.run(_sampler_state)) and all(r[a]["readings"][-1][0] > off[a] for a in r)
+                         and r, what="a reading after the power went off")
+        final = wait_for(lambda: (x := metering.fetch_ledger(c)) and all(
+            w["energy_j"] == pytest.approx(state[w["address"]]["energy_j"], abs=1e-6) for w in x["workers"]) and x,
+                         what="the ledger to hear each sampler's final energy")
+        assert final["totals"]["energy_j"] == pytest.approx(sum(s["energy_j"] for s in state.values()), abs=1e-6)
+        assert final["totals"]["power_w"] == 0.0
+        for address, s in state.items():
+            stamps = [when for when, _ in s["readings"]]
+            start = stamps[0]  # the reading taken as the sampler started: its energy counts from there
+            before = max(when for when in stamps if when <= off[address])
+            after = min(when for when in stamps if when > off[address])
+            if counter:
+                # the driver's counter misses nothing: WATTS from the start until the switch
+                expected = WATTS * (off[address] - start)
+            else:
+                # trapezoids between readings: WATTS up to the last reading before the switch, then one trapezoid
+                # from WATTS to 0 W over the gap that holds the switch. That differs from the energy really drawn,
+                # WATTS * (off - start), by at most half that gap's energy: the price of sampling every 0.1 s
+                expected = WATTS * (before - start) + WATTS / 2 * (after - before)
+            assert s["energy_j"] == pytest.approx(expected, abs=WATTS * CLOCKS_S + 0.001), (address, s["energy_j"],
+                                                                                           expected)
         assert time.time() - t0 < 30
 
 
@@ -110,10 +160,15 @@ def test_nothing_is_shown_where_nothing_is_measured(lc: LocalCluster) -> None:
         c.run(exec, unsupported, {})
         c.register_plugin(_sampler("cumulo_test_nvml_none"), name="no-power")
         c.register_plugin(_sampler("pynvml"), name="no-nvml")  # not installed on this machine
+        registered = time.time()
         with dask.annotate(cumulo_cell="kernel-n/1"):
             c.gather(c.map(nap, range(2), pure=False))
-        time.sleep(0.8)
-        ledger = metering.fetch_ledger(c, cells=True, samples=2)
+        # nothing must show up: give it every chance to, a heartbeat from each worker since the samplers were set up
+        # (a metric would ride on it) and a ledger sample after those
+        heard = wait_for(lambda: (t := c.run_on_scheduler(_last_heartbeat)) > registered and t,
+                         what="a heartbeat from each worker")
+        ledger = wait_for(lambda: (x := metering.fetch_ledger(c, cells=True, samples=2))["samples"][-1]["time"] > heard
+                          and x, what="a ledger sample after those heartbeats")
         assert ledger["energy"] is False
         assert ledger["totals"]["energy_j"] is None and ledger["totals"]["power_w"] is None
         assert all(w["power_w"] is None and w["energy_j"] is None for w in ledger["workers"])
@@ -123,6 +178,11 @@ def test_nothing_is_shown_where_nothing_is_measured(lc: LocalCluster) -> None:
             w: False for w in c.scheduler_info()["workers"]}
         summary = metering.Usage.of_record(_row()).summary(ledger)
         assert summary["energy_wh"] is None and "energy" not in metering.usage_text(summary)
+
+
+def _last_heartbeat(dask_scheduler: Any) -> float:
+    """On the scheduler: when it last heard the worker it heard from least recently."""
+    return min(ws.last_seen for ws in dask_scheduler.workers.values())
 
 
 def _row() -> Any:
@@ -260,8 +320,8 @@ def test_real_nvml_power_is_integrated() -> None:
                          dashboard_address="127.0.0.1:0") as lc, Client(lc, set_as_default=False) as c:
         assert metering.install(c)
         first = wait_for(lambda: (x := metering.fetch_ledger(c))["energy"] and x, timeout=30, what="a power reading")
-        time.sleep(2.0)
-        later = metering.fetch_ledger(c)
+        later = wait_for(lambda: (x := metering.fetch_ledger(c))["totals"]["energy_j"] > first["totals"]["energy_j"]
+                         and x, timeout=30, what="energy added since")
         watts = later["totals"]["power_w"]
         assert watts is not None and 1.0 < watts < 2000.0, watts  # an idle GPU still draws some power
         gained = later["totals"]["energy_j"] - first["totals"]["energy_j"]

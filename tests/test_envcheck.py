@@ -38,6 +38,30 @@ def test_real_probe_on_a_local_cluster_agrees() -> None:
         assert facts.gpus == 0 and facts.backend == "pandas"
 
 
+def test_probe_reads_the_same_versions_as_importlib_metadata(tmp_path: Path) -> None:
+    """The probe reads ``Version:`` from the metadata header alone: the same value as
+    ``importlib.metadata.version`` for every installed distribution, and for odd files."""
+    from importlib import metadata
+
+    from cumulo.envsync import _probe
+
+    dists = list(metadata.distributions())
+    assert len(dists) > 50
+    for dist in dists:
+        assert _probe._header_version(dist) == dist.version, dist.metadata["Name"]
+    for text, expected in [
+        ("Metadata-Version: 2.1\nName: x\nVersion:  1.2.3 \nSummary: s\n\nVersion: 9\n", "1.2.3"),
+        ("Metadata-Version: 2.1\nName: x\nSummary: s\n\nVersion: 9\n", None),  # only in the body: not it
+        ("Name: x\nSummary: a\n  Version: 9\nVersion: 4.0\n", "4.0"),  # a continuation line is not a field
+    ]:
+        folder = tmp_path / f"x{len(text)}.dist-info"
+        folder.mkdir()
+        (folder / "METADATA").write_text(text)
+        assert _probe._header_version(metadata.PathDistribution(folder)) == expected
+    assert _probe._version("dask") == metadata.version("dask")
+    assert _probe._version("no-such-package-here") is None
+
+
 def test_mismatch_table_names_each_side() -> None:
     facts = ClusterFacts(
         client=_side(), scheduler=_side(),

@@ -1,7 +1,7 @@
 """The notebook gallery: every notebook has a script, a README entry and a test that executes it.
 
 The dataframes, cost-control and team notebooks run here through `cumulo run` (which fails on the
-first cell that raises); quickstart, training and lambda_cloud run in their own test files, named below.
+first cell that raises); quickstart, training, lambda_cloud and aws_spot run in their own test files, named below.
 The team notebook runs against a real OpenSSH server on loopback (tests/sshd.py, as root) and a real
 dask-gateway-server (tests/test_gateway.py), given to it as parameters.
 """
@@ -34,6 +34,8 @@ EXECUTED_BY = {
     "training": "tests/test_train.py::test_training_notebook_executes",
     "lambda_cloud": "tests/test_lambda_notebook.py::test_notebook_against_the_emulator",
     "team": "tests/test_gallery.py::test_team_notebook_runs_on_hosts_and_a_gateway",
+    "aws_spot": "tests/test_aws_notebook.py::test_aws_notebook_against_the_emulator",
+    "mlflow_cost": "tests/test_mlflow.py::test_mlflow_cost_notebook_runs",
 }
 
 
@@ -151,6 +153,7 @@ def test_team_notebook_runs_on_hosts_and_a_gateway(tmp_path: Path, team: tuple[A
     ("lambda_cloud.py", [], {}, "nothing launched"),
     ("lambda_cloud.py", [], {"CUMULO_LAMBDA_EMULATOR": "1"}, "instances still billing at the emulator: []"),
     ("team.py", [], {}, "nothing to run"),
+    ("mlflow_cost.py", [], {}, "big: accuracy"),  # its runs in a SQLite store in the test's folder
 ])
 def test_example_scripts_run(tmp_path: Path, script: str, args: list[str], env: dict[str, str], expect: str) -> None:
     environ = {**os.environ, "DASK_CUMULO__LAMBDA__CERTS_DIR": str(tmp_path / "certs"), **env}

@@ -113,7 +113,9 @@ def test_requirements_follow_the_project_pins() -> None:
 
 def test_gpu_test_files_and_the_junit_reader(tmp_path: Path) -> None:
     files = kit.gpu_test_files()
-    assert "tests/test_gpu.py" in files and "tests/test_gpu_check.py" not in files
+    assert "tests/test_gpu.py" in files and "tests/test_magic.py" in files
+    # this file and test_require_all.py hold gpu-marked tests only inside strings, as samples: not gpu tests
+    assert "tests/test_gpu_check.py" not in files and "tests/test_require_all.py" not in files
     xml = tmp_path / "j.xml"
     xml.write_text(
         '<testsuites><testsuite name="pytest">'
@@ -127,23 +129,73 @@ def test_gpu_test_files_and_the_junit_reader(tmp_path: Path) -> None:
     assert rows[1]["message"] == "needs cudf, not installed" and rows[2]["test"] == "tests.test_train::test_c"
 
 
-def test_the_pytest_plugin_skips_gpu_tests_that_need_what_is_missing() -> None:
-    def needs_cudf():
-        import cudf  # noqa: F401
+def _item(*marked: str) -> SimpleNamespace:
+    item = SimpleNamespace(markers=[])
+    item.get_closest_marker = lambda name: object() if name in marked else None
+    item.add_marker = item.markers.append
+    return item
 
-    def needs_nothing_missing():
-        import os  # noqa: F401
 
-    def not_a_gpu_test():
-        import xgboost  # noqa: F401
+def test_the_pytest_plugin_skips_by_the_cudf_marker(monkeypatch: pytest.MonkeyPatch) -> None:
+    for installed, skipped in ((set(), "cudf, dask_cudf"), ({"cudf"}, "dask_cudf"), ({"cudf", "dask_cudf"}, None)):
+        monkeypatch.setattr(kit, "_importable", lambda module, installed=installed: module in installed)
+        needs_cudf, gpu_only, plain = _item("gpu", "cudf"), _item("gpu"), _item()
+        kit.pytest_collection_modifyitems(None, [needs_cudf, gpu_only, plain])
+        if skipped is None:
+            assert needs_cudf.markers == [], installed
+        else:
+            (mark,) = needs_cudf.markers
+            assert mark.name == "skip" and mark.kwargs["reason"] == (
+                f"needs {skipped}, not installed on this machine: not tested"), installed
+        assert gpu_only.markers == [] and plain.markers == [], installed
 
-    items = []
-    for fn, gpu in ((needs_cudf, True), (needs_nothing_missing, True), (not_a_gpu_test, False)):
-        item = SimpleNamespace(function=fn, markers=[])
-        item.get_closest_marker = lambda name, gpu=gpu: object() if gpu and name == "gpu" else None
-        item.add_marker = item.markers.append
-        items.append(item)
-    kit.pytest_collection_modifyitems(None, items)
-    if importlib.util.find_spec("cudf") is None:
-        assert len(items[0].markers) == 1 and "needs cudf" in items[0].markers[0].kwargs["reason"]
-    assert items[1].markers == [] and items[2].markers == []
+
+SAMPLE_GPU_TESTS = '''
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+
+def test_one_cuda_worker_per_gpu():
+    import os
+    backend = "cudf" if os.environ.get("NO_SUCH_VARIABLE") else "pandas"  # names cuDF, needs none of it
+    assert backend == "pandas"
+
+
+@pytest.mark.cudf
+def test_cudf_on_the_workers():
+    pass
+'''
+
+
+def test_the_kit_runs_a_gpu_test_that_names_cudf_and_skips_one_marked_cudf(tmp_path: Path) -> None:
+    """The plugin as the tests step loads it (-p gpu_check, -m gpu), on real pytest items: by marker, not source."""
+    (tmp_path / "test_sample.py").write_text(SAMPLE_GPU_TESTS)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "CUMULO_TEST_REQUIRE_ALL", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "scripts"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "gpu_check", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "-o", "markers=gpu: a GPU\ncudf: cuDF", "--rootdir", str(tmp_path), "-rA", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "PASSED test_sample.py::test_one_cuda_worker_per_gpu" in out, out
+    if kit._importable("cudf") and kit._importable("dask_cudf"):
+        assert "PASSED test_sample.py::test_cudf_on_the_workers" in out, out
+    else:
+        assert "PASSED test_sample.py::test_cudf_on_the_workers" not in out, out
+        assert "needs cudf, dask_cudf, not installed on this machine: not tested" in out, out
+
+
+def test_the_default_cluster_check_needs_no_cudf_and_the_cudf_checks_say_so() -> None:
+    """The suite's own markers: what the kit runs on a GPU machine that has dask-cuda but no cuDF."""
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "-m", "gpu and not cudf", "tests/test_gpu.py", "tests/test_lambda_env.py"],
+        capture_output=True, text=True, timeout=120, cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT / "sdk")})
+    assert res.returncode == 0, res.stdout + res.stderr
+    selected = {line.split("::")[-1] for line in res.stdout.splitlines() if "::" in line}
+    assert "test_default_cluster_gets_one_cuda_worker_per_gpu" in selected, res.stdout
+    assert "test_asking_for_more_workers_than_gpus_is_refused" in selected, res.stdout
+    assert not {"test_default_cluster_uses_the_cudf_backend", "test_pipeline_on_gpu_matches_cpu",
+                "test_the_gpu_lock_resolves_and_cudf_computes_on_the_gpu_workers"} & selected, res.stdout

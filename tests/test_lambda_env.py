@@ -27,7 +27,7 @@ from cumulo.providers.cloud import bootstrap
 from cumulo.life.registry import Registry
 from cumulo.security.tlscerts import create_cluster_tls
 
-from .conftest import DaskProcesses, wait_for_workers
+from .conftest import DaskProcesses, free_port, wait_for_workers
 from .lambda_emulator import Emulator
 from .lambda_support import fast_config, no_orphans  # noqa: F401  (autouse fixture)
 
@@ -111,9 +111,28 @@ def test_bare_instances_get_the_notebooks_environment(emulator: Emulator, tmp_pa
 def test_a_package_the_index_lacks_fails_before_anything_bills(emulator: Emulator) -> None:
     with pytest.raises(EnvironmentSyncError) as info:
         cumulo.connect("lambda", name="nopkg", gpu="A10", workers=1, environment=["cumulo-no-such-package-zz==1.0"])
-    assert "cumulo-no-such-package-zz" in str(info.value) and "nothing was launched" in str(info.value)
+    text = str(info.value)
+    # the index answered and has no such package: cumulo says so (a URL that merely names it is not enough)
+    assert "package 'cumulo-no-such-package-zz' is not on the package index" in text, text
+    assert "nothing was launched" in text and "could not be reached" not in text, text
     assert not emulator.instances, "no instance may be launched for an environment that cannot install"
     assert Registry().latest("nopkg") is None  # refused in preflight: no row at all
+
+
+def test_an_unreachable_index_is_named_and_no_package_is_blamed(emulator: Emulator,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()  # nothing listens there: the index is down, whatever the packages
+    monkeypatch.setenv("UV_INDEX_URL", f"http://cumulo:s3cret-token@127.0.0.1:{port}/simple")
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    with pytest.raises(EnvironmentSyncError) as info:
+        cumulo.connect("lambda", name="noindex", gpu="A10", workers=1, environment=["cumulo-no-such-package-zz==1.0"])
+    text = str(info.value)
+    assert f"the package index http://127.0.0.1:{port} could not be reached" in text, text
+    assert "is not on the package index" not in text and "package 'cumulo-no-such-package-zz'" not in text, text
+    assert "UV_INDEX_URL" in text and "nothing was launched" in text, text
+    assert "s3cret-token" not in text  # the index's credentials never reach an error
+    assert not emulator.instances
+    assert Registry().latest("noindex") is None
 
 
 def test_first_boot_script_stays_under_the_user_data_limit(tmp_path: Path) -> None:
@@ -139,14 +158,24 @@ def test_gpu_workers_get_rapids_and_cuda_builds() -> None:
     assert "dask==2026.7.1" in gpu.pins
 
 
-@pytest.mark.gpu
-def test_rapids_imports_on_a_gpu_worker_of_the_synced_environment() -> None:
-    """On a GPU machine: the GPU lock resolves and installs, and cuDF computes (see docs/gpu-check.md)."""
-    lock = envsync.for_gpu(envsync.capture())
-    envsync.check_resolvable(lock)
+def _cudf_sum() -> dict[str, int]:
+    """Runs on a worker: a cuDF series made and summed on that worker's GPU, and the process it ran in."""
     import cudf  # type: ignore[import-not-found]
 
-    assert cudf.Series([1, 2, 3]).sum() == 6
+    return {"sum": int(cudf.Series([1, 2, 3]).sum()), "pid": os.getpid()}
+
+
+@pytest.mark.gpu
+@pytest.mark.cudf
+def test_the_gpu_lock_resolves_and_cudf_computes_on_the_gpu_workers() -> None:
+    """On a GPU machine: the GPU lock resolves, and cuDF computes on every CUDA worker (see docs/gpu-check.md)."""
+    lock = envsync.for_gpu(envsync.capture())
+    envsync.check_resolvable(lock)
+    with cumulo.connect() as cluster:
+        assert cluster.backend == "cudf"  # every worker has a GPU and cuDF
+        done = cluster.client.run(_cudf_sum)
+    assert done and all(r["sum"] == 6 for r in done.values()), done
+    assert os.getpid() not in {r["pid"] for r in done.values()}  # computed in the workers, not here
 
 
 @pytest.fixture

@@ -166,7 +166,7 @@ def test_two_registries_on_one_account(emulator: Emulator, tmp_path: Path) -> No
         assert {o.name: o.action for o in found_b if o.kind == "instance"} == {
             f"cumulo-{a.installation_id}-{sa.id}-head": "reported"}
         assert len(emulator.live()) == 2, "neither sweep touched the other's running cluster"
-        rules = {r["description"] for r in emulator.firewall}
+        rules = set(emulator.cumulo_rulesets())
         keys = {k["name"] for k in emulator.ssh_keys}
         for reg, s in ((a, sa), (b, sb)):
             assert f"cumulo-{reg.installation_id}-{s.id}-scheduler-tls" in rules
@@ -223,31 +223,16 @@ def test_two_reapers_at_once(emulator: Emulator) -> None:
 def test_kernel_sigkill_mid_launch_is_reaped_after_the_grace(emulator: Emulator, tmp_path: Path) -> None:
     """A kernel killed while its head boots leaves a 'starting' row and a billing instance; the reaper
     (as the CLI and the server run it) waits out the lease grace, then stops it, confirmed."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
     import time
 
     from cumulo.life import reaper
 
+    from .cloud_support import kill_mid_launch
     from .lambda_support import KILLED_LAUNCH, fast_config
 
     emulator.boot_seconds = 60  # still booting when the kernel dies
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_LAUNCH, json.dumps(fast_config(emulator, tmp_path)), "killed"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
-    try:
-        cid = proc.stdout.readline().strip()  # type: ignore[union-attr]
-        registry = Registry()
-        deadline = time.monotonic() + 60
-        while not [r for r in registry.resources(cluster_id=cid) if r.kind == "instance"]:
-            assert time.monotonic() < deadline, "the head was never recorded"
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        proc.stdout.close()  # type: ignore[union-attr]
+    cid = kill_mid_launch(KILLED_LAUNCH, fast_config(emulator, tmp_path))
+    registry = Registry()
     assert registry.get(cid).state == "starting" and emulator.live()
     check_agreement(emulator, [registry])  # it bills, but it is visible: an open row in `cumulo ls`
     emulator.boot_seconds = 0.3

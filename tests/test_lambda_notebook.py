@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
 
 from cumulo.life.registry import Registry
+
+from .cloud_support import notebook_text
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "lambda_cloud.ipynb"
 
 
 def _run(tmp_path: Path) -> str:
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    return "\n".join(
-        str(o.get("data", {}).get("text/plain", "")) + o.get("text", "")
-        for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
-    )
+    return notebook_text(NOTEBOOK, tmp_path)
 
 
 def test_notebook_against_the_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

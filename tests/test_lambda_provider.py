@@ -52,11 +52,19 @@ def test_launch_compute_close_over_tls(emulator: Emulator, tmp_path: Path) -> No
         assert dep.address.startswith("tls://127.")
         assert dep.rate_per_hour == pytest.approx(1.50)
         assert dep.security.require_encryption
-        rule = [r for r in emulator.firewall if r["description"].startswith("cumulo-")]
-        assert rule == [{"protocol": "tcp", "port_range": [8786, 8786], "source_network": "127.0.0.1/32",
-                         "description": f"cumulo-{inst}-{cid}-scheduler-tls"}]
+        # the cluster's own ruleset in its region (the account-wide list untouched): the scheduler's port and
+        # SSH, from this machine only, attached to each instance at launch
+        (ruleset,) = emulator.rulesets.values()
+        assert ruleset["name"] == f"cumulo-{inst}-{cid}-scheduler-tls" and ruleset["region"] == "us-east-1"
+        assert [(r["port_range"], r["source_network"]) for r in ruleset["rules"]] == [
+            ([8786, 8786], "127.0.0.1/32"), ([22, 22], "127.0.0.1/32")]
+        assert not [r for r in emulator.firewall if r["description"].startswith("cumulo-")]
+        assert all(i.rulesets == [ruleset["id"]] for i in emulator.live())
         names = sorted(i.name for i in emulator.live())
         assert names == [f"cumulo-{inst}-{cid}-head", f"cumulo-{inst}-{cid}-worker-1"]
+        # tagged with this installation's mark: the name is only a label
+        assert sorted((t["key"], t["value"]) for t in next(i for i in emulator.live() if i.name.endswith("head")).tags
+                      ) == [("cumulo-cluster", cid), ("cumulo-installation", inst), ("cumulo-role", "head")]
         assert emulator.launches == 2, "one instance per launch request"
         key = f"cumulo-{inst}-{cid}"
         assert [k["name"] for k in emulator.ssh_keys] == ["emulator-key", key]
@@ -75,7 +83,7 @@ def test_launch_compute_close_over_tls(emulator: Emulator, tmp_path: Path) -> No
             await asyncio.wait_for(Client(dep.address.replace("tls://", "tcp://"), asynchronous=True, timeout=2), 5)
         await close(s)
         assert not emulator.live()
-        assert not [r for r in emulator.firewall if r["description"].startswith("cumulo-")]
+        assert not emulator.rulesets, "the cluster's ruleset is deleted once its instances are gone"
         assert [k["name"] for k in emulator.ssh_keys] == ["emulator-key"], "the cluster's key is deleted"
         assert not private.exists()
         assert s.registry.get(cid).state == "closed"
@@ -96,7 +104,7 @@ def test_refusals_in_preflight_write_no_row(emulator: Emulator) -> None:
         (_spec(gpu="A100"), CapacityError, "shapes with capacity now: gpu_1x_a10"),
         (_spec(gpu="B300"), SpecError, "GPU models offered"),
         (_spec(spot=True), SpecError, "no spot"),
-        (_spec(image="ubuntu"), SpecError, "image"),
+        (_spec(image="ubuntu"), SpecError, "no image 'ubuntu'.*families offered: lambda-stack-22-04, ubuntu-22-04"),
         (_spec(workers=0), SpecError, "workers=0 .*still bill the instance"),  # used to launch one billable instance
     ]
     for spec, cls, match in cases:
@@ -318,12 +326,13 @@ def test_behind_nat_is_refused_before_anything_bills(emulator: Emulator, monkeyp
     rules = [dict(r) for r in emulator.firewall]
     with pytest.raises(SpecError, match=r"192.168.1.23 is private.*cumulo.lambda.client-cidr"):
         run(start(_spec()))
-    assert emulator.launches == 0 and emulator.firewall == rules and Registry().list() == []
+    assert emulator.launches == 0 and emulator.firewall == rules and not emulator.rulesets
+    assert Registry().list() == []
 
     async def go() -> None:
         s = await start(_spec())
-        assert [r["source_network"] for r in emulator.firewall if r["description"].startswith("cumulo-")] \
-            == ["198.51.100.20/32"]
+        assert {r["source_network"] for rs in emulator.rulesets.values() for r in rs["rules"]} \
+            == {"198.51.100.20/32"}
         await close(s)
 
     with dask.config.set({"cumulo.lambda.client-cidr": "198.51.100.20/32"}):

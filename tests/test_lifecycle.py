@@ -19,7 +19,7 @@ import pytest
 import cumulo
 from cumulo.life import reaper
 from cumulo.cli import main
-from cumulo.exceptions import ClusterLost, InsecureAddress, SpecError, TerminateError
+from cumulo.exceptions import ClusterLost, InsecureAddress, ProviderError, SpecError, TerminateError
 from cumulo.jupyter.manager import ClusterManager
 from cumulo.life.lifecycle import FINAL, OPEN, TRANSITIONS, Lifecycle, State
 from cumulo.providers import Orphan, get_provider
@@ -76,7 +76,7 @@ def test_a_failed_launch_whose_cleanup_fails_stays_open_and_visible(tmp_path: Pa
 
 
 def test_a_failed_launch_that_cleaned_up_is_failed_with_its_reason(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(Exception, match="failed half way"):
+    with pytest.raises(ProviderError, match="failed half way"):
         cumulo.connect(faulty_provider.NAME, name="broken", options={"fail_launch": True})
     rec = Registry().latest("broken")
     assert rec is not None and rec.state == "failed" and "failed half way" in (rec.note or "")

@@ -335,17 +335,38 @@ def test_the_client_config_file_is_plain_dask_config(certs_root: Path) -> None:
         local_security.remove_local_tls("conf0001")
 
 
+def _first_visible_device() -> str | None:
+    """The GPU a worker uses: the first of CUDA_VISIBLE_DEVICES (dask-cuda puts each worker's own GPU there)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if visible is None else visible.split(",")[0].strip()
+
+
 @pytest.mark.gpu
 def test_gpu_local_cluster_is_tls_and_scrubbed_too(certs_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """LocalCUDACluster takes the same arguments: TLS, and the preload that removes secrets."""
+    """LocalCUDACluster takes the same arguments: TLS for its scheduler and CUDA workers, and the preload that
+    removes secrets."""
+    from dask_cuda import LocalCUDACluster
+    from distributed.diagnostics import nvml
+
     monkeypatch.setenv("LAMBDA_API_KEY", SECRET)
-    with cumulo.connect(workers=1, name="gpu-tls") as cluster:
-        assert cluster.client.scheduler.address.startswith("tls://")
-        assert (certs_root / cluster.id).is_dir()
-        seen = cluster.client.run(_probe, "LAMBDA_API_KEY", SECRET)
-        assert all(v["environ"] is None and not v["proc"] for v in seen.values())
-        assert set(cluster.client.run(os.getenv, "CUDA_VISIBLE_DEVICES").values()) != {None}
-    assert not (certs_root / cluster.id).exists()
+
+    async def main() -> None:
+        dep = await _launch("gputls01")
+        try:
+            assert isinstance(dep.manager, LocalCUDACluster), type(dep.manager)  # NVML sees a GPU
+            assert dep.address.startswith("tls://") and (certs_root / "gputls01").is_dir()
+            await _refused(dep.address, None)
+            async with Client(dep.address, security=dep.security, asynchronous=True) as client:
+                seen = await client.run(_probe, "LAMBDA_API_KEY", SECRET)
+                assert len(seen) == 1 and all(a.startswith("tls://") for a in seen), seen  # the worker too
+                assert all(v["environ"] is None and not v["proc"] and not v["child"] for v in seen.values())
+                devices = await client.run(_first_visible_device)
+                assert set(devices.values()) <= {str(i) for i in range(nvml.device_get_count())}, devices
+        finally:
+            await dep.close()
+        assert not (certs_root / "gputls01").exists()
+
+    asyncio.run(main())
 
 
 _INTERRUPTED_KERNEL = """

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, Event, LocalCluster
 from distributed.diagnostics import nvml
 
+from cumulo._workers import visible_gpu_count
 from cumulo.exceptions import NoGPUWorkers, RemoteError, SpecError
 from cumulo.remote_cell import run_cell
 
@@ -28,13 +31,16 @@ def client():
 
 
 class _Recorder:
-    """A text stream that remembers when each piece of text arrived."""
+    """A text stream that remembers when each piece of text arrived; ``on_first`` is called as the first does."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
         self.chunks: list[tuple[float, str]] = []
+        self.on_first = on_first
 
     def write(self, s: str) -> int:
         self.chunks.append((time.monotonic(), s))
+        if len(self.chunks) == 1 and self.on_first is not None:
+            self.on_first()
         return len(s)
 
     def flush(self) -> None:
@@ -45,35 +51,45 @@ class _Recorder:
         return "".join(s for _, s in self.chunks)
 
 
+def _seen_here(client: Client) -> tuple[str, Callable[[], None]]:
+    """A distributed Event a cell can wait on, and what sets it (given to _Recorder as ``on_first``)."""
+    name = f"seen-{uuid.uuid4().hex}"
+    return name, lambda: Event(name, client=client).set()
+
+
+#: A cell that prints, then waits (at most 30 s) until the notebook side has received that output.
+WAITS_TO_BE_SEEN = "from distributed import Event\nseen = Event(EVENT).wait(30)\n"
+
+
 def test_inputs_outputs_and_streamed_output(client):
-    out, err = _Recorder(), _Recorder()
+    event, release = _seen_here(client)
+    out, err = _Recorder(on_first=release), _Recorder()
     code = (
         "import sys, time, os\n"
         "print('started with', a)\n"
         "print('a warning', file=sys.stderr)\n"
-        "time.sleep(1.5)\n"
+        + WAITS_TO_BE_SEEN +
         "total = a + b\n"
         "where = os.getpid()\n"
         "print('finished')\n"
     )
-    t0 = time.monotonic()
-    values = run_cell(code, client, inputs={"a": 20, "b": 22}, outputs=["total", "where"], stdout=out, stderr=err)
-    done = time.monotonic()
+    values = run_cell(code, client, inputs={"a": 20, "b": 22, "EVENT": event}, outputs=["total", "where", "seen"],
+                      stdout=out, stderr=err)
     assert values["total"] == 42
     assert values["where"] != os.getpid()  # it ran in a worker process
     assert out.text == "started with 20\nfinished\n"
     assert err.text == "a warning\n"
-    first = out.chunks[0][0]
-    assert first - t0 < done - t0 - 1.0, "the first line should arrive while the cell still runs"
+    assert values["seen"] is True, "the first line should arrive while the cell still runs (it waited for it)"
 
 
 def test_a_partial_line_arrives_before_the_cell_ends(client):
-    out = _Recorder()
-    code = "import sys, time\nsys.stdout.write('working...')\ntime.sleep(1.5)\nprint(' done')\n"
-    run_cell(code, client, stdout=out)
+    event, release = _seen_here(client)
+    out = _Recorder(on_first=release)
+    code = "import sys\nsys.stdout.write('working...')\n" + WAITS_TO_BE_SEEN + "print(' done')\n"
+    values = run_cell(code, client, inputs={"EVENT": event}, outputs=["seen"], stdout=out)
     assert out.text == "working... done\n"
     assert out.chunks[0][1] == "working..."
-    assert out.chunks[-1][0] - out.chunks[0][0] > 1.0, "the partial line should come while the cell sleeps"
+    assert values["seen"] is True, "the partial line should come while the cell waits"
 
 
 def test_large_inputs_travel_as_data(client):
@@ -144,14 +160,29 @@ def test_gpu_requested_without_gpu_workers(client):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(nvml.device_get_count() == 0, reason="NVML reports no GPU on this machine")
-def test_gpu_cell_runs_on_a_gpu_worker():
-    pytest.importorskip("dask_cuda")
-    from dask_cuda import LocalCUDACluster
+def test_gpu_cell_runs_on_the_gpu_worker_of_a_mixed_cluster():
+    """Three workers that see no GPU and one that sees GPU 0: every gpu=True cell runs on that one."""
+    from distributed import Nanny, Scheduler, SpecCluster
 
-    with LocalCUDACluster(host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as c:
-        code = "import os\ndevices = os.environ.get('CUDA_VISIBLE_DEVICES')"
-        assert run_cell(code, c, outputs=["devices"], gpu=True)["devices"]
+    def worker(visible: str) -> dict:
+        return {"cls": Nanny, "options": {"host": "127.0.0.1", "nthreads": 1, "dashboard": False,
+                                          "env": {"CUDA_VISIBLE_DEVICES": visible}}}
+
+    workers = {"gpu": worker("0"), **{f"cpu-{i}": worker("") for i in range(3)}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as c:
+        c.wait_for_workers(4, timeout=60)
+        seen = c.run(visible_gpu_count)  # what the routing reads from each worker
+        (gpu_worker,) = [a for a, n in seen.items() if n > 0]  # the premise: one GPU worker among four
+        code = ("from distributed import get_worker\n"
+                "from cumulo._workers import visible_gpu_count\n"
+                "where, gpus = get_worker().address, visible_gpu_count()")
+        ran = [run_cell(code, c, outputs=["where", "gpus"], gpu=True) for _ in range(8)]
+        assert {r["where"] for r in ran} == {gpu_worker}, ran
+        assert all(r["gpus"] >= 1 for r in ran)
+        # without gpu=True the same cell is free to run anywhere: the routing above is the flag's doing
+        anywhere = {run_cell(code, c, outputs=["where"])["where"] for _ in range(8)}
+        assert anywhere - {gpu_worker}, anywhere
 
 
 # ------------------------------------------------------------------ a real kernel
@@ -212,6 +243,11 @@ def test_magic_in_a_real_kernel(tmp_path: Path):
     assert "remote_cell.py" not in tb  # the notebook shows the cell's traceback, not cumulo's frames
     # slow work shows dask's progress widget in a notebook
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in nb.cells[7].outputs)
+    # ... drawn while the cell blocks, and full when it ends (not a bar that starts listening after the cell,
+    # for futures already released)
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    bars = [m["state"] for m in state.values() if m["model_name"] == "FloatProgressModel"]
+    assert bars and all(b["value"] == 1.0 for b in bars), bars
     # IPython prints a UsageError to stderr rather than as a traceback
     assert "UsageError" in streams(6, "stderr") and "nothing_here" in streams(6, "stderr")
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -15,6 +14,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from cumulo.cli import main
+from cumulo.cost.metering import stored_usage
 from cumulo.life.registry import Registry
 from cumulo.run import parse_on, parse_parameters, run_notebook
 from cumulo.share import from_notebook
@@ -88,6 +88,9 @@ def test_parameters_override_defaults_and_on_overrides_the_notebooks_spec(
 
     row = Registry().latest("halfway")
     assert row.state == "closed" and row.workers == 2  # --on replaced workers=1
+    # its cells are named by the notebook, as in Jupyter (the sidebar, `cumulo usage` and the meter agree)
+    labels = [c["label"] for c in stored_usage(row)["cells"]]
+    assert "halfway.ipynb [4]" in labels, labels  # its 4th execution: after the injected parameters
     last = nb.metadata["cumulo"]["last_run"]
     assert last["status"] == "ok" and last["cost"] > 0 and "configured rate" in last["cost_basis"]
     assert last["wall_seconds"] > 0 and last["versions"]["dask"]
@@ -122,12 +125,15 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path) -> None:
 
 
 def sleepy(tmp_path: Path) -> Path:
+    """A notebook whose last cell waits ten minutes; it touches ``tmp_path/in-the-long-cell`` as it starts."""
+    marker = tmp_path / "in-the-long-cell"
     return write(
         tmp_path / "sleepy.ipynb",
         new_markdown_cell("A cluster, then a long wait: interrupted from outside."),
         new_code_cell('import cumulo\n'
                       'cluster = cumulo.connect("local", name="sleepy", workers=1, threads_per_worker=1)'),
-        new_code_cell("import time\nfor _ in range(600):\n    time.sleep(1)"),
+        new_code_cell(f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+                      "for _ in range(600):\n    time.sleep(1)"),
     )
 
 
@@ -139,7 +145,7 @@ def test_sigterm_and_ctrl_c_tear_the_cluster_down(tmp_path: Path, sig: signal.Si
     try:
         row = wait_for(lambda: (r := Registry().latest("sleepy")) is not None and r.state == "running" and r,
                        timeout=90, what="the notebook's cluster to run")
-        time.sleep(1.0)  # into the long cell
+        wait_for((tmp_path / "in-the-long-cell").exists, timeout=60, what="the kernel in the long cell")
         proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=120)
     finally:

@@ -190,6 +190,25 @@ def test_a_secret_inside_an_image_or_an_encoded_blob_makes_share_refuse(
     assert report.stripped and all(not c.get("outputs") for c in shared.cells)
 
 
+def test_a_secret_in_hex_or_in_a_code_cells_base64_makes_share_refuse(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = "gh" + "p_" + rand(36)
+    hexed = new_code_cell("print(creds.hex())", execution_count=1)
+    hexed.outputs = [new_output("stream", name="stdout", text=f"user:{token}".encode().hex() + "\n")]
+    encoded = base64.b64encode(f"Authorization: token {token}".encode()).decode()
+    source = new_code_cell(f'HEADER = base64.b64decode("{encoded}")', execution_count=2)
+    path = _notebook(tmp_path, new_markdown_cell("# refuse"), hexed, source)
+    out = tmp_path / "never.ipynb"
+    assert main(["share", str(path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert not out.exists() and token not in err and encoded not in err
+    assert "cell 2 (output 1, stdout): a GitHub Token inside hex-encoded data" in err
+    assert "cell 3 (source): a GitHub Token inside base64-encoded data" in err
+    with pytest.raises(ShareRefused) as refused:  # the source still refuses without outputs
+        share(path, out=out, strip_outputs=True)
+    assert [(r.cell, r.kind) for r in refused.value.refusals] == [(3, "GitHub Token")]
+
+
 def test_no_false_positives_in_ordinary_cumulo_output(tmp_path: Path) -> None:
     scanner = Scanner(known=[])
     for text in ("<cumulo.Cluster 'etl' local tls://127.0.0.1:40693 status=running workers=2 memory=23.59 GiB>",

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import pytest
 
 import cumulo
@@ -46,7 +47,7 @@ def closed_port() -> int:
         ({"idle_timeout": math.inf}, "is not a finite duration"),
         ({"idle_timeout": "  "}, "is not a duration"),
         ({"idle_timeout": "-5m"}, "must be a positive duration"),
-        ({"spot": "no"}, "spot='no' must be True or False"),
+        ({"spot": "no"}, "spot='no' must be True, False or 'only'"),
         ({"region": {"name": "us-east-1"}}, "region={'name': 'us-east-1'} must be a string, not dict"),
         ({"instance_type": ""}, "instance_type='' is blank"),
         ({"provider": ""}, "provider='' is blank"),
@@ -130,12 +131,17 @@ def test_train_torch_refuses_a_missing_function() -> None:
 # -- loopback probe ----------------------------------------------------------------------------
 
 
+#: Connection attempts wait this long here, so that a refusal "at once" is told from one that waited for a timeout
+#: by a bound (half of it) that a busy machine never reaches; speed itself is benchmarks/' business.
+SLOW_CONNECT = {"distributed.comm.timeouts.connect": "60s"}
+
+
 def test_probe_loopback_fails_at_once_when_nothing_listens() -> None:
     port = closed_port()
     t0 = time.perf_counter()
-    with pytest.raises(ConnectError) as info:
+    with dask.config.set(SLOW_CONNECT), pytest.raises(ConnectError) as info:
         probe_loopback(f"tcp://127.0.0.1:{port}")
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 30
     assert f"nothing listens at tcp://127.0.0.1:{port}" in str(info.value)
     assert "Start the scheduler first" in str(info.value)
 
@@ -160,18 +166,19 @@ def test_address_provider_preflight_refuses_a_closed_loopback_port() -> None:
     port = closed_port()
     spec = ClusterSpec(provider="address", address=f"tcp://127.0.0.1:{port}")
     t0 = time.perf_counter()
-    with pytest.raises(ConnectError, match="nothing listens"):
+    with dask.config.set(SLOW_CONNECT), pytest.raises(ConnectError, match="nothing listens"):
         asyncio.run(AddressProvider().preflight(spec))
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 30
 
 
 @pytest.mark.timeout(60)
 def test_connect_to_a_closed_loopback_port_fails_at_once() -> None:
     port = closed_port()
     t0 = time.perf_counter()
-    with pytest.raises(ConnectError, match=f"nothing listens at tcp://127.0.0.1:{port}"):
+    with dask.config.set(SLOW_CONNECT), \
+            pytest.raises(ConnectError, match=f"nothing listens at tcp://127.0.0.1:{port}"):
         cumulo.connect(f"tcp://127.0.0.1:{port}")
-    assert time.perf_counter() - t0 < 5.0
+    assert time.perf_counter() - t0 < 30
     assert cumulo.life.registry.Registry().list() == []
 
 

@@ -27,10 +27,11 @@ from cumulo import datasets, pipeline
 from cumulo.exceptions import ConnectError, CredentialsError, EnvironmentSyncError, HostKeyRefused, ProviderError
 from cumulo.providers.ssh.session import open_session
 from cumulo.providers.ssh.target import Host
+from cumulo.life import reaper
 from cumulo.life.registry import Registry
 
 from . import sshd
-from .conftest import BIN, free_port, wait_for
+from .conftest import BIN, free_port, kernel_then_killed, wait_for
 
 pytestmark = [pytest.mark.skipif(sshd.why_unavailable() is not None, reason=str(sshd.why_unavailable())),
               pytest.mark.timeout(600)]
@@ -139,8 +140,9 @@ def test_second_connect_reuses_the_environment(ssh: sshd.SSHServer) -> None:
             TIMES[f"{attempt} connect (reuse test)"] = time.monotonic() - started
             assert cluster.client.submit(sum, [1, 2, 3]).result() == 6
             events = " ".join(m for _, _, m in Registry().events(cluster.id))
-    assert "environment reused" in events or "environment updated" in events  # updated: local code was edited
-    assert TIMES["second connect (reuse test)"] < TIMES["first connect (reuse test)"] + 5
+    # the second connect (same code, same lock, same local wheels) reuses what the first left on the host
+    assert "environment reused" in events, events
+    assert "environment built" not in events and "environment updated" not in events, events
 
 
 def test_unknown_host_key_is_refused_with_its_fingerprint(ssh: sshd.SSHServer, tmp_path: Path) -> None:
@@ -277,9 +279,30 @@ def test_a_package_the_index_lacks_fails_before_any_process_starts(ssh: sshd.SSH
     with pytest.raises(EnvironmentSyncError) as info:
         cumulo.connect(ssh.target, name="nopkg", environment=[missing])
     text = str(info.value)
-    assert "cumulo-no-such-package-zz" in text and ssh.user in text
+    # the host's index answered and has no such package: cumulo names it (a URL naming it is not enough)
+    assert "package 'cumulo-no-such-package-zz' could not be installed on" in text and ssh.user in text, text
+    assert "was not found in the package registry" in text and "could not reach" not in text, text
     assert not ssh.user_processes()
     rec = Registry().latest("nopkg")
+    assert rec is not None and rec.state == "failed"
+
+
+def test_an_unreachable_index_on_the_host_is_named_and_no_package_is_blamed(ssh: sshd.SSHServer) -> None:
+    port = free_port()  # nothing listens there: the host's index is down, whatever the packages
+    uv_toml = ssh.home / ".config" / "uv" / "uv.toml"
+    kept = uv_toml.read_text()
+    uv_toml.write_text(kept + f'index-url = "http://cumulo:s3cret-token@127.0.0.1:{port}/simple"\n')
+    try:
+        with pytest.raises(EnvironmentSyncError) as info:
+            cumulo.connect(ssh.target, name="noindex", environment=["cumulo-no-such-package-zz==1.0"])
+    finally:
+        uv_toml.write_text(kept)
+    text = str(info.value)
+    assert f"could not reach the package index http://127.0.0.1:{port}" in text and ssh.user in text, text
+    assert "package 'cumulo-no-such-package-zz'" not in text, text
+    assert "s3cret-token" not in text  # the index's credentials never reach an error
+    assert not ssh.user_processes()
+    rec = Registry().latest("noindex")
     assert rec is not None and rec.state == "failed"
 
 
@@ -300,3 +323,45 @@ def test_a_killed_kernel_is_reaped_after_its_lease(ssh: sshd.SSHServer) -> None:
     assert "orphan" in reap.stdout and "kernel gone" in reap.stdout, reap.stdout
     wait_for(lambda: not [p for p in ssh.user_processes() if "sshd" not in p], 30, what="processes gone")
     assert Registry().latest("orphan").state in ("closed", "lost")
+
+
+#: A kernel that connects to the host in argv[1] with a budget and keep_alive (so that its lease does not apply),
+#: prints the row id, and waits to be killed.
+KEPT_KERNEL = """
+import sys, time
+import cumulo
+cluster = cumulo.connect(sys.argv[1], name="kept-on-host", budget=0.01, keep_alive=True)
+print(cluster.id, flush=True)
+time.sleep(3600)
+"""
+
+
+def _host_workers_gone(ssh: sshd.SSHServer) -> bool:
+    return not [p for p in ssh.user_processes() if "sshd" not in p]
+
+
+def test_the_reaper_stops_an_ssh_cluster_over_budget_whose_kernel_is_gone(
+        ssh: sshd.SSHServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DASK_CUMULO__COST__RATE_PER_WORKER_HOUR", "36000")
+    with kernel_then_killed(KEPT_KERNEL, ssh.target) as cid:
+        assert not _host_workers_gone(ssh)
+    Registry().update(cid, heartbeat=time.time() - 3600)  # past the grace a restarted kernel would get
+    with dask.config.set({"cumulo.cost.rate-per-worker-hour": 36000.0}):
+        done = reaper.reap(Registry())
+    assert [(r.name, r.action) for r in done] == [("kept-on-host", "stopped")] and "budget" in done[0].reason
+    wait_for(lambda: _host_workers_gone(ssh), 30, what="the scheduler and workers gone on the host")
+    assert Registry().get(cid).state == "closed"
+
+
+def test_the_reaper_stops_a_disconnected_ssh_cluster_over_budget_while_its_kernel_lives(
+        ssh: sshd.SSHServer) -> None:
+    with dask.config.set({"cumulo.cost.rate-per-worker-hour": 36000.0, "cumulo.guards.budget-warn-at": []}):
+        cluster = cumulo.connect(ssh.target, name="left-on-host", budget=1e6)
+        cluster.disconnect()  # this kernel lives on; the cluster is left to its budget
+        assert reaper.reap(Registry()) == []  # within its budget: left alone
+        assert not _host_workers_gone(ssh)
+        Registry().update(cluster.id, budget=0.01)
+        done = reaper.reap(Registry())
+    assert [(r.name, r.action) for r in done] == [("left-on-host", "stopped")] and "budget" in done[0].reason
+    wait_for(lambda: _host_workers_gone(ssh), 30, what="the scheduler and workers gone on the host")
+    assert Registry().get(cluster.id).state == "closed"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def fails_on_rank_one(steps=3):
 def test_failing_rank_is_named_with_traceback_and_workers_stay_usable(client):
     t0 = time.perf_counter()
     with pytest.raises(TrainingError) as info:
-        cumulo.train.torch(fails_on_rank_one, client, timeout="60s")
+        cumulo.train.torch(fails_on_rank_one, client, timeout="180s")
     elapsed = time.perf_counter() - t0
     err = info.value
     assert err.rank == 1
@@ -142,13 +143,14 @@ def test_failing_rank_is_named_with_traceback_and_workers_stay_usable(client):
     assert "fails_on_rank_one" in err.remote_traceback
     assert 'raise ValueError(f"boom on rank' in err.remote_traceback  # source line filled in
     assert err.worker in client.scheduler_info()["workers"]
-    assert elapsed < 20, f"a failing rank took {elapsed:.1f}s to surface"
+    # rank 1's error ends the call, not rank 0 waiting out its 180 s timeout in the collective (a hang-catcher)
+    assert elapsed < 90, f"a failing rank took {elapsed:.1f}s to surface"
     # IPython shows the remote traceback, not cumulo's frames
     assert any("fails_on_rank_one" in line for line in err._render_traceback_())
     # the same workers run the next job at once
     t0 = time.perf_counter()
     assert cumulo.train.torch(fails_on_rank_one, client, steps=1) == [[2.0] * 4, [2.0] * 4]
-    assert time.perf_counter() - t0 < 20
+    assert time.perf_counter() - t0 < 60  # a hang-catcher: it takes about a second
 
 
 def test_explicit_workers_and_bad_arguments(client):
@@ -252,6 +254,7 @@ def test_ddp_nccl_on_gpu_workers():
 @gpu_only
 def test_xgboost_uses_cuda_on_gpu_workers():
     pytest.importorskip("dask_cuda")
+    pytest.importorskip("xgboost")  # the GPU check kit's machine may lack it: skipped, with the reason
     from dask_cuda import LocalCUDACluster
 
     with LocalCUDACluster(host="127.0.0.1", dashboard_address=":0") as cluster, Client(cluster) as c:
@@ -278,7 +281,7 @@ def test_a_missing_peer_times_out_instead_of_hanging(client):
     with pytest.raises(TrainingError, match="Timed out") as info:
         cumulo.train.torch(late_rank, client, 4, timeout="1s")
     assert info.value.rank == 0
-    assert time.perf_counter() - t0 < 15
+    assert time.perf_counter() - t0 < 60  # a hang-catcher: had the 1 s not applied, rank 1 would have come at 4 s
     assert cumulo.train.torch(late_rank, client, 0) == [[2.0, 2.0]] * 2
 
 
@@ -318,6 +321,42 @@ def test_a_failing_data_load_starts_no_rank(client):
     assert "_bad_partition" in info.value.remote_traceback
 
 
+def _slow_then_dies_on_the_last_partition(df):
+    import os
+    import time
+
+    time.sleep(1.0)
+    if len(df) and df.index.min() >= 60:  # rows 60..89: the last of three partitions, rank 1's
+        os._exit(3)  # the worker loading rank 1's data dies; its nanny starts a new one at a new address
+    return df
+
+
+def test_a_worker_that_dies_while_loading_fails_the_call_instead_of_hanging():
+    ddf = dd.from_pandas(_synthetic(90), npartitions=3).map_partitions(
+        _slow_then_dies_on_the_last_partition, meta=_synthetic(1)
+    )
+    outcome: dict = {}
+
+    def call(c):
+        try:
+            outcome["value"] = cumulo.train.torch(lambda shard: len(shard), c, cumulo.train.by_rank(ddf))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome["error"] = exc
+
+    # its own cluster: the nanny replaces the dead worker with a new process
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0"
+    ) as cluster, Client(cluster) as c:
+        t = threading.Thread(target=call, args=(c,), daemon=True)
+        t.start()
+        t.join(90)
+    assert not t.is_alive(), "train.torch still waits for the data of a worker that died"
+    error = outcome.get("error")
+    assert isinstance(error, TrainingError), outcome
+    assert "left the cluster while loading their data" in str(error) and "No rank was started" in str(error)
+    assert error.rank == 1
+
+
 def dies_on_rank_one():
     import os
 
@@ -338,8 +377,8 @@ def test_a_dead_worker_is_reported_and_the_cluster_recovers():
     ) as cluster, Client(cluster) as c:
         t0 = time.perf_counter()
         with pytest.raises(TrainingError, match=r"ranks \[1\] .* left the cluster"):
-            cumulo.train.torch(dies_on_rank_one, c, timeout="30s")
-        assert time.perf_counter() - t0 < 25
+            cumulo.train.torch(dies_on_rank_one, c, timeout="180s")
+        assert time.perf_counter() - t0 < 90  # the death ends the call, not the 180 s timeout (a hang-catcher)
         c.wait_for_workers(2, timeout=30)
         assert cumulo.train.torch(late_rank, c, 0) == [[2.0, 2.0]] * 2
 

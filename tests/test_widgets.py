@@ -176,7 +176,10 @@ def test_widget_renders_in_an_executed_notebook(tmp_path: Path) -> None:
     widget_out = nb.cells[2].outputs[0]
     assert "application/vnd.jupyter.widget-view+json" in widget_out["data"]
     assert "cumulo-top-cells" in nb.cells[6].outputs[0]["text"]  # the cells that cost most, in the static HTML
-    assert "spent $" in widget_out["data"]["text/plain"] or widget_out["data"]["text/plain"].startswith("HTML(")
+    # the widget's own state, as the kernel last sent it to the front end: the meter, with the spend and budget
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    meters = [str(m["state"].get("value", "")) for m in state.values() if m["model_name"] == "HTMLModel"]
+    assert any("cumulo-meter" in v and "spent <b>$" in v and "of $5.00 budget" in v for v in meters), meters
     usage_out = nb.cells[3].outputs[0]["data"]
     assert "estimate" in usage_out["text/plain"] and "<pre" in usage_out["text/html"]
     printed = nb.cells[4].outputs[0]["text"]

@@ -20,7 +20,14 @@ export interface ClusterRow {
   /** A stop or cleanup failed: its resources may still bill until a stop is confirmed. */
   may_bill?: boolean;
   address?: string | null;
+  /** The dashboard's own address, as its scheduler reported it. */
   dashboard?: string | null;
+  /** The Jupyter server serves the dashboard at its route (cumulo/clusters/<name>/dashboard/); false: the
+   * provider proxies it itself (dask-gateway) and `dashboard` is the address to open. */
+  dashboard_proxied?: boolean;
+  /** Why the server could not reach the dashboard the last time it tried (e.g. no SSH key the host takes),
+   * naming what to configure; null: it could, or has not tried. */
+  dashboard_problem?: string | null;
   workers?: number | null;
   threads?: number | null;
   gpus?: number | null;
@@ -234,7 +241,19 @@ export class RestAPI implements ComputeAPI {
       throw new ServerConnection.NetworkError(error as TypeError);
     }
     const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
+    let data: any = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      // not JSON: a proxy's or the server's own error page, never a cumulo answer
+      const first = text.replace(/<[^>]*>/g, ' ').trim().split(/\s*\n\s*/)[0] ?? '';
+      throw new APIError(
+        response.status,
+        response.ok
+          ? `the server answered ${path} with something that is not JSON (${first.slice(0, 120)})`
+          : `${response.status} ${response.statusText || 'error'}${first ? `: ${first.slice(0, 120)}` : ''}`
+      );
+    }
     if (!response.ok) {
       throw new APIError(
         response.status,

@@ -5,6 +5,10 @@ import { budgetFraction, canScale, canStop, cellCost, duration, money, rate, siz
 import { usageCharts } from './sparkline';
 
 export interface CardActions {
+  /** Where the browser opens this cluster's Dask dashboard (format.dashboardUrl); null: it serves none. */
+  dashboardUrl(row: ClusterRow): string | null;
+  /** Open the dashboard inside JupyterLab (dask-labextension's panes where installed, else a Lab tab). */
+  openDashboard(row: ClusterRow, url: string): void;
   scale(row: ClusterRow): void;
   stop(row: ClusterRow): void;
   insertConnect(row: ClusterRow): void;
@@ -178,9 +182,11 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
     }
   }
   const buttons = h('div', { className: 'cumulo-lab-actions' });
-  if (row.dashboard && !launching) {
+  const dashboard = launching ? null : actions.dashboardUrl(row);
+  if (dashboard) {
     buttons.append(
-      h('a', { className: 'cumulo-lab-link', href: row.dashboard, target: '_blank', rel: 'noopener noreferrer', title: 'Open the Dask dashboard' }, 'Dashboard')
+      h('a', { className: 'cumulo-lab-link cumulo-lab-dashboard', href: dashboard, target: '_blank', rel: 'noopener noreferrer', title: 'Open the Dask dashboard in a browser tab' }, 'Dashboard'),
+      button('Dask panes', "Open the Dask dashboard inside JupyterLab: dask-labextension's panes where it is installed, else a tab", () => actions.openDashboard(row, dashboard), 'cumulo-lab-panes')
     );
   }
   if (row.state === 'running') {
@@ -193,6 +199,11 @@ export function openCard(row: ClusterRow, actions: CardActions, now: number): HT
     buttons.append(button('Stop', 'Stop this cluster (asks first)', () => actions.stop(row), 'jp-mod-warn cumulo-lab-stop'));
   }
   card.append(buttons);
+  if (dashboard && row.dashboard_problem) {
+    // the route could not reach it last time (an ssh host that takes none of the server's keys, a refused host
+    // key): say why and what to configure here, not only inside the tab that opened on the error
+    card.append(h('div', { className: 'cumulo-lab-error cumulo-lab-dashboard-problem' }, `Dashboard: ${row.dashboard_problem}`));
+  }
   return card;
 }
 

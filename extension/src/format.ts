@@ -169,3 +169,17 @@ export function meterText(totals: Totals | null): string {
 export function connectCode(name: string): string {
   return `import cumulo\n\ncluster = cumulo.connect(name=${JSON.stringify(name)})\ncluster`;
 }
+
+/** Where the browser opens a running cluster's Dask dashboard: the Jupyter server's route (behind its
+ * login, over the server's SSH tunnel where the dashboard listens on a host's loopback) when the server
+ * proxies it, else the address the provider serves it at (dask-gateway's own proxy); null when none. */
+export function dashboardUrl(row: ClusterRow, baseUrl: string): string | null {
+  if (!row.dashboard || row.state !== 'running') {
+    return null;
+  }
+  if (row.dashboard_proxied === false) {
+    return row.dashboard;
+  }
+  const base = baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`;
+  return `${base}cumulo/clusters/${encodeURIComponent(row.name)}/dashboard/status`;
+}

@@ -1,12 +1,13 @@
 /** The "Compute" sidebar: a card per open cluster, a New cluster form, today's closed clusters folded below. */
 import { Dialog, InputDialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { PageConfig } from '@jupyterlab/coreutils';
 import { Widget } from '@lumino/widgets';
 
 import type { ClusterRow } from './api';
 import { closedLine, openCard } from './card';
 import { h } from './dom';
 import { launchForm } from './form';
-import { money, rate } from './format';
+import { dashboardUrl, money, rate } from './format';
 import { ComputeModel } from './model';
 
 export const PANEL_ID = 'cumulo-compute';
@@ -14,7 +15,8 @@ export const PANEL_ID = 'cumulo-compute';
 export class ComputePanel extends Widget {
   constructor(
     private model: ComputeModel,
-    private insertConnect: (name: string) => void
+    private insertConnect: (name: string) => void,
+    private openDashboard: (name: string, url: string) => void = () => {}
   ) {
     super();
     this.id = PANEL_ID;
@@ -71,6 +73,8 @@ export class ComputePanel extends Widget {
     const model = this.model;
     const now = model.listing?.now ?? Date.now() / 1000;
     const actions = {
+      dashboardUrl: (row: ClusterRow) => dashboardUrl(row, PageConfig.getBaseUrl()),
+      openDashboard: (row: ClusterRow, url: string) => this.openDashboard(row.name, url),
       scale: (row: ClusterRow) => void this.scale(row),
       stop: (row: ClusterRow) => void this.stop(row),
       insertConnect: (row: ClusterRow) => this.insertConnect(row.name),

@@ -7,6 +7,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { RestAPI } from './api';
+import { openDashboardTab, pointDaskPanes } from './dashboardtab';
 import { connectCode } from './format';
 import { ComputeModel } from './model';
 import { ComputePanel, PANEL_ID } from './panel';
@@ -56,7 +57,8 @@ export const computePlugin: JupyterFrontEndPlugin<ComputeModel> = {
         void showErrorMessage('No notebook', 'Open a notebook first, then insert the connect cell.');
       }
     };
-    const panel = new ComputePanel(model, insert);
+    const openDashboard = (name: string, url: string) => void app.commands.execute(CommandIDs.openDashboard, { name, url });
+    const panel = new ComputePanel(model, insert, openDashboard);
     panel.title.icon = cloudIcon;
     app.shell.add(panel, 'left', { rank: 600 });
     restorer?.add(panel, PANEL_ID);
@@ -91,6 +93,14 @@ export const computePlugin: JupyterFrontEndPlugin<ComputeModel> = {
           name = answer.value;
         }
         insert(name);
+      }
+    });
+    app.commands.addCommand(CommandIDs.openDashboard, {
+      label: args => `Open the Dask Dashboard of ${(args.name as string) || 'a Cluster'}`,
+      execute: args => {
+        if (!pointDaskPanes(app, args.url as string)) {
+          openDashboardTab(app, args.name as string, args.url as string);
+        }
       }
     });
     for (const command of [CommandIDs.open, CommandIDs.newCluster, CommandIDs.insertConnect]) {

@@ -9,4 +9,5 @@ export namespace CommandIDs {
   export const open = 'cumulo:open-compute';
   export const newCluster = 'cumulo:new-cluster';
   export const insertConnect = 'cumulo:insert-connect-cell';
+  export const openDashboard = 'cumulo:open-dashboard';
 }

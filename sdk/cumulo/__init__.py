@@ -59,9 +59,9 @@ def prices(gpu: str | None = None, provider: str | None = None, region: str | No
 _register_with_running_shell()
 
 #: Submodules loaded on first use (attribute -> module): ``cumulo.catalog`` keeps the name the docs used
-#: before the price catalog moved to cumulo.cost.catalog.
+#: before the price catalog moved to cumulo.cost.catalog; ``cumulo.mlflow`` is cumulo.mlops (MLflow autolog).
 _SUBMODULES = {name: name for name in ("datasets", "pipeline", "progress", "run", "share", "train")} | {
-    "catalog": "cost.catalog"}
+    "catalog": "cost.catalog", "mlflow": "mlops", "mlops": "mlops"}
 
 
 def __getattr__(name: str) -> Any:

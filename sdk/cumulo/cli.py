@@ -72,7 +72,13 @@ def _ls(args: argparse.Namespace) -> int:
     if table.empty:
         print("no clusters" + (" open" if args.open else " in the last 24h (use --all for history)"))
         return 0
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    if args.dashboards:
+        from cumulo.display import record_dashboard  # heavy: the providers, only for --dashboards
+        from cumulo.life.registry import Registry  # heavy: sqlite, only for --dashboards
+
+        registry = Registry()
+        table["dashboard"] = [record_dashboard(registry.get(i)) for i in table["id"]]
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 120):
         print(table.drop(columns=["created"]).to_string(index=False, na_rep="-"))
     return 0
 
@@ -208,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("ls", help="list your clusters (open, and closed in the last 24h)")
     ls.add_argument("--open", action="store_true", help="only open clusters")
     ls.add_argument("--all", action="store_true", help="all history, not just the last 24h")
+    ls.add_argument("--dashboards", action="store_true",
+                    help="add each open cluster's Dask dashboard link (through the Jupyter server's route when run "
+                         "in one of its terminals or kernels)")
     ls.set_defaults(func=_ls)
 
     down = sub.add_parser("down", help="stop a cluster by name, or all of them")

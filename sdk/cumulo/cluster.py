@@ -39,6 +39,7 @@ from .life import watchdog
 from .life.lifecycle import BY_KERNEL, Lifecycle
 from .life.names import new_name
 from .life.registry import ClusterRecord, Registry
+from .notebook_server import browser_link
 from .providers import Deployment, Provider, get_provider
 from .providers.address import security_from
 from .spec import MAX_WORKERS, ClusterSpec
@@ -234,6 +235,12 @@ class Cluster(Starting, SyncMethodMixin):
         """
         if not self._asynchronous and self.status in ("closed", "failed") and not self._loop_runner_alive():
             return None
+        if not self._asynchronous and self.status == "closed":
+            # closed already: on its loop by the watchdog (which then stops the loop from another thread) or let
+            # go after a stop elsewhere. Nothing is left to run there, and a call queued on a loop that is
+            # stopping would wait forever (seen in CI): only make sure the loop stops.
+            self._loop_runner.stop()
+            return None
         result = self.sync(self._close)
         if not self._asynchronous and self.status == "closed":
             self._loop_runner.stop()
@@ -308,6 +315,8 @@ class Cluster(Starting, SyncMethodMixin):
     async def _disconnect(self) -> None:
         if self.watchdog is not None:
             self.watchdog.stop()
+            if self.client is not None and self._provider.bills_independently:
+                await watchdog.set_scheduler_lease(self.client, None)  # left running on purpose: the head must not stop
         await self._link.close()
         if self.watchdog is not None and self.status == "running":
             self.watchdog.release_lease()
@@ -415,7 +424,20 @@ class Cluster(Starting, SyncMethodMixin):
 
     @property
     def dashboard_link(self) -> str | None:
-        """The Dask dashboard of this cluster (None if the scheduler serves none)."""
+        """The Dask dashboard of this cluster, as the user's browser can open it (None if it serves none).
+
+        In a kernel of a Jupyter server: the server's dashboard route (behind its login, reached
+        over the server's SSH tunnel for hosts whose dashboard listens on their loopback); else,
+        and for providers that proxy dashboards themselves (dask-gateway), the scheduler's own link.
+        """
+        direct = self.direct_dashboard_link
+        if not self.id:  # not registered: the server's route would not know it
+            return direct
+        return browser_link(self.name, direct, provider_proxies=self._provider.proxies_dashboard)
+
+    @property
+    def direct_dashboard_link(self) -> str | None:
+        """The dashboard's own address, as its scheduler reports it (what the registry keeps)."""
         if self._deployment is not None and self._deployment.dashboard_link:
             return self._deployment.dashboard_link
         if self.client is None:

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 from dask.utils import format_bytes, format_time
 
 from .envsync import recorded
+from .exceptions import CumuloError
+from .notebook_server import browser_link
 
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .life.registry import ClusterRecord
 
-__all__ = ["cluster_html", "cluster_text", "clusters_frame"]
+__all__ = ["cluster_html", "cluster_text", "clusters_frame", "record_dashboard"]
 
 
 def _facts(cluster: Cluster) -> dict[str, Any]:
@@ -102,3 +104,17 @@ def clusters_frame(records: list[ClusterRecord]) -> Any:
     frame = pd.DataFrame(rows, columns=columns)
     # whole numbers stay whole (a missing one is <NA>, never a float NaN)
     return frame.astype({"workers": "Int64", "gpus": "Int64"})
+
+
+def record_dashboard(record: ClusterRecord) -> str | None:
+    """A registry row's dashboard link as this process's user opens it (notebook_server.browser_link);
+    None for a closed cluster or one that serves no dashboard."""
+    if not record.is_open or not record.dashboard:
+        return None
+    from .providers import provider_class  # heavy (every provider's module): only when dashboards are asked for
+
+    try:
+        proxies = provider_class(record.provider).proxies_dashboard
+    except CumuloError:  # a provider this process does not know: its row's own link
+        proxies = True
+    return browser_link(record.name, record.dashboard, provider_proxies=proxies)

@@ -141,6 +141,11 @@ class QuotaError(ProviderError):
     """An account quota or limit at the provider was reached."""
 
 
+class AccountError(ProviderError):
+    """The provider account itself cannot launch (a billing address missing, an inactive account); the
+    message names what to fix on the account. Not a credentials problem: the key was accepted."""
+
+
 class RateLimited(ProviderError):
     """The provider rate-limited us and retries were exhausted."""
 

@@ -19,6 +19,7 @@ the rules live in one place:
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import logging
 import random
@@ -61,14 +62,24 @@ class ErrorMapping:
     """How one provider reports errors, and which cumulo exception each one becomes.
 
     ``codes`` maps a provider error code (exact, or a prefix ending in '/') to an
-    exception class; ``hints`` adds a next step per class; ``extract`` pulls
-    (code, message, suggestion) out of an error body.
+    exception class; ``hints`` adds a next step per class, and ``code_hints`` one per
+    code (it wins: two codes of one class can need different steps); ``retry``
+    names codes (or prefixes ending in '/') that mean "try again": retried with
+    backoff like a 5xx, and, being refusals, also for requests that are not
+    idempotent; ``extract`` pulls (code, message, suggestion) out of an error body.
     """
 
     provider: str
     codes: Mapping[str, type[CumuloError]] = field(default_factory=dict)
     hints: Mapping[type[CumuloError], str] = field(default_factory=dict)
+    code_hints: Mapping[str, str] = field(default_factory=dict)
+    retry: tuple[str, ...] = ()
     extract: Callable[[Any], tuple[str, str, str]] = _default_extract
+
+    def retryable(self, error: ApiError) -> bool:
+        """Whether ``error``'s code says to try again (see ``retry``)."""
+        return bool(error.code) and any(error.code == c or (c.endswith("/") and error.code.startswith(c))
+                                        for c in self.retry)
 
     def classify(self, error: ApiError) -> type[CumuloError]:
         """The exception class for ``error``: by code, then by HTTP status."""
@@ -118,7 +129,9 @@ class ApiClient:
     """An async JSON client for one provider API (see the module docstring for its rules).
 
     ``intervals`` maps a path prefix (e.g. "/instance-operations/launch") to the
-    minimum seconds between two requests to it. ``transport`` is for tests.
+    minimum seconds between two requests to it, and ``windows`` a prefix to
+    ``(count, seconds)``: at most ``count`` requests to it in any ``seconds``.
+    ``transport`` is for tests.
     """
 
     def __init__(
@@ -133,6 +146,7 @@ class ApiClient:
         timeout: float = 30.0,
         min_interval: float = 0.0,
         intervals: Mapping[str, float] | None = None,
+        windows: Mapping[str, tuple[int, float]] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -142,6 +156,8 @@ class ApiClient:
         self.max_backoff = max_backoff
         self.min_interval = min_interval
         self.intervals = dict(intervals or {})
+        self.windows = {p: (int(n), float(t)) for p, (n, t) in (windows or {}).items() if n > 0 and t > 0}
+        self._sent_by_window: dict[str, collections.deque[float]] = {p: collections.deque() for p in self.windows}
         self._secret = secret
         self._client = httpx.AsyncClient(
             base_url=self.base_url, auth=BearerAuth(secret), timeout=timeout, transport=transport,
@@ -184,12 +200,22 @@ class ApiClient:
             prefix = next((p for p in self.intervals if path.startswith(p)), None)
             if prefix is not None:
                 wait = max(wait, self._last_by_prefix.get(prefix, 0.0) + self.intervals[prefix] - now)
+            window = next((p for p in self.windows if path.startswith(p)), None)
+            if window is not None:
+                count, seconds = self.windows[window]
+                sent = self._sent_by_window[window]
+                while sent and sent[0] <= now - seconds:
+                    sent.popleft()
+                if len(sent) >= count:  # the oldest of the last ``count`` must leave the window first
+                    wait = max(wait, sent[-count] + seconds - now)
             if wait > 0:
                 logger.debug("pacing %s: waiting %.2f s", path, wait)
                 await asyncio.sleep(wait)
             self._last_any = time.monotonic()
             if prefix is not None:
                 self._last_by_prefix[prefix] = self._last_any
+            if window is not None:
+                self._sent_by_window[window].append(self._last_any)
 
     def _delay(self, attempt: int) -> float:
         base = min(self.max_backoff, self.backoff * (2**attempt))
@@ -237,7 +263,11 @@ class ApiClient:
                     throttled += 1
                     await asyncio.sleep(wait)
                     continue
-                if response.status_code >= 500:
+                if self.errors.retryable(error):  # "try again": a refusal below 500 surely did not apply
+                    failure = f"HTTP {response.status_code}, {error.code}" + (
+                        f" ({error.message})" if error.message else "")
+                    retry = idempotent or response.status_code < 500
+                elif response.status_code >= 500:
                     failure = f"HTTP {response.status_code}" + (f" ({error.message})" if error.message else "")
                     retry = idempotent
                 else:
@@ -285,7 +315,7 @@ class ApiClient:
             text += f" {error.suggestion.rstrip('.')}."
         if issubclass(cls, CredentialsError):
             text += f" The key used was {self._secret.hint} from {self._secret.source}."
-        hint = self.errors.hints.get(cls)
+        hint = self.errors.code_hints.get(error.code) or self.errors.hints.get(cls)
         if hint:
             text += f" {hint}"
         exc = cls(self.redact(text), **kwargs) if kwargs else cls(self.redact(text))

@@ -193,7 +193,8 @@ class ClusterSpec:
     gpus_per_worker: int | None = None
     instance_type: str | None = None
     region: str | None = None
-    spot: bool = False
+    #: True: spot capacity, falling back to on-demand where the provider can; "only": spot, never on-demand.
+    spot: bool | str = False
     budget: float | None = None
     idle_timeout: float | None = None
     image: str | None = None
@@ -211,8 +212,9 @@ class ClusterSpec:
         self.instance_type = _text("instance_type", self.instance_type, "'gpu_1x_a100'", optional=True)
         self.region = _text("region", self.region, "'us-east-1' (leave it out to pick one)", optional=True)
         self.image = _text("image", self.image, "'ghcr.io/dask/dask:latest'", optional=True)
-        if not isinstance(self.spot, bool):
-            raise SpecError(f"spot={self.spot!r} must be True or False (spot=True asks for spot instances)")
+        if not isinstance(self.spot, bool) and self.spot != "only":
+            raise SpecError(f"spot={self.spot!r} must be True, False or 'only' (spot=True asks for spot instances "
+                            "and falls back to on-demand; 'only' never falls back)")
         if self.name is not None:
             validate_name(self.name)
         if self.environment is not None:
@@ -274,7 +276,8 @@ class ClusterSpec:
             isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
         ):
             raise SpecError("env must be a dict of str to str, e.g. env={'OMP_NUM_THREADS': '1'}")
-        for key in list(self.env) + list(self.options):
+        # a True/False flag holds no secret, whatever its name (forward_credentials=True)
+        for key in list(self.env) + [k for k, v in self.options.items() if not isinstance(v, bool)]:
             if any(word in key.lower() for word in _SECRET_WORDS):
                 raise SpecError(
                     f"{key!r} looks like a secret; cluster specs are stored and shown, so pass "

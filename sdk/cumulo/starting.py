@@ -55,6 +55,7 @@ class Starting:
     client: Client | None
     backend: str
     dashboard_link: str | None
+    direct_dashboard_link: str | None
 
     async def _start(self) -> None:
         self.status = "starting"
@@ -137,7 +138,7 @@ class Starting:
         self.address = self.client.scheduler.address
         values: dict[str, Any] = {
             "address": self.address,
-            "dashboard": self.dashboard_link,
+            "dashboard": self.direct_dashboard_link,  # the server's route is derived from the name
             **sizes(ident),
             "gpus": facts.gpus if facts else 0,
             "gpu_model": facts.gpu_model if facts else None,
@@ -145,6 +146,7 @@ class Starting:
         }
         if self._deployment is not None and self._deployment.rate_per_hour is not None:
             values["rate_per_hour"] = self._deployment.rate_per_hour
+        await self._provider.running(self.client, self.spec)  # e.g. AWS's forwarded credentials
         if not self.lifecycle.running(self.id, **values):
             rec = self.registry.get(self.id)
             raise ClusterLost(f"cluster {self.name!r} was stopped while it started ({rec.state}: {rec.note})")

@@ -4,11 +4,19 @@ import { test } from 'node:test';
 import type { ClusterRow, LaunchSpec, Prices, TopCell } from '../api';
 import { openCard, topCellsList } from '../card';
 import { launchForm, sshTarget } from '../form';
+import { dashboardUrl } from '../format';
 import { fake, installFakeDocument } from './fakedom';
 
 installFakeDocument();
 
-const actions = { scale: () => {}, stop: () => {}, insertConnect: () => {}, dismiss: () => {} };
+const actions = {
+  dashboardUrl: (row: ClusterRow) => dashboardUrl(row, '/lab-base/'),
+  openDashboard: () => {},
+  scale: () => {},
+  stop: () => {},
+  insertConnect: () => {},
+  dismiss: () => {}
+};
 const RUNNING: ClusterRow = { name: 'etl', provider: 'local', state: 'running', created: 0, workers: 2, spent: 1, rate_per_hour: 1 };
 
 function buttons(row: ClusterRow): string[] {
@@ -88,4 +96,62 @@ test('sshTarget takes ssh://user@h1,h2 or the bare hosts, and refuses none', () 
   assert.equal(sshTarget('gpu1:2222'), 'ssh://gpu1:2222');
   assert.throws(() => sshTarget('ssh://'), /name at least one host/);
   assert.throws(() => sshTarget(' , '), /name at least one host/);
+});
+
+test('the Dashboard link is the server route, or the provider\'s own proxy; none while launching or closed', () => {
+  const links = (row: ClusterRow) =>
+    fake(openCard(row, actions, 60))
+      .byTag('a')
+      .map(a => a.getAttribute('href'));
+  const direct = 'http://127.0.0.1:8787/status';
+  assert.deepEqual(links({ ...RUNNING, name: 'etl-1', dashboard: direct, dashboard_proxied: true }), [
+    '/lab-base/cumulo/clusters/etl-1/dashboard/status'
+  ]);
+  // a server that does not say (older): the route too; a gateway's own proxy: its link as it is
+  assert.deepEqual(links({ ...RUNNING, dashboard: direct }), ['/lab-base/cumulo/clusters/etl/dashboard/status']);
+  const gateway = 'https://gw.example/clusters/ns.abc/status';
+  assert.deepEqual(links({ ...RUNNING, provider: 'gateway', dashboard: gateway, dashboard_proxied: false }), [gateway]);
+  assert.deepEqual(links({ ...RUNNING, dashboard: null }), []);
+  assert.deepEqual(links({ ...RUNNING, state: 'launching', dashboard: direct }), []);
+  assert.equal(dashboardUrl({ ...RUNNING, state: 'closing', dashboard: direct }, '/'), null);
+  assert.deepEqual(buttons({ ...RUNNING, dashboard: direct }), ['Dask panes', 'Connect cell', 'Stop']);
+});
+
+test('a "may still bill" card says so, says what to do, and offers only Stop', () => {
+  const stuck: ClusterRow = { ...RUNNING, name: 'half', state: 'stop-failed', may_bill: true, stoppable: true, scalable: true,
+                              note: 'terminate failed: the API is down', dashboard: 'http://127.0.0.1:8787/status' };
+  const el = fake(openCard(stuck, actions, 60));
+  assert.equal(el.getAttribute('data-state'), 'stop-failed');
+  const [state] = el.byClass('cumulo-lab-state');
+  assert.equal(state.textContent, 'stop failed: may still bill');
+  assert.equal(state.getAttribute('title'), 'terminate failed: the API is down');
+  assert.deepEqual(el.byClass('cumulo-lab-error').map(e => e.textContent),
+                   ['terminate failed: the API is down — press Stop to retry; the reaper retries too.']);
+  assert.deepEqual(el.byTag('button').map(b => b.textContent), ['Stop']); // no dashboard, Connect cell or Scale
+  let stopped = '';
+  fake(openCard(stuck, { ...actions, stop: row => void (stopped = row.name) }, 60))
+    .byTag('button').find(b => b.textContent === 'Stop')!.fire('click');
+  assert.equal(stopped, 'half');
+  // a row flagged may_bill without a note (an older server): still said, in general words
+  const bare = fake(openCard({ ...stuck, note: null }, actions, 60));
+  assert.deepEqual(bare.byClass('cumulo-lab-error').map(e => e.textContent),
+                   ['stopping failed — press Stop to retry; the reaper retries too.']);
+  // a running card with the flag (a stop failed and the row is still running) says it too
+  assert.equal(fake(openCard({ ...RUNNING, may_bill: true }, actions, 60)).byClass('cumulo-lab-state')[0].textContent,
+               'stop failed: may still bill');
+  // and a card without the flag says nothing of the kind
+  assert.deepEqual(fake(openCard(RUNNING, actions, 60)).byClass('cumulo-lab-error'), []);
+});
+
+test('a dashboard the server could not reach says why on the card, beside its links, until it can', () => {
+  const direct = 'http://127.0.0.1:8787/status';
+  const why = "the SSH host key of alice@gpu1:22 cannot be checked: /home/me/.ssh/known_hosts does not exist";
+  const el = fake(openCard({ ...RUNNING, provider: 'ssh', dashboard: direct, dashboard_proxied: true, dashboard_problem: why }, actions, 60));
+  assert.deepEqual(el.byClass('cumulo-lab-dashboard-problem').map(e => e.textContent), [`Dashboard: ${why}`]);
+  assert.deepEqual(el.byTag('button').map(b => b.textContent), ['Dask panes', 'Connect cell', 'Stop']); // still offered
+  // none once it could (the server clears it), and none on a card that has no dashboard to open
+  assert.deepEqual(fake(openCard({ ...RUNNING, dashboard: direct, dashboard_proxied: true, dashboard_problem: null }, actions, 60))
+    .byClass('cumulo-lab-dashboard-problem'), []);
+  assert.deepEqual(fake(openCard({ ...RUNNING, state: 'launching', dashboard: direct, dashboard_problem: why }, actions, 60))
+    .byClass('cumulo-lab-dashboard-problem'), []);
 });

@@ -4,12 +4,45 @@
  * check the elements a card is made of without a browser or a DOM library.
  */
 
+/** The page the fake document stands for (a Jupyter server on loopback). */
+export const PAGE = 'http://127.0.0.1:8888/';
+
 export class FakeNode {
   readonly children: (FakeNode | string)[] = [];
   readonly attributes = new Map<string, string>();
   readonly style: Record<string, string> = {};
   readonly listeners = new Map<string, ((event?: unknown) => void)[]>();
   className = '';
+  /** What a widget sets on its node (Lumino's Widget: id, title; data-* through dataset). */
+  id = '';
+  title = '';
+  readonly dataset: Record<string, string> = {};
+  /** The class list over `className`, as Lumino's addClass/removeClass/toggleClass use it. */
+  readonly classList = {
+    contains: (name: string): boolean => this.className.split(/\s+/).includes(name),
+    add: (name: string): void => {
+      if (!this.classList.contains(name)) {
+        this.className = [this.className, name].filter(Boolean).join(' ');
+      }
+    },
+    remove: (name: string): void => {
+      this.className = this.className
+        .split(/\s+/)
+        .filter(c => c && c !== name)
+        .join(' ');
+    },
+    toggle: (name: string, force?: boolean): boolean => {
+      const on = force ?? !this.classList.contains(name);
+      if (on) {
+        this.classList.add(name);
+      } else {
+        this.classList.remove(name);
+      }
+      return on;
+    }
+  };
+  /** An anchor's href property (URLExt.parse sets it, then reads it back through toString, as in a browser). */
+  href?: string;
   /** Form controls' state, as properties (what a browser keeps apart from the attributes). */
   hidden = false;
   checked = false;
@@ -20,6 +53,11 @@ export class FakeNode {
     readonly tagName: string,
     readonly namespaceURI: string | null = null
   ) {}
+
+  /** A link is its href resolved against the page (what JupyterLab's URLExt reads); other nodes, their tag. */
+  toString(): string {
+    return this.tagName === 'a' && this.href !== undefined ? new URL(this.href, PAGE).href : `<${this.tagName}>`;
+  }
 
   setAttribute(name: string, value: string): void {
     if (name === 'class') {
@@ -88,6 +126,11 @@ export class FakeNode {
     return this.all().filter(n => n.className.split(/\s+/).includes(name));
   }
 
+  /** The first element below this one with tag `selector` (the only selectors the views use are tag names). */
+  querySelector(selector: string): FakeNode | null {
+    return this.byTag(selector)[0] ?? null;
+  }
+
   /** Every element below this one with tag `tag`. */
   byTag(tag: string): FakeNode[] {
     return this.all().filter(n => n.tagName === tag);
@@ -108,7 +151,8 @@ export class FakeNode {
 export function installFakeDocument(): void {
   (globalThis as unknown as { document: unknown }).document = {
     createElement: (tag: string) => new FakeNode(tag),
-    createElementNS: (ns: string, tag: string) => new FakeNode(tag, ns)
+    createElementNS: (ns: string, tag: string) => new FakeNode(tag, ns),
+    getElementById: () => null
   };
 }
 

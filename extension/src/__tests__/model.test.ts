@@ -99,15 +99,24 @@ test('prices are fetched once', async () => {
   assert.equal(api.calls.filter(c => c === 'prices').length, 1);
 });
 
-test('polling refreshes on the interval and stops', async () => {
+test('polling refreshes on the interval and stops', async t => {
+  t.mock.timers.enable({ apis: ['setInterval'] });
   const api = new FakeAPI();
   const model = new ComputeModel(api, { refreshSeconds: 1 });
   model.refreshSeconds = 0.01; // clamped to 1 s
   assert.equal(model.refreshSeconds, 1);
+  const lists = () => api.calls.filter(c => c === 'list').length;
   model.startPolling();
+  assert.equal(lists(), 1); // at once
+  t.mock.timers.tick(999);
+  assert.equal(lists(), 1); // not before the interval
+  t.mock.timers.tick(1);
+  assert.equal(lists(), 2); // then once per interval
+  t.mock.timers.tick(2000);
+  assert.equal(lists(), 4);
   model.stopPolling();
-  await new Promise(resolve => setTimeout(resolve, 20));
-  assert.equal(api.calls.filter(c => c === 'list').length, 1);
+  t.mock.timers.tick(5000);
+  assert.equal(lists(), 4); // and never after it stopped
   model.dispose();
 });
 

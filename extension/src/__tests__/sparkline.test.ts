@@ -101,7 +101,7 @@ test('the top cells list shows label, task time, cost (never a $0 for no rate) a
 });
 
 test('a running card carries the sparkline and the top cells; a card without them shows neither', () => {
-  const actions = { scale: () => {}, stop: () => {}, insertConnect: () => {}, dismiss: () => {} };
+  const actions = { dashboardUrl: () => null, openDashboard: () => {}, scale: () => {}, stop: () => {}, insertConnect: () => {}, dismiss: () => {} };
   const row: ClusterRow = { name: 'etl', provider: 'local', state: 'running', created: 0, workers: 2, spent: 0.01, rate_per_hour: 1, sparkline: series(), top_cells: CELLS };
   const card = fake(openCard(row, actions, 60));
   assert.equal(card.byClass('cumulo-lab-spark-workers').length, 1);

@@ -4,7 +4,8 @@ Money is data: every row names its ``source`` and ``as_of`` date. The snapshot
 (``data/prices.csv``, plus the rows each provider bundles: ``Provider.price_file``)
 ships with cumulo; ``refresh()`` asks every provider with a live source
 (``Provider.live_prices``: Lambda's ``GET /instance-types``, through the
-provider's own client, so its key is redacted as everywhere else) and Azure's
+provider's own client, so its key is redacted as everywhere else; AWS's public
+price list, and its spot prices per zone where credentials exist) and Azure's
 retail prices API (no key, through httpx) and caches what it got, with a
 timestamp, in the user data directory (mode 600). A failed source keeps its
 last good data and the failure is reported, never hidden. Live rows replace snapshot rows of the same
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,16 +95,24 @@ def source_label(provider: str, page: str, *, live: bool = False) -> str:
     return f"list price bundled with cumulo ({how}) from {page}"
 
 
+#: A zone's name: its region's and a letter ("us-east-1b"). Rows priced per zone are AWS's spot prices.
+_ZONE = re.compile(r".*\d[a-z]")
+
+
 def prices(
-    gpu: str | None = None, provider: str | None = None, region: str | None = None, *, labelled: bool = True
+    gpu: str | None = None, provider: str | None = None, region: str | None = None, *, labelled: bool = True,
+    zones: bool = False,
 ) -> pd.DataFrame:
     """GPU offers as a DataFrame (columns in ``COLUMNS`` plus ``per_gpu_hour``), cheapest $/GPU-hour first.
 
     gpu: model prefix, case-insensitive ("a100" matches A100-40GB and A100-80GB);
     provider: "lambda", "aws", "azure", "gcp"; region: exact region (rows priced for
-    "all" regions always match). Live rows from the last ``refresh()`` replace snapshot rows.
+    "all" regions, and with ``zones`` the region's zones' rows, match too). Live rows from the
+    last ``refresh()`` replace snapshot rows.
     ``labelled``: ``source`` as :func:`source_label` words it (bundled or fetched, page, how to
     refresh); False leaves the bare page, as the snapshot and the cache hold it.
+    ``zones``: also the rows priced per zone (a refresh's spot prices of AWS's zones, "us-east-1b"), as
+    `cumulo prices` shows them; off, so that an estimate or an offer never takes a zone's row for a region's.
     """
     frame = snapshot()
     if labelled:
@@ -115,12 +125,15 @@ def prices(
         replaced = set(zip(live["provider"], live["instance_type"], live["region"]))
         keep = [k not in replaced for k in zip(frame["provider"], frame["instance_type"], frame["region"])]
         frame = pd.concat([frame[keep], live], ignore_index=True)
+    if not zones:
+        frame = frame[~frame["region"].astype(str).str.fullmatch(_ZONE)]
     if gpu:
         frame = frame[frame["gpu_model"].str.lower().str.startswith(gpu.lower().replace(" ", ""))]
     if provider:
         frame = frame[frame["provider"] == provider.lower()]
     if region:
-        frame = frame[(frame["region"] == region) | (frame["region"] == "all")]
+        zone = frame["region"].astype(str).str.fullmatch(re.escape(region) + "[a-z]")
+        frame = frame[(frame["region"] == region) | (frame["region"] == "all") | zone]
     frame = frame.copy()
     frame["per_gpu_hour"] = frame["on_demand_per_hour"].astype(float) / frame["gpu_count"].astype(float)
     return frame.sort_values(["per_gpu_hour", "provider", "instance_type"]).reset_index(drop=True)
@@ -142,11 +155,14 @@ class RefreshReport:
 
     ok: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    #: per source, one line on what a refresh that worked still lacks (a fetcher's rows may carry ``note``)
+    notes: dict[str, str] = field(default_factory=dict)
     cache: str = ""
 
     def text(self) -> str:
         """One line per source."""
-        lines = [f"{src}: {n} offers refreshed" for src, n in sorted(self.ok.items())]
+        lines = [f"{src}: {n} offers refreshed" + (f"; {self.notes[src]}" if self.notes.get(src) else "")
+                 for src, n in sorted(self.ok.items())]
         lines += [f"{src}: FAILED ({why}); keeping the last good data" for src, why in sorted(self.failed.items())]
         lines.append(f"cache: {self.cache}")
         return "\n".join(lines)
@@ -226,8 +242,10 @@ def refresh(*, sources: tuple[str, ...] | None = None) -> RefreshReport:
                 report.failed[src] = f"{type(exc).__name__}: {exc}"
                 cache.setdefault("sources", {}).setdefault(src, {})["last_error"] = report.failed[src]
                 continue
-            rows_by_source[src] = rows
+            rows_by_source[src] = list(rows)
             report.ok[src] = len(rows)
+            if getattr(rows, "note", ""):
+                report.notes[src] = str(rows.note)
             cache.setdefault("sources", {})[src] = {"fetched": time.time(), "rows": len(rows)}
     cache["rows"] = [r for rows in rows_by_source.values() for r in rows]
     cache["written"] = time.time()
@@ -311,7 +329,7 @@ def report_text(*, gpu: str | None = None, provider: str | None = None, region: 
 
     SpecError (:func:`no_match`: what the catalog knows) when no offer matches.
     """
-    frame = prices(gpu=gpu, provider=provider, region=region, labelled=False)
+    frame = prices(gpu=gpu, provider=provider, region=region, labelled=False, zones=True)
     if frame.empty:
         raise SpecError(no_match(gpu=gpu, provider=provider, region=region))
     table = format_table(frame)

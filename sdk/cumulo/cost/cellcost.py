@@ -41,7 +41,7 @@ from typing import Any
 
 from .. import config
 from .._ledger import CELL_ANNOTATION
-from . import cellhistory
+from . import cellhistory, listeners
 from .metering import cell_spend, fetch_cell
 
 __all__ = ["current_cell", "loaded", "register", "track", "tracked", "unregister"]
@@ -190,12 +190,15 @@ def _after_cell(cluster: Any, clients: list[Any], tag: str, count: int | None, s
     if not row or not row.get("submitted"):
         return
     usage.record_cell(row)
-    if config.get("widgets.cell-line"):
+    if config.get("widgets.cell-line") or listeners.active():
         try:
             rec = usage.record()
         except Exception:
             rec = None
-        _show(line(cluster.name, row, wall, cell_spend(row, rec, int(row.get("workers") or 1))))
+        spend = cell_spend(row, rec, int(row.get("workers") or 1))
+        listeners.cell(cluster, tag, count, row, spend)  # trackers (cumulo.mlops); nothing when none listens
+        if config.get("widgets.cell-line"):
+            _show(line(cluster.name, row, wall, spend))
 
 
 def line(name: str, row: dict[str, Any], wall: float, spend: Any) -> str:

@@ -4,10 +4,11 @@ The ledger itself runs on the scheduler (:mod:`cumulo._ledger`), so every
 kernel that attaches, and the CLI or Jupyter server through an RPC, sees the
 same history. This module installs it, reads it, and turns it into money:
 
-  spend = billing clock x price
+  spend = billing clock x price (:mod:`cumulo.cost.spend`)
     - a cluster with a provider price (``rate_per_hour`` on its registry row):
       the provider's clock, from launch to confirmed termination, rounded up to
-      ``cumulo.cost.billing-granularity``;
+      ``cumulo.cost.billing-granularity``, each stretch at its own rate where it changed
+      (a spot instance taken back);
     - anything else (local, your own hosts, a team gateway): worker-time x the
       configured ``cumulo.cost.rate-per-worker-hour`` and ``rate-per-gpu-hour``;
       with neither set the spend is None and shown as "no rate set", never $0.
@@ -50,7 +51,9 @@ from dask.utils import parse_timedelta
 
 from .. import _energy, _ledger, config
 from ..exceptions import ClusterLost
+from . import carbon
 from .cellhistory import history, kernel_id
+from .spend import Spend, rates, spend_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CELL_COLUMNS", "IDLE", "OTHER_CELLS", "OUTSIDE", "Spend", "Usage", "attribution", "cell_label", "cell_spend",
-    "cells_text", "fetch_cell", "fetch_ledger", "fetch_ledger_async", "final_usage", "idle_fraction", "install", "install_async",
+    "cells_text", "co2_of", "co2_text", "fetch_cell", "fetch_ledger", "fetch_ledger_async", "final_usage", "idle_fraction",
+    "install", "install_async",
     "ranked", "rates", "spend_of", "stored_usage", "stored_usage_text", "usage_text",
 ]
 
@@ -198,60 +202,6 @@ async def fetch_ledger_async(address: str, security: Any = None, *, timeout: flo
             return await sched.cumulo_ledger(samples=samples)
     except Exception:
         return None
-
-
-def rates() -> tuple[float | None, float | None]:
-    """The configured (rate-per-worker-hour, rate-per-gpu-hour); None where not set."""
-    w = config.get("cost.rate-per-worker-hour")
-    g = config.get("cost.rate-per-gpu-hour")
-    return (None if w is None else float(w)), (None if g is None else float(g))
-
-
-@dataclass
-class Spend:
-    """Money for one cluster (or one cell): amount in dollars or None, and what it rests on."""
-
-    amount: float | None
-    rate_per_hour: float | None
-    basis: str
-    estimate: bool = True
-
-    @property
-    def kind(self) -> str:
-        """The registry's word: 'estimate', or 'none' when there is no rate."""
-        return "none" if self.amount is None else ("estimate" if self.estimate else "billed")
-
-    def text(self) -> str:
-        """'$1.23 (estimate: ...)' or 'no rate set'."""
-        if self.amount is None:
-            return "no rate set"
-        return f"${self.amount:,.2f} ({'estimate' if self.estimate else 'billed'}: {self.basis})"
-
-
-def spend_of(record: ClusterRecord | None, ledger: dict[str, Any] | None, *, now: float | None = None) -> Spend:
-    """Spend so far for a cluster from its registry row and (where reachable) its ledger."""
-    now = time.time() if now is None else now
-    if record is not None and record.rate_per_hour is not None:
-        end = record.closed or now
-        gran = float(parse_timedelta(config.get("cost.billing-granularity", "60s")) or 1.0)
-        billed = math.ceil(max(0.0, end - record.created) / gran) * gran
-        return Spend(record.rate_per_hour * billed / 3600.0, record.rate_per_hour,
-                     "provider clock x catalog price")
-    per_worker, per_gpu = rates()
-    if per_worker is None and per_gpu is None:
-        return Spend(None, None, "no rate set")
-    if ledger is None:
-        return Spend(None, None, "no ledger reachable")
-    totals = ledger["totals"]
-    amount = 0.0
-    rate = 0.0
-    if per_worker is not None:
-        amount += totals["worker_seconds"] / 3600.0 * per_worker
-        rate += per_worker * len(ledger["workers"])
-    if per_gpu is not None:
-        amount += totals["gpu_seconds"] / 3600.0 * per_gpu
-        rate += per_gpu * sum(w["gpus"] for w in ledger["workers"])
-    return Spend(amount, rate, "worker-time x configured rate")
 
 
 def cell_spend(cell: dict[str, Any], record: ClusterRecord | None, workers: int) -> Spend:
@@ -519,6 +469,7 @@ class Usage:
             "power_w": t.get("power_w"),
             "tasks_running": t.get("tasks_running"),
         })
+        out.update(co2_of(record, out["energy_wh"]))
         return out
 
     def record_cell(self, row: dict[str, Any]) -> None:
@@ -656,6 +607,24 @@ class Usage:
         return f"<pre style='margin:0'>{html.escape(repr(self))}</pre>"
 
 
+def co2_of(record: ClusterRecord | None, energy_wh: float | None) -> dict[str, Any]:
+    """CO2 of measured GPU energy in the cluster's region (cumulo.cost.carbon): ``co2_g``, the grid's
+    ``carbon_intensity`` (g/kWh) and ``carbon_source``; nothing where no energy was measured."""
+    if energy_wh is None:
+        return {}
+    spec = getattr(record, "spec", None) or {}
+    grid = carbon.intensity(getattr(record, "provider", None), spec.get("region") if isinstance(spec, dict) else None)
+    return {"co2_g": carbon.co2_grams(energy_wh, grid), "carbon_intensity": grid.g_per_kwh,
+            "carbon_source": grid.source}
+
+
+def co2_text(s: dict[str, Any]) -> str:
+    """'; 1.23 g CO2 (480 g/kWh: source)' where a summary has measured energy, else ''."""
+    if s.get("co2_g") is None:
+        return ""
+    return f"; {s['co2_g']:,.2f} g CO2 ({s.get('carbon_intensity', 0):g} g/kWh: {s.get('carbon_source')})"
+
+
 def usage_text(s: dict[str, Any]) -> str:
     """A usage summary as the few lines `cumulo usage` and the repr print."""
     money = (
@@ -677,7 +646,7 @@ def usage_text(s: dict[str, Any]) -> str:
         lines.append(f"  GPU-seconds {s['gpu_seconds']:.1f}: busy {s['gpu_busy_seconds']:.1f}, NVML util-seconds {util}")
     if s.get("energy_wh") is not None:
         now = "" if s.get("power_w") is None else f", {s['power_w']:,.0f} W now"
-        lines.append(f"  GPU energy {s['energy_wh']:,.3f} Wh (NVML power{now})")
+        lines.append(f"  GPU energy {s['energy_wh']:,.3f} Wh (NVML power{now}){co2_text(s)}")
     if s["idle_spend"] is not None and s["spend"]:
         what = "GPUs" if s["gpus"] else "workers"
         lines.append(f"  ${s['idle_spend']:,.2f} of ${s['spend']:,.2f} paid for idle {what}")

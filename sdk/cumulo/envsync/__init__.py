@@ -24,9 +24,9 @@ uv configuration.
 from .install import install_script
 from .lock import DEFAULT_EXCLUDE, RAPIDS, Local, Lock, capture, compact, for_gpu, from_requirements, lock_for
 from .prepare import Prepared, prepare, recorded
-from .resolve import check_resolvable, named_package
+from .resolve import check_resolvable, named_package, unreachable_index, without_credentials
 from .wheels import build_wheels, client_platform, ship_wheels, uv_binary, uv_path
 
 __all__ = ["DEFAULT_EXCLUDE", "RAPIDS", "Local", "Lock", "Prepared", "build_wheels", "capture", "check_resolvable",
            "client_platform", "compact", "for_gpu", "from_requirements", "install_script", "lock_for", "named_package",
-           "prepare", "recorded", "ship_wheels", "uv_binary", "uv_path"]
+           "prepare", "recorded", "ship_wheels", "unreachable_index", "uv_binary", "uv_path", "without_credentials"]

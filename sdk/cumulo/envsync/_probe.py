@@ -21,9 +21,26 @@ def _version(module: str) -> str | None:
     dist = {"dask_cuda": "dask-cuda"}.get(module, module)
     for name in (dist, f"{dist}-cu12", f"{dist}-cu13"):
         try:
-            return metadata.version(name)
+            found = metadata.distribution(name)
         except metadata.PackageNotFoundError:
             continue
+        return _header_version(found) or found.version
+    return None
+
+
+def _header_version(dist: Any) -> str | None:
+    """The ``Version:`` field of a distribution's metadata, read from the header alone.
+
+    The same value as ``metadata.version()``, which parses the whole file as an email
+    message: for a package whose metadata carries its README (pandas: ~80 KB) that
+    parse was most of the probe's time, paid in every process on every connect.
+    None when the field is not found where expected (the caller then asks importlib).
+    """
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "version" and not line[:1].isspace():
+            return value.strip() or None
     return None
 
 

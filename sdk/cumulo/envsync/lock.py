@@ -28,6 +28,9 @@ DEFAULT_EXCLUDE = (
     "pip", "setuptools", "wheel", "uv", "build", "hatch*", "jupyterlab", "jupyterlab-server", "jupyter-server*",
     "jupyter-lsp", "notebook", "notebook-shim", "nbclient", "nbconvert", "ipykernel", "playwright", "pytest*",
     "debugpy", "detect-secrets", "dask-gateway-server",
+    # JupyterLab's Dask panes, and servers that only tests run (moto's AWS emulator, MLflow's tracking server and
+    # UI): they would pull Jupyter's and Flask's stacks onto every worker
+    "dask-labextension", "moto", "mlflow",
 )
 
 

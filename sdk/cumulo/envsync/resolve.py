@@ -1,4 +1,5 @@
-"""Resolving a lock for Linux x86-64 before anything bills, and naming the package a resolver refused."""
+"""Resolving a lock for Linux x86-64 before anything bills, and reading what a resolver refused: the package
+the index lacks, or an index that could not be reached at all (which is not the package's fault)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import logging
 import os
 import re
 import subprocess
+from urllib.parse import urlsplit
 
 from ..exceptions import EnvironmentSyncError
 from .lock import Lock
 from .wheels import uv_path
 
-__all__ = ["check_resolvable", "named_package"]
+__all__ = ["check_resolvable", "named_package", "unreachable_index", "without_credentials"]
 
 logger = logging.getLogger("cumulo")
 #: uv's words when resolving needs a source build that --no-build refuses.
@@ -46,10 +48,17 @@ def check_resolvable(lock: Lock, *, platform_tag: str = "x86_64-manylinux_2_28")
                            "run on this machine); the workers build it, so the environment is checked there",
                            repr(named) if named else "a package of the environment")
             return
+        index = unreachable_index(text)
+        if index is not None:
+            raise EnvironmentSyncError(
+                f"the package index {index} could not be reached, so the environment could not be checked for "
+                f"Linux x86-64 workers (nothing was launched):\n  " + "\n  ".join(_tail(text)) + "\nCheck the "
+                "network and the index setting (UV_INDEX_URL or uv.toml), or add a wheel folder with "
+                "cumulo.env.find-links (no package was refused: the index did not answer)")
         raise EnvironmentSyncError(
-            (f"package {named!r} " if named else "the environment ") + "cannot be installed on Linux x86-64 "
-            f"workers with Python {lock.python} (nothing was launched):\n  " + "\n  ".join(text.splitlines()[-6:])
-            + "\nDrop it (cumulo.env.exclude), pin a version that exists, or pass environment=[...] "
+            (f"package {named!r} " if named else "the environment ") + _not_found(text, named)
+            + f"cannot be installed on Linux x86-64 workers with Python {lock.python} (nothing was launched):\n  "
+            + "\n  ".join(_tail(text)) + "\nDrop it (cumulo.env.exclude), pin a version that exists, or pass environment=[...] "
             "with what the workers need")
 
 
@@ -64,3 +73,39 @@ def named_package(text: str) -> str | None:
         if m:
             return m.group(1)
     return None
+
+
+#: uv's words when it could not talk to an index at all (connection refused, no such host, timed out, TLS, 5xx),
+#: after "Failed to fetch: URL": the URL names the package, but the package is not what failed.
+_FETCH_FAILED = re.compile(r"Failed to fetch: (\S+)")
+_NO_ANSWER = re.compile(r"error sending request|tcp connect error|dns error|Connection refused|timed out|"
+                        r"Could not connect|failed to lookup address|certificate|server error \(5\d\d", re.IGNORECASE)
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def unreachable_index(text: str) -> str | None:
+    """The index (scheme://host[:port], credentials removed) a resolver error says it could not reach, or None
+    when the error is about the packages themselves (not found, no matching version, no wheel)."""
+    fetched = _FETCH_FAILED.search(text)
+    if fetched is None or not _NO_ANSWER.search(text):
+        return None
+    url = urlsplit(fetched.group(1))
+    host = url.hostname or "?"
+    return f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "")
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user:password part of every URL in it removed (an index URL may carry a token)."""
+    return _USERINFO.sub("", text)
+
+
+def _not_found(text: str, named: str | None) -> str:
+    """'is not on the package index, so it ' when the resolver reached the index and it has no such package."""
+    if named and re.search(rf"{re.escape(named)} was not found in the package registry", text):
+        return "is not on the package index, so it "
+    return ""
+
+
+def _tail(text: str) -> list[str]:
+    """The last lines of a resolver's error, as quoted in cumulo's (credentials removed)."""
+    return without_credentials(text).splitlines()[-6:]

@@ -11,7 +11,8 @@ from jupyter_server.extension.application import ExtensionApp
 from .. import config
 from ..exceptions import ConfigError, CumuloError
 from ..life.registry import Registry
-from .handlers import make_handlers
+from .dashboard import Dashboards
+from .handlers import NoDashboardProxy, dashboard_pattern, make_handlers
 from .manager import ClusterManager
 
 __all__ = ["CumuloExtension", "Reaper"]
@@ -75,6 +76,7 @@ class CumuloExtension(ExtensionApp):
 
     manager: ClusterManager
     reaper: Reaper
+    dashboards: Dashboards
 
     def initialize_settings(self) -> None:
         """Check the cumulo config, then set up the manager and the reaper.
@@ -86,6 +88,9 @@ class CumuloExtension(ExtensionApp):
         """
         self.manager = ClusterManager(Registry())
         self.settings["cumulo_manager"] = self.manager
+        self.dashboards = Dashboards(self.manager.registry)
+        self.manager.dashboard_problem = self.dashboards.problem
+        self.settings["cumulo_dashboards"] = self.dashboards
         try:
             config.validate()
         except ConfigError as exc:
@@ -102,13 +107,23 @@ class CumuloExtension(ExtensionApp):
     def initialize_handlers(self) -> None:
         # Routes are absolute (base_url included), so they go to the web app directly,
         # not through ExtensionApp.handlers (which would prefix them with the extension's name).
-        self.serverapp.web_app.add_handlers(".*$", make_handlers(self.serverapp.base_url))
+        base_url = self.serverapp.base_url
+        self.serverapp.web_app.add_handlers(".*$", make_handlers(base_url))
+        try:
+            from .dashboard_proxy import dashboard_handlers  # optional extra: jupyter-server-proxy (cumulo[lab])
+        except ImportError:
+            self.log.warning("cumulo: jupyter-server-proxy is not installed: clusters' dashboards are not proxied "
+                             "(pip install 'cumulo[lab]')")
+            self.serverapp.web_app.add_handlers(".*$", [(dashboard_pattern(base_url), NoDashboardProxy)])
+        else:
+            self.serverapp.web_app.add_handlers(".*$", dashboard_handlers(base_url))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         self.reaper.start()
 
     async def stop_extension(self) -> None:
         await self.reaper.stop()  # never raises: what the server owns is closed below in any case
+        await self.dashboards.stop()  # never raises: closes the dashboards' SSH tunnels
         if config.get("jupyter.stop-owned-on-shutdown", True):
             loop = asyncio.get_running_loop()
             names = await loop.run_in_executor(None, self.manager.close_owned)

@@ -8,6 +8,7 @@
     GET    prices                   GPU offers of the price catalog (?gpu=&provider=)
     POST   gateway-options          the configured dask-gateway's cluster options as form fields
                                     ({"address": "gateway://..."} optional, and only that gateway)
+    *      clusters/<name>/dashboard/<path>   the cluster's Dask dashboard, proxied (dashboard_proxy.py)
 
 Each handler is thin: parse, call the ClusterManager (on a thread when it may
 block), write JSON. Every verb is authenticated and authorised with
@@ -49,7 +50,7 @@ from ..exceptions import (
 )
 from .manager import ClusterManager, to_json
 
-__all__ = ["HTTP_STATUS", "http_status", "make_handlers"]
+__all__ = ["HTTP_STATUS", "NoDashboardProxy", "dashboard_pattern", "http_status", "make_handlers"]
 
 #: cumulo exception -> HTTP status. The most specific class in an exception's MRO wins.
 HTTP_STATUS: dict[type[CumuloError], int] = {
@@ -222,6 +223,23 @@ class GatewayOptionsHandler(CumuloHandler):
             raise Refused(400, 'gateway-options takes {"address": "gateway://host:port"} (or no address)',
                           "SpecError")
         self.reply(await self.call(self.manager.gateway_options, (address or "").strip() or None, blocking=True))
+
+
+class NoDashboardProxy(CumuloHandler):
+    """The dashboard route where jupyter-server-proxy is not installed: a 501 that says how to get it."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, name: str, proxied_path: str | None = None) -> None:
+        raise Refused(501, "the Jupyter server proxies Dask dashboards with jupyter-server-proxy, which is not "
+                      "installed here: pip install 'cumulo[lab]' and restart the server (the link that "
+                      f"cluster {name!r}'s scheduler reports still works where your browser can reach it)",
+                      "MissingDependency")
+
+
+def dashboard_pattern(base_url: str) -> str:
+    """The dashboard route's pattern: ``<base_url>/cumulo/clusters/<name>/dashboard[/<proxied_path>]``."""
+    return url_path_join(base_url, "cumulo", "clusters", _NAME, "dashboard") + r"(?P<proxied_path>/.*)?"
 
 
 def make_handlers(base_url: str) -> list[tuple[str, type[CumuloHandler]]]:

@@ -123,6 +123,8 @@ class ClusterManager:
         self._read_ledgers = read_ledgers or _read_ledgers
         self._owned: dict[str, Any] = {}
         self._launches: dict[str, Launch] = {}
+        #: why the server could not reach a cluster's dashboard, by cluster id (the server's Dashboards sets it)
+        self.dashboard_problem: Callable[[str], str | None] = lambda cluster_id: None
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_launches, thread_name_prefix="cumulo-launch")
         self._failed_ttl = failed_launch_ttl
@@ -208,6 +210,10 @@ class ClusterManager:
         #: only the owner scales, and only where the provider can (its class flag): here, what this server launched
         row["scalable"] = rec.state == "running" and row["owned_by"] == "server" and _can_scale(rec.provider)
         row["may_bill"] = rec.may_bill
+        #: the browser opens the dashboard at this server's route, unless the provider proxies it itself
+        row["dashboard_proxied"] = bool(rec.dashboard) and not _proxies_dashboard(rec.provider)
+        #: why the route could not reach it the last time (e.g. no SSH key the host takes), with what to do
+        row["dashboard_problem"] = self.dashboard_problem(rec.id) if row["dashboard_proxied"] else None
         return row
 
     def _open(self, name: str) -> ClusterRecord:
@@ -462,6 +468,14 @@ def _can_scale(provider: str) -> bool:
     """Whether clusters of this provider can be scaled in place (its class flag; False when unknown here)."""
     try:
         return bool(provider_class(provider).can_scale)
+    except CumuloError:
+        return False
+
+
+def _proxies_dashboard(provider: str) -> bool:
+    """Whether this provider serves dashboards through a proxy of its own (its class flag; False when unknown)."""
+    try:
+        return bool(provider_class(provider).proxies_dashboard)
     except CumuloError:
         return False
 

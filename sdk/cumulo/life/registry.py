@@ -33,7 +33,8 @@ from ..exceptions import RegistryError, SpecError
 from .owner import Owner, alive, this_process
 from .states import FINAL, OPEN
 
-__all__ = ["ClusterRecord", "CorruptRow", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION"]
+__all__ = ["ClusterRecord", "CorruptRow", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION",
+           "rate_change"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ CLOSED_STATES = tuple(sorted(s.value for s in FINAL))
 _OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
 
 #: The schema this cumulo writes. Older files are migrated forward; newer ones are refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
     id TEXT PRIMARY KEY,
@@ -75,7 +76,8 @@ CREATE TABLE IF NOT EXISTS clusters (
     cost REAL,
     cost_kind TEXT,
     note TEXT,
-    usage TEXT
+    usage TEXT,
+    rate_changes TEXT
 );
 CREATE INDEX IF NOT EXISTS clusters_created ON clusters(created);
 CREATE TABLE IF NOT EXISTS resources (
@@ -112,6 +114,8 @@ MIGRATIONS: dict[int, str] = {
     2: "ALTER TABLE clusters ADD COLUMN owner_started REAL; "
        "ALTER TABLE clusters ADD COLUMN owner_boot TEXT; "
        "ALTER TABLE clusters ADD COLUMN usage TEXT;",
+    # v3 -> v4: a cluster's rate can change while it runs (a spot instance taken back stops billing)
+    3: "ALTER TABLE clusters ADD COLUMN rate_changes TEXT;",
 }
 _OPEN_NAME_INDEX = f"CREATE UNIQUE INDEX IF NOT EXISTS clusters_one_open_name ON clusters(name) WHERE state IN {_OPEN_SQL};"
 
@@ -151,6 +155,9 @@ class ClusterRecord:
     note: str | None = None
     #: The usage kept when the cluster closed (a JSON object; see cumulo.cost.metering), None while open.
     usage: str | None = None
+    #: Where the rate changed while the cluster ran (an instance stopped billing): a JSON list of
+    #: [time, rate per hour from then on], the first entry the rate from creation; None: one rate throughout.
+    rate_changes: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -525,6 +532,32 @@ class Registry:
                 (state, time.time(), provider, resource_id),
             )
 
+    def stop_billing(self, provider: str, resource_id: str, *, at: float, state: str) -> ResourceRecord | None:
+        """One instance of a priced cluster stopped billing at ``at`` (taken back by the cloud): record its new
+        ``state`` and take its ``price_per_hour`` off the cluster's rate from then on, once.
+
+        Returns the resource as it was, or None when there was nothing to do (unknown, already stopped,
+        or without a recorded price), so that a notice seen twice changes the rate once.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT * FROM resources WHERE provider = ? AND resource_id = ?",
+                             (provider, resource_id)).fetchone()
+            if row is None or row["state"] in _NOT_BILLING:
+                return None
+            meta = json.loads(row["meta"])
+            price = meta.get("price_per_hour")
+            db.execute("UPDATE resources SET state = ?, updated = ? WHERE provider = ? AND resource_id = ?",
+                       (state, time.time(), provider, resource_id))
+            cluster = db.execute("SELECT created, rate_per_hour, rate_changes FROM clusters WHERE id = ?",
+                                 (row["cluster_id"],)).fetchone()
+            if cluster is not None and cluster["rate_per_hour"] is not None and isinstance(price, (int, float)):
+                changes = json.loads(cluster["rate_changes"] or "null") or [[cluster["created"],
+                                                                             cluster["rate_per_hour"]]]
+                changes = rate_change(changes, at=at, delta=-float(price))
+                db.execute("UPDATE clusters SET rate_per_hour = ?, rate_changes = ?, updated = ? WHERE id = ?",
+                           (changes[-1][1], json.dumps(changes), time.time(), row["cluster_id"]))
+            return _resource(row)
+
     def resources(
         self, *, cluster_id: str | None = None, provider: str | None = None
     ) -> list[ResourceRecord]:
@@ -538,19 +571,33 @@ class Registry:
             sql += " AND provider = ?"
             args.append(provider)
         rows = self._read(sql + " ORDER BY created", tuple(args))
-        return [
-            ResourceRecord(
-                provider=r["provider"],
-                resource_id=r["resource_id"],
-                cluster_id=r["cluster_id"],
-                kind=r["kind"],
-                state=r["state"],
-                created=r["created"],
-                updated=r["updated"],
-                meta=json.loads(r["meta"]),
-            )
-            for r in rows
-        ]
+        return [_resource(r) for r in rows]
+
+
+def _resource(row: sqlite3.Row) -> ResourceRecord:
+    return ResourceRecord(provider=row["provider"], resource_id=row["resource_id"], cluster_id=row["cluster_id"],
+                          kind=row["kind"], state=row["state"], created=row["created"], updated=row["updated"],
+                          meta=json.loads(row["meta"]))
+
+
+#: Resource states of instances that no longer bill (taken back by the cloud, or gone).
+_NOT_BILLING = ("interrupted", "preempted", "terminated", "deleted", "gone")
+
+
+def rate_change(changes: list[list[float]], *, at: float, delta: float) -> list[list[float]]:
+    """``changes`` ([time, rate from then on], in time order) with the rate changed by ``delta`` from ``at`` on.
+
+    ``at`` may fall before the last change (notices can arrive late): every later rate moves too.
+    """
+    out = [list(c) for c in changes]
+    before = [c for c in out if c[0] <= at]
+    rate_then = before[-1][1] if before else out[0][1]
+    for c in out:
+        if c[0] > at:
+            c[1] = max(0.0, c[1] + delta)
+    out.append([at, max(0.0, rate_then + delta)])
+    out.sort(key=lambda c: c[0])
+    return out
 
 
 def _owner_values(owner: Owner | None) -> dict[str, Any]:

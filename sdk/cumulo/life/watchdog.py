@@ -17,23 +17,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
 from tornado.ioloop import PeriodicCallback
 
 from .. import config
-from ..cost import cellcost
+from ..cost import cellcost, listeners
 from ..cost.cellhistory import kernel_id
 from ..cost.metering import Spend, Usage, install_async, spend_of
 from ..exceptions import BudgetExceeded, CumuloError, NotOwner
-from . import guards
+from . import guards, interruptions
 from .watched import Watched
 
 if TYPE_CHECKING:
     from ..providers.base import Provider
 
-__all__ = ["Watchdog", "attach"]
+__all__ = ["Watchdog", "attach", "set_scheduler_lease"]
 
 logger = logging.getLogger("cumulo")
 
@@ -59,6 +60,8 @@ class Watchdog:
         self.last_spend: Spend | None = None
         self._callbacks: list[PeriodicCallback] = []
         self._from_loop = False
+        self._interruptions_seen = 0
+        self._workers_seen = 0  # workers at the last pass: fewer now means some left (taken back?)
 
     # -- running --------------------------------------------------------------------------
 
@@ -125,6 +128,8 @@ class Watchdog:
         ledger = await self._ledger()
         if ledger is None and await self._vanished(rec):
             return ["lost (its instances are gone)"]
+        if self.provider.bills_independently and (await self._interruptions() or await self._taken_back(rec)):
+            rec = self.registry.get(cid)  # the rate changed
         spend = spend_of(rec, ledger)
         self.last_spend = spend
         self.cluster.lifecycle.record_cost(rec, spend)
@@ -161,6 +166,44 @@ class Watchdog:
         self.stop()
         await self.cluster.let_go(self.registry.get(rec.id))
         return True
+
+    async def _interruptions(self) -> list[str]:
+        """Apply what the instances' watchers reported taken back (spot interruptions) since the last pass."""
+        client = self.cluster.client
+        if client is None:
+            return []
+        try:
+            events = await asyncio.wait_for(client.scheduler.events(topic=interruptions.TOPIC), 5)
+        except Exception:  # the scheduler is slow or gone: the next pass reads them (it keeps its events)
+            return []
+        if not events or len(events) == self._interruptions_seen:
+            return []
+        self._interruptions_seen = len(events)
+        return interruptions.apply(self.registry, self.provider.name, self.cluster.id, events,
+                                   title=getattr(self.provider, "title", self.provider.name),
+                                   say=self.provider.progress)
+
+    async def _taken_back(self, rec: Any) -> list[str]:
+        """When workers left since the last pass, ask the provider which instances it took back without a
+        notice (Lambda's preemption) and take them off the bill (one API request, only then)."""
+        client = self.cluster.client
+        if client is None:
+            return []
+        info = client.scheduler_info() or {}  # an asynchronous client's cache: totals, no per-worker entries
+        now = int(info.get("n_workers") or len(info.get("workers") or {}))
+        left = now < self._workers_seen
+        self._workers_seen = now
+        if not left:
+            return []
+        try:
+            taken = await self.provider.taken_back(rec, self.registry.resources(cluster_id=rec.id,
+                                                                                provider=self.provider.name))
+        except Exception as exc:  # the API is slow or down: the next departure asks again
+            logger.debug("cumulo: could not ask %s what it took back: %s", self.provider.name, exc)
+            return []
+        return interruptions.apply_taken_back(self.registry, self.provider.name, rec.id, taken,
+                                              title=getattr(self.provider, "title", self.provider.name),
+                                              at=time.time(), say=self.provider.progress)
 
     async def _ledger(self) -> dict[str, Any] | None:
         if not self.usage.installed or self.cluster.client is None:
@@ -232,6 +275,8 @@ class Watchdog:
         except Exception as exc:  # the usage is a record, never a reason for a close to fail
             self.usage.final = ledger
             logger.debug("cumulo: could not keep the usage of %r: %s", self.cluster.name, exc)
+        else:
+            listeners.closing(self.cluster, kept)  # trackers (cumulo.mlops) get the final figures
         rec = self.registry.get(self.cluster.id)
         self.cluster.lifecycle.record_cost(rec, spend_of(rec, ledger))
 
@@ -241,6 +286,17 @@ def _warn(message: str) -> None:
     user's own frame is on another thread by the time a guard runs)."""
     warnings.warn_explicit(message, guards.BudgetWarning, filename="cumulo budget guard", lineno=0,
                            module="cumulo.life.watchdog")
+
+
+async def set_scheduler_lease(client: Any, seconds: float | None) -> None:
+    """Tell a cloud head's lease switch (providers/cloud/lease_switch.py) this kernel's lease, or that the
+    cluster is detached on purpose (None) and must not stop for want of a client. Best effort: a scheduler
+    without the switch just keeps the value."""
+    try:
+        await asyncio.wait_for(client.scheduler.set_metadata(keys=["cumulo-lease"],
+                                                             value="detached" if seconds is None else seconds), 5)
+    except Exception as exc:  # never a reason to fail an attach or a disconnect
+        logger.debug("cumulo: could not set the scheduler's lease: %s", exc)
 
 
 async def attach(cluster: Watched, provider: Provider, *, installed: bool | None = None) -> Watchdog:
@@ -265,8 +321,18 @@ async def attach(cluster: Watched, provider: Provider, *, installed: bool | None
         values["idle_timeout"] = idle
     if values:
         cluster.registry.update(cluster.id, **values)
+    if rec.owned_here() and provider.bills_independently:  # the head's own lease switch follows the kernel's
+        await set_scheduler_lease(cluster.client, values.get("lease_seconds"))
     dog = Watchdog(cluster, usage, provider)
     dog.start()
     if config.get("widgets.cell-line-on-connect") or cellcost.loaded():
         cellcost.track(cluster)
+    if config.get("mlflow.autolog"):
+        from ..mlops import autolog  # optional extra: mlflow, only when cumulo.mlflow.autolog is set
+
+        try:
+            autolog(quiet=True)  # the function cumulo.mlflow.autolog
+        except Exception:  # a tracker never stops the cost tracking of a working cluster
+            logger.warning("cumulo: MLflow autolog could not start", exc_info=True)
+    listeners.attached(cluster)
     return dog

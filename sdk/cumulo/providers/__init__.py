@@ -38,6 +38,8 @@ _BUILTIN = {
     "lambda": "cumulo.providers.lambda_cloud:LambdaProvider",
     "ssh": "cumulo.providers.ssh:SSHProvider",
     "gateway": "cumulo.providers.gateway:GatewayProvider",
+    "aws": "cumulo.providers.aws:AWSProvider",
+    "azure": "cumulo.providers.azure:AzureProvider",
 }
 #: Address schemes (``scheme://...``) and the provider that attaches to or launches on them.
 _SCHEMES = {"tcp": "address", "tls": "address", "ssh": "ssh", "gateway": "gateway", "gateway+https": "gateway"}

@@ -62,6 +62,8 @@ from ..spec import ClusterSpec
 
 if TYPE_CHECKING:
     from ..life.checkpoint import Checkpoint
+    from ..life.registry import ResourceRecord
+    from .ssh.target import Host
 
 __all__ = ["Deployment", "Orphan", "Provider", "Say", "add_config_section", "shutdown_scheduler"]
 
@@ -208,6 +210,9 @@ class Provider(abc.ABC):
     price_file: ClassVar[str | os.PathLike[str] | None] = None
     #: ``fetch_prices`` fetches current prices for ``cumulo prices --refresh``.
     live_prices: ClassVar[bool] = False
+    #: The provider serves the dashboard through a proxy of its own (dask-gateway's): the link its
+    #: scheduler reports is what the browser opens, not the Jupyter server's dashboard route.
+    proxies_dashboard: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Merge the provider's own config section as soon as the class exists (before anything reads it)."""
@@ -233,6 +238,12 @@ class Provider(abc.ABC):
         self.allow_insecure = allow_insecure
         self.progress = progress
 
+    async def running(self, client: Any, spec: ClusterSpec) -> None:
+        """The cluster runs and this process's (asynchronous) client is connected, after a launch or a
+        re-attach: a provider that keeps something going for the client starts it here (AWS: credentials
+        forwarded to the workers). What it raises fails the connect. Default: nothing."""
+        return None
+
     @classmethod
     def check_server_target(cls, address: str) -> None:
         """Refuse a launch target that a request asks the Jupyter server to reach with the server's own
@@ -253,6 +264,18 @@ class Provider(abc.ABC):
     def security(self, record: ClusterRecord) -> Security | None:
         """How to reach the scheduler of ``record`` (None: plain tcp on loopback)."""
         return self.user_security
+
+    def dashboard_host(self, record: ClusterRecord, resources: list[ResourceRecord]) -> Host | None:
+        """The SSH host on whose loopback this cluster's dashboard listens, for the Jupyter server's
+        tunnel (cumulo.jupyter.tunnels); None: the server reaches the dashboard recorded in the row directly."""
+        return None
+
+    async def taken_back(self, record: ClusterRecord, resources: list[ResourceRecord]) -> list[tuple[str, str]]:
+        """(instance id, status) of this running cluster's recorded instances (``resources``: its rows) that
+        the provider took back without being asked (a preemption) and that the registry still bills. Asked
+        by the owner's watchdog when workers leave. Default: none (nothing is taken back, or the cloud's own
+        notices say it)."""
+        return []
 
     async def confirm_gone(self, record: ClusterRecord, checkpoint: Checkpoint) -> bool:
         """Whether the provider confirms that nothing of this cluster runs or bills any more.
@@ -276,8 +299,7 @@ def add_config_section(cls: type[Provider]) -> None:
     """Merge ``cls.config_file`` (``defaults:`` and ``schema:``) as the section ``cumulo.<cls.name>.*``."""
     path = os.fspath(cls.config_file or "")
     try:
-        with open(path) as f:
-            fragment = yaml.safe_load(f) or {}
+        fragment = config.read_yaml(path) or {}
         config.add_section(cls.name, defaults=fragment.get("defaults") or {}, schema=fragment["schema"])
     except (OSError, KeyError, yaml.YAMLError) as exc:
         raise ProviderError(f"provider {cls.name!r}: its config_file {path} needs `defaults:` and `schema:` "

@@ -91,7 +91,9 @@ async def _run(nb: Any, report: RunReport, *, kernel: str, cwd: Path, timeout: f
     t0 = time.perf_counter()
     try:
         try:
-            env = {**os.environ, "CUMULO_REGISTRY": str(registry.path)}  # the kernel records where we look
+            # the kernel records where we look, and names its cells after the notebook as Jupyter's would
+            env = {**os.environ, "CUMULO_REGISTRY": str(registry.path),
+                   "JPY_SESSION_NAME": str(report.source.resolve())}
             await client.async_start_new_kernel(cwd=str(cwd), env=env)
             provisioner = getattr(client.km, "provisioner", None)
             pid = getattr(provisioner, "pid", None)

@@ -37,6 +37,8 @@ _SHELL_CELL = re.compile(r"\s*%%(writefile|file|bash|sh|script|system|html|markd
 _LITERAL = re.compile(r"""(?<![\w"'])[rRbBuUfF]{0,2}(?P<q>["'])(?P<body>(?:\\.|(?!(?P=q))[^\\\n])*)(?P=q)""")
 _JOIN = re.compile(r"(?:\s|\\\n)*\+?(?:\s|\\\n)*")
 #: Environment variable names that say they hold a secret.
+#: Environment variables that set cumulo's own configuration (dask's DASK_CUMULO__SECTION__KEY).
+_OWN_SETTINGS = "DASK_CUMULO__"
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH)",
                          re.IGNORECASE)
 
@@ -278,6 +280,8 @@ def configured_secrets() -> list[tuple[str, str]]:
             continue  # none configured (or a key file with the wrong mode: nothing to compare with)
         out.append((key.reveal(), f"cumulo's {credential.what} (from {key.source})"))
     for name, value in os.environ.items():
+        if name.upper().startswith(_OWN_SETTINGS):  # cumulo's settings hold no secret (e.g. azure.credential's
+            continue                                # mode "static-token"): its keys come from their own sources
         if _SECRET_ENV.search(name) and len(value.strip()) >= 12 and not value.startswith(("/", "~")):
             out.append((value, f"configured secret (environment variable {name})"))
     return out

@@ -57,6 +57,25 @@ def raise_for_loading(shards: dict[int | str, list[Any]], infos: Sequence[Worker
                 )
 
 
+def raise_if_loaders_left(client: Client, loading: Sequence[Future], infos: Sequence[WorkerInfo]) -> None:
+    """Raise TrainingError if a worker that is loading a rank's data left the cluster.
+
+    A load is pinned to its rank's worker, so without this it would wait forever for a
+    worker that died (its nanny starts a new one, under a new address).
+    """
+    alive = live_workers(client)
+    gone = [r for r, info in enumerate(infos) if info.address not in alive]
+    if not gone:
+        return
+    client.cancel(list(loading))
+    raise TrainingError(
+        f"the worker(s) of ranks {gone} ({', '.join(infos[r].address for r in gone)}) left the cluster "
+        "while loading their data (died or were killed: see their logs). No rank was started; "
+        "call cumulo.train.torch again once the cluster has its workers back.",
+        rank=gone[0], worker=infos[gone[0]].address,
+    )
+
+
 def _is_secondary(error: dict[str, Any]) -> bool:
     return error.get("type") in _SECONDARY_TYPES or any(t in error.get("message", "") for t in _SECONDARY_TEXT)
 
@@ -125,11 +144,12 @@ def collect(client: Client, futures: list[Future], addresses: list[str]) -> dict
     rank_of = {f.key: r for r, f in enumerate(futures)}
     outcomes: dict[int, dict[str, Any]] = {}
     delay = parse_timedelta(config.get("progress.delay", "1s"), "s") or 0.0
+    shown = progress.Shown()
     try:
         try:
             distributed.wait(futures, timeout=delay)
         except TimeoutError:
-            progress.show(futures)
+            shown = progress.show(futures)
         failed = False
         for fut in distributed.as_completed(futures):
             outcomes[rank_of[fut.key]] = outcome(fut)
@@ -151,6 +171,9 @@ def collect(client: Client, futures: list[Future], addresses: list[str]) -> dict
                 if f.done():
                     outcomes[rank_of[f.key]] = outcome(f)
     except KeyboardInterrupt:
+        shown.close(grace=0)
         client.cancel(futures)
         raise
+    finally:
+        shown.close()
     return outcomes

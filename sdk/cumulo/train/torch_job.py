@@ -10,6 +10,7 @@ starts no rank), pick a free rendezvous port on the first worker, submit one
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,14 +20,22 @@ from distributed import Future
 
 from .. import config, progress
 from .._workers import free_port, require, resolve_client
+from ..cost import listeners
 from ..exceptions import SpecError
 from ..spec import duration_seconds
-from .outcomes import collect, live_workers, raise_for_failures, raise_for_loading
+from .outcomes import (
+    collect,
+    live_workers,
+    raise_for_failures,
+    raise_for_loading,
+    raise_if_loaders_left,
+)
 from .placement import choose_workers, local_ranks
 from .rank import run_rank
 from .shards import RankShards, shard_futures
 
 
+@listeners.reported("train.torch")  # trackers (cumulo.mlops): its cost goes to the MLflow run
 def torch(
     fn: Callable[..., Any],
     cluster: Any = None,
@@ -72,7 +81,7 @@ def torch(
         if isinstance(v, RankShards):
             shards[k] = shard_futures(client, v, infos)
     loading = [f for parts in shards.values() for f in parts if isinstance(f, Future)]
-    progress.wait(loading)
+    progress.wait(loading, check=functools.partial(raise_if_loaders_left, client, loading, infos))
     raise_for_loading(shards, infos)
 
     master = infos[0]

@@ -14,9 +14,11 @@ import distributed
 
 from .. import progress
 from .._workers import probe_workers, require, resolve_client
+from ..cost import listeners
 from ..exceptions import NoGPUWorkers
 
 
+@listeners.reported("train.xgboost")  # trackers (cumulo.mlops): its cost goes to the MLflow run
 def xgboost(
     cluster: Any,
     X: Any,

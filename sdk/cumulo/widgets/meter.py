@@ -136,6 +136,7 @@ def meter_model(name: str, s: dict[str, Any], samples: list[dict[str, Any]] | No
         "worker_seconds": s.get("worker_seconds"),
         "idle_spend": s.get("idle_spend"),
         "energy_wh": s.get("energy_wh"),
+        "co2_g": s.get("co2_g"),
         "power_w": s.get("power_w"),
         "running_tasks": s.get("tasks_running"),
         **usage_series(samples),
@@ -156,6 +157,8 @@ def render_text(name: str, s: dict[str, Any], *, budget: float | None = None, st
         line += f"; {s['workers']} workers, {s.get('gpus', 0)} GPUs"
     if s.get("energy_wh") is not None:
         line += f"; GPU energy {s['energy_wh']:,.3f} Wh"
+        if s.get("co2_g") is not None:
+            line += f", {s['co2_g']:,.2f} g CO2"
     idle = s.get("idle_spend")
     if idle is not None and s.get("spend"):
         line += f"\n{_money(idle)} of {_money(s['spend'])} paid for idle {'GPUs' if s.get('gpus') else 'workers'}"
@@ -191,6 +194,8 @@ def render_model(m: dict[str, Any]) -> str:
     if m["energy_wh"] is not None:
         power = "" if m["power_w"] is None else f" · {m['power_w']:,.0f} W now"
         money += f" · GPU energy <b>{m['energy_wh']:,.3f} Wh</b>{power}"
+        if m.get("co2_g") is not None:
+            money += f" · <b>{m['co2_g']:,.2f} g CO2</b>"
     rows = [f"<b>{esc(m['name'])}</b> <span style='color:#888'>[{esc(m['status'])}]</span>", money]
     if m["budget"]:
         frac = m["budget_fraction"] or 0.0

@@ -58,7 +58,9 @@ def figure(name: str, summary: dict[str, Any], samples: list[dict[str, Any]], ce
     head = Div(text=f"<b>{html.escape(name)}</b>: spent "
                + ("no rate set" if summary.get("spend") is None else f"${summary['spend']:,.2f} (estimate: "
                   f"{html.escape(str(summary.get('cost_basis')))})")
-               + ("" if summary.get("energy_wh") is None else f"; GPU energy {summary['energy_wh']:,.3f} Wh"))
+               + ("" if summary.get("energy_wh") is None else f"; GPU energy {summary['energy_wh']:,.3f} Wh")
+               + ("" if summary.get("co2_g") is None else f", {summary['co2_g']:,.2f} g CO2 "
+                  f"({summary.get('carbon_intensity', 0):g} g/kWh: {html.escape(str(summary.get('carbon_source')))})"))
     spend = bfigure(title=f"Paid capacity over time ({unit}): busy vs idle", x_axis_type="datetime",
                     height=260, width=640, tools="pan,wheel_zoom,box_zoom,reset,save")
     if series["time"]:

@@ -16,19 +16,21 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["ACTIVE", "BOOTING", "FAILED_BOOT", "GONE", "CloudAdapter", "Instance", "Mark", "Resource"]
+__all__ = ["ACTIVE", "BOOTING", "FAILED_BOOT", "GONE", "TAKEN_BACK", "CloudAdapter", "Instance", "Mark", "Resource"]
 
 BOOTING = "booting"
 ACTIVE = "active"
+#: Statuses of an instance the cloud took back without being asked (Lambda's ``preempted``): it no longer bills.
+TAKEN_BACK = frozenset({"preempted"})
 #: Statuses that no longer bill.
-GONE = frozenset({"terminated"})
-#: Statuses that end a launch: the instance will never become active.
-FAILED_BOOT = ("unhealthy", "terminating", "terminated")
+GONE = frozenset({"terminated"}) | TAKEN_BACK
+#: Statuses that end a launch: the instance will never become active (reported at once, not at the boot timeout).
+FAILED_BOOT = ("unhealthy", "terminating", "terminated", *sorted(TAKEN_BACK))
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,14 @@ class CloudAdapter(abc.ABC):
     provider: ClassVar[str]
     #: The cloud as messages name it ("Lambda": "terminate them in Lambda's dashboard").
     title: ClassVar[str]
+    #: One create() may launch many instances (``count``): the workers go in one request, marked "workers".
+    batch_launch: ClassVar[bool] = False
+    #: The command that powers an instance off, for clouds where that ends its bill (bootstrap.py's
+    #: ``power_off``: an idle head or an orphaned worker ends itself); None: instances never do.
+    power_off: ClassVar[str | None] = None
+    #: The source of the cloud's ``instance_id()`` and ``notice()`` (standard library only), run on instances
+    #: by the shared watcher (notice_watch.py) to retire a worker the cloud takes back; None: no notices.
+    notice: ClassVar[str | None] = None
 
     async def __aenter__(self) -> CloudAdapter:
         return self
@@ -90,6 +100,14 @@ class CloudAdapter(abc.ABC):
         """The API's base URL: the firewall source is this machine's address towards it (network.py)."""
         raise NotImplementedError
 
+    def prepare(self, plan: Plan) -> None:
+        """Take in the plan a launch is about to carry out (a cloud whose calls are regional learns its region)."""
+
+    def launch_meta(self, instance_id: str) -> dict[str, Any]:
+        """What the adapter knows of an instance it just created beyond the plan (zone, market, the $/h it
+        bills at as ``price_per_hour``), recorded with it; {} when the plan says it all."""
+        return {}
+
     # -- ownership markers ---------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -103,9 +121,10 @@ class CloudAdapter(abc.ABC):
     # -- instances -----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def create(self, mark: Mark, *, plan: Plan, ssh_key: str, user_data: str) -> list[str]:
-        """Launch one instance carrying ``mark``; its id(s). A request that may have applied raises a
-        ProviderError with ``maybe_applied`` set: the layer then adopts what carries the mark."""
+    async def create(self, mark: Mark, *, plan: Plan, ssh_key: str, user_data: str, count: int = 1) -> list[str]:
+        """Launch ``count`` instances (1 unless ``batch_launch``) carrying ``mark``; their ids. A request that
+        may have applied raises a ProviderError with ``maybe_applied`` set: the layer then adopts what carries
+        the mark."""
 
     @abc.abstractmethod
     async def instances(self) -> list[Instance]:

@@ -18,7 +18,17 @@ instance boots. It
    silently;
 4. starts ``dask scheduler --protocol tls`` (head) and/or the worker command
    (``dask cuda worker`` by default) with the cluster's certificates, in the
-   background, logging to ``$CUMULO_ROOT/bootstrap.log``.
+   background, logging to ``$CUMULO_ROOT/bootstrap.log``;
+5. where the cloud asks for it (``power_off``), powers the instance off once
+   that dask process exits: the head's scheduler after its idle timeout, a
+   worker after its scheduler has been gone for ``worker-death-timeout``;
+6. where the cloud can take instances back (``notice``: spot), runs a watcher
+   (notice_watch.py, embedded) that retires the instance's workers through
+   dask's ``retire_workers`` on the cloud's notice and reports it to the
+   notebook (cumulo.life.interruptions);
+7. where the head powers itself off, loads a lease switch into its scheduler
+   (lease_switch.py): no client heard from for the lease, and the scheduler
+   stops, so a cluster whose kernel went away ends its own bill.
 
 Two environment variables let a test harness run the same script on one
 machine: ``CUMULO_ROOT`` (default /opt/cumulo) and ``CUMULO_BIND_HOST`` (the
@@ -33,8 +43,11 @@ its address.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import dask
 import distributed
@@ -52,6 +65,8 @@ _EOF = "CUMULO_PEM_EOF"
 DASK_CUDA = "dask-cuda[cu12]>=26.10,<26.12"
 #: Where the dashboards listen on an instance: never a public interface (they have no TLS, no login).
 LOOPBACK = "127.0.0.1"
+#: The programs the script carries (notice_watch.py, lease_switch.py) live beside this module.
+_HERE = Path(__file__).parent
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,19 @@ class BootstrapOptions:
     #: The scheduler stops by itself after this many seconds without work (``dask scheduler
     #: --idle-timeout``): the last resort when no cumulo process is left to enforce the idle timeout.
     idle_timeout: float | None = None
+    #: Run when the instance's own dask process (the scheduler on the head, the worker elsewhere) has exited
+    #: (None: nothing): a cloud whose powered-off instances stop billing (AWS: shutdown behaviour
+    #: ``terminate``) sets ``shutdown -h now``, so an idle head or an orphaned worker ends its own bill.
+    power_off: str | None = None
+    #: The cloud's ``instance_id()``/``notice()`` source (the adapter's ``notice``): with it, instances that run
+    #: a worker watch for the cloud taking them back (notice_watch.py) every ``notice_poll`` seconds.
+    notice: str | None = None
+    notice_poll: float = 5.0
+    #: The head's scheduler stops when no client has been heard from for this many seconds (lease_switch.py,
+    #: a --preload), counted from ``client_lease_start`` seconds after it starts; None: never. Only where the
+    #: head then powers itself off and stops billing (``power_off``).
+    client_lease: float | None = None
+    client_lease_start: float = 0.0
 
 
 def _heredoc(path: str, text: str) -> str:
@@ -131,6 +159,41 @@ def _probe(opts: BootstrapOptions) -> str:
     )
 
 
+def _power_off(command: str) -> str:
+    """Power the instance off once its main dask process has exited (an idle scheduler, an orphaned worker).
+
+    ``CUMULO_POWEROFF`` replaces the command where a test harness runs instances as local processes.
+    """
+    watch = ('while kill -0 "$0" 2>/dev/null; do sleep "${CUMULO_POWEROFF_POLL:-5}"; done; '
+             'echo "cumulo: dask exited at $(date -u +%FT%TZ): powering off"; eval "$1"')
+    return (f'nohup bash -c {shlex.quote(watch)} "$MAIN_PID" "${{CUMULO_POWEROFF:-{command}}}" '
+            '>>"$CUMULO_ROOT/bootstrap.log" 2>&1 &\n'
+            'echo "cumulo: this instance powers itself off when its dask process exits"')
+
+
+def _packed(source: str) -> str:
+    """A program's source as gzip+base64 text for the script (``echo ... | base64 -d | gunzip``): about a
+    third of its size against the user-data limit, and no quoting to get wrong."""
+    return base64.b64encode(gzip.compress(source.encode(), mtime=0)).decode()
+
+
+def _lease_switch(opts: BootstrapOptions) -> str:
+    """Write the scheduler's lease switch (a dask preload) and its lease; see lease_switch.py."""
+    packed = _packed(_HERE.joinpath("lease_switch.py").read_text())
+    return (f'echo {packed} | base64 -d | gunzip > "$CUMULO_ROOT/lease_switch.py"\n'
+            f"export CUMULO_CLIENT_LEASE={opts.client_lease:g} CUMULO_CLIENT_LEASE_START={opts.client_lease_start:g}\n"
+            f'echo "cumulo: the scheduler stops when no client is heard from for {opts.client_lease:g} s"')
+
+
+def _notice_watch(opts: BootstrapOptions, *, scheduler: str, cert_role: str) -> str:
+    """Start the watcher that retires this instance's workers when the cloud takes it back (spot)."""
+    assert opts.notice is not None
+    packed = _packed(opts.notice + "\n" + _HERE.joinpath("notice_watch.py").read_text())
+    return (f'nohup python3 -c "$(echo {packed} | base64 -d | gunzip)" {scheduler} "$CUMULO_ROOT/tls" '
+            f'{cert_role} "$WORKER_NAME" {opts.notice_poll:g} >>"$CUMULO_ROOT/notice.log" 2>&1 &\n'
+            'echo "cumulo: watching for the cloud\'s interruption notice (log: $CUMULO_ROOT/notice.log)"')
+
+
 def user_data(
     role: str,
     *,
@@ -175,19 +238,30 @@ def user_data(
     port = int(opts.scheduler_port)
     idle = f" --idle-timeout {opts.idle_timeout:.0f}s" if opts.idle_timeout else ""
     if role in ("head", "scheduler"):
+        preload = ""
+        if opts.client_lease:
+            lines.append(_lease_switch(opts))
+            preload = ' --preload "$CUMULO_ROOT/lease_switch.py"'
         lines.append(
-            f"nohup dask scheduler --protocol tls --port {port} $HOST_ARGS $TLS{idle} "
+            f"nohup dask scheduler --protocol tls --port {port} $HOST_ARGS $TLS{idle}{preload} "
             f'--dashboard-address "{LOOPBACK}:${{CUMULO_DASHBOARD_PORT:-8787}}" &\n'
-            'echo "cumulo: scheduler started (pid $!)"'
+            'MAIN_PID=$!\necho "cumulo: scheduler started (pid $MAIN_PID)"'
         )
     if runs_worker:
         target = "${CUMULO_BIND_HOST:-127.0.0.1}" if role == "head" else scheduler_host
         lines.append(_probe(opts))
         lines.append(
-            f"nohup {opts.worker_command} tls://{target}:{port} $HOST_ARGS $TLS "
+            # a name of its own, so that this instance's watcher can retire exactly its workers
+            'WORKER_NAME="cumulo-$(od -An -N6 -tx1 /dev/urandom | tr -d \' \\n\')"\n'
+            f'nohup {opts.worker_command} tls://{target}:{port} $HOST_ARGS $TLS --name "$WORKER_NAME" '
             f"--dashboard-address {LOOPBACK}:0 --death-timeout {int(opts.death_timeout)} {opts.worker_args} &\n"
-            'echo "cumulo: worker started (pid $!)"'
+            'WORKER_PID=$!\necho "cumulo: worker $WORKER_NAME started (pid $WORKER_PID)"\n'
+            'MAIN_PID=${MAIN_PID:-$WORKER_PID}'
         )
+        if opts.notice:
+            lines.append(_notice_watch(opts, scheduler=f"tls://{target}:{port}", cert_role=cert_role))
+    if opts.power_off:
+        lines.append(_power_off(opts.power_off))
     lines.append('echo "cumulo: bootstrap done"')
     script = "\n".join(lines) + "\n"
     if len(script.encode()) > MAX_USER_DATA:

@@ -6,7 +6,8 @@
  2. open the scheduler's TLS port in the firewall for the planned source only;
  3. create the head (scheduler + one worker), marked ``head`` for this
     installation's cluster, and wait booting -> active (``boot-timeout``);
- 4. create each other worker in its own request (``worker-<n>``), while the
+ 4. create each other worker in its own request (``worker-<n>``), or all of
+    them in one (``workers``) where the cloud launches many at once, while the
     head installs its environment; wait for the scheduler to answer over TLS,
     then for the workers to be active and to join.
 Each request is recorded (kind "launch", by the name the adapter gives it)
@@ -33,6 +34,7 @@ from ...security.tlscerts import ClusterTLS, create_cluster_tls
 from ..base import Say
 from .adapter import ACTIVE, BOOTING, FAILED_BOOT, GONE, CloudAdapter, Instance, Mark
 from .bootstrap import BootstrapOptions, user_data
+from .head_ssh import SSH_META, read_head_ssh
 from .plan import Plan
 from .settings import CloudSettings
 from .sshkey import new_key_pair
@@ -51,7 +53,14 @@ class Launcher:
         self.cloud, self.checkpoint, self.plan, self.say, self.settings = adapter, checkpoint, plan, say, settings
         self.cluster_id = checkpoint.cluster_id
         self.installation = checkpoint.installation_id
-        self.opts: BootstrapOptions = dataclasses.replace(settings.bootstrap_options(), idle_timeout=plan.idle_timeout)
+        #: $/h of everything launched: the plan's estimate until each instance's own price is known.
+        self.rate_per_hour = plan.rate_per_hour
+        self._prices: list[float | None] = []
+        self._metas: dict[str, dict[str, Any]] = {}  # each instance's recorded meta, by id
+        self.opts: BootstrapOptions = dataclasses.replace(settings.bootstrap_options(), idle_timeout=plan.idle_timeout,
+                                                          power_off=adapter.power_off, notice=adapter.notice,
+                                                          client_lease=plan.client_lease if adapter.power_off else None,
+                                                          client_lease_start=settings.seconds("workers-timeout"))
         if environment is not None:  # the pins travel in the first-boot script; local wheels later, over TLS
             self.opts = dataclasses.replace(
                 self.opts, requirements=compact(environment.lock),
@@ -79,13 +88,40 @@ class Launcher:
             # scheduler: they retry joining it until their death timeout
             script = user_data("worker", cluster_id=self.cluster_id, tls=tls, options=self.opts,
                                scheduler_host=info.private_ip or info.ip)
-            for n in range(1, self.plan.instances):
-                workers += await self._launch(f"worker-{n}", ssh_key, script)
+            if self.cloud.batch_launch:  # one request for all of them, marked "workers"
+                workers = await self._launch("workers", ssh_key, script, count=self.plan.instances - 1)
+            else:
+                for n in range(1, self.plan.instances):
+                    workers += await self._launch(f"worker-{n}", ssh_key, script)
         await self._wait_scheduler(address, security)
+        await self._record_head_ssh(head[0], info.ip, address, security)
         if workers:
             await self._wait_active(workers)
         await self._wait_workers(address, security, hosts=self.plan.instances)
+        self._record_rate()
         return address, security
+
+    def _record_rate(self) -> None:
+        """Bill what was launched: where the adapter knows each instance's price (a spot price, a fallback
+        to on-demand), the cluster's rate is their sum rather than the plan's estimate."""
+        if self._prices and all(p is not None for p in self._prices):
+            actual = float(sum(p for p in self._prices if p is not None))
+            if abs(actual - self.rate_per_hour) > 1e-9:
+                self.checkpoint.rate(actual)
+                self.say(f"billing ${actual:.4g}/h for what was launched (the estimate was "
+                         f"${self.rate_per_hour:.4g}/h)")
+                self.rate_per_hour = actual
+
+    async def _record_head_ssh(self, head: str, ip: str, address: str, security: Security) -> None:
+        """Record the head's sshd host keys and port, read over the cluster's TLS (head_ssh.py), for the
+        Jupyter server's dashboard tunnel. A head that reports none still runs; its dashboard is not tunneled."""
+        found = await read_head_ssh(address, security, timeout=min(10.0, self.settings.seconds("scheduler-timeout")))
+        if found is None:
+            self.say("the head reported no SSH host key: the Jupyter server will not tunnel to its dashboard")
+            return
+        meta = {**self._metas.get(head, {}), SSH_META: {**found, "ip": ip}}
+        self.checkpoint.resource("instance", head, state=ACTIVE, meta=meta)
+        self.say(f"head's SSH host keys recorded ({len(found['host_keys'])}, read over TLS), for its dashboard")
 
     async def _upload_key(self, tls: ClusterTLS) -> str:
         name = self.cloud.name(self._mark(""))
@@ -106,7 +142,7 @@ class Launcher:
         self.checkpoint.resource_state(rule, "active")
         self.say(f"firewall: opened tcp/{port} (scheduler TLS) to {source} only")
 
-    async def _launch(self, role: str, ssh_key: str, script: str) -> list[str]:
+    async def _launch(self, role: str, ssh_key: str, script: str, count: int = 1) -> list[str]:
         plan, mark = self.plan, self._mark(role)
         name = self.cloud.name(mark)
         meta = {"name": name, "region": plan.region, "instance_type": plan.instance_type,
@@ -115,17 +151,20 @@ class Launcher:
         self.checkpoint.resource("launch", name, state="requested", meta=meta)
         self.say(f"launching {plan.instance_type} in {plan.region} as {name}")
         try:
-            ids = await self.cloud.create(mark, plan=plan, ssh_key=ssh_key, user_data=script)
+            ids = await self.cloud.create(mark, plan=plan, ssh_key=ssh_key, user_data=script, count=count)
         except ProviderError as exc:
             if getattr(exc, "maybe_applied", False):
                 await self._adopt(mark, meta)  # record whatever did launch, so teardown terminates it
             raise
         for iid in ids:
-            self.checkpoint.resource("instance", iid, state=BOOTING, meta=meta)
+            own = {**meta, **self.cloud.launch_meta(iid)}
+            self._prices.append(own.get("price_per_hour"))
+            self._metas[iid] = own
+            self.checkpoint.resource("instance", iid, state=BOOTING, meta=own)
         self.checkpoint.resource_state(name, "launched")
-        if len(ids) != 1:
-            raise ProviderError(f"{self.cloud.title} answered a launch of one instance named {name} with {len(ids)} "
-                                "ids; cumulo is terminating them. Try again.")
+        if len(ids) != count:
+            raise ProviderError(f"{self.cloud.title} answered a launch of {count} instance(s) named {name} with "
+                                f"{len(ids)} ids; cumulo is terminating them. Try again.")
         return ids
 
     async def _adopt(self, mark: Mark, meta: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 from dask.utils import parse_timedelta
 
 from ... import config
@@ -18,7 +19,10 @@ from ...exceptions import SpecError
 from ...spec import ClusterSpec
 from .settings import CloudSettings
 
-__all__ = ["Plan", "check_price", "last_resort_idle"]
+__all__ = ["HEARTBEATS_PER_LEASE", "Plan", "check_price", "last_resort_idle", "last_resort_lease"]
+
+#: The head's client lease is at least this many client heartbeats.
+HEARTBEATS_PER_LEASE = 3
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class Plan:
     #: Seconds without work after which the head's scheduler stops by itself (the last resort when no
     #: cumulo process is left to enforce the idle timeout); None: never.
     idle_timeout: float | None = None
+    #: Seconds without a client heard from after which the head's scheduler stops (the kernel's lease; None:
+    #: the cluster is meant to outlive its kernel, ``keep_alive``).
+    client_lease: float | None = None
     #: The cloud's own description of the shape (Lambda: its InstanceType), for its adapter.
     shape: Any = None
 
@@ -51,6 +58,23 @@ def last_resort_idle(spec: ClusterSpec, settings: CloudSettings) -> float | None
     """
     idle = spec.idle_timeout or config.get("guards.idle-timeout")
     return float(parse_timedelta(idle)) + settings.seconds("workers-timeout") if idle else None
+
+
+def last_resort_lease(spec: ClusterSpec) -> float | None:
+    """The head scheduler's client lease: the kernel lease (``cumulo.guards.lease-grace``), None with keep-alive.
+
+    The kernel's own lease closes the cluster from the registry (reapers); this ends a cluster whose kernel
+    went away when no reaper runs. Never shorter than three of the client's heartbeats
+    (``distributed.client.heartbeat``): the switch hears a live kernel only when it heartbeats, and a
+    lease shorter than that would stop the cluster of a kernel that is still there.
+    """
+    if config.get("guards.keep-alive") or spec.options.get("keep_alive"):
+        return None
+    grace = config.get("guards.lease-grace")
+    if not grace:
+        return None
+    heartbeat = float(parse_timedelta(dask.config.get("distributed.client.heartbeat", "5s")))
+    return max(float(parse_timedelta(grace)), HEARTBEATS_PER_LEASE * heartbeat)
 
 
 def check_price(rate: float, spec: ClusterSpec, settings: CloudSettings) -> None:

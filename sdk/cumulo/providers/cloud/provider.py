@@ -26,11 +26,13 @@ from distributed.security import Security
 from ... import envsync
 from ...envsync import Prepared
 from ...exceptions import ProviderError, TerminateError
-from ...life.registry import ClusterRecord, Registry
+from ...life.registry import ClusterRecord, Registry, ResourceRecord
 from ...security.tlscerts import load_cluster_tls
 from ...spec import ClusterSpec
 from ..base import Deployment, Orphan, Provider
-from .adapter import CloudAdapter, Mark
+from ..ssh.target import Host
+from .adapter import GONE, TAKEN_BACK, CloudAdapter, Mark
+from .head_ssh import head_host
 from .launch import Launcher
 from .orphans import sweep
 from .plan import Plan
@@ -150,11 +152,13 @@ class CloudProvider(Provider):
                 plan, prepared = planned[1], planned[2]
             else:
                 plan, prepared = await self.plan(cloud, spec, say), await self._environment(spec)
+            cloud.prepare(plan)
             checkpoint.rate(plan.rate_per_hour)
             if prepared is not None:
                 checkpoint.event("environment", json.dumps(prepared.describe()))
+            launcher = Launcher(cloud, checkpoint, plan, say, self.settings, prepared)
             try:
-                address, security = await Launcher(cloud, checkpoint, plan, say, self.settings, prepared).run()
+                address, security = await launcher.run()
             except BaseException as exc:
                 say(f"launch failed ({type(exc).__name__}); terminating everything that was launched")
                 try:
@@ -167,14 +171,28 @@ class CloudProvider(Provider):
                         f"{pattern} in {self.title}'s dashboard") from exc
                 raise
         deployment = self.deployment_class(address, security=security, provider=self, checkpoint=checkpoint,
-                                           rate_per_hour=plan.rate_per_hour)
+                                           rate_per_hour=launcher.rate_per_hour)
         if prepared is not None and prepared.wheels:
             deployment.local_wheels, deployment.local_digest = prepared.wheels, prepared.lock.local_digest
         return deployment
 
+    def dashboard_host(self, record: ClusterRecord, resources: list[ResourceRecord]) -> Host:
+        """The head, over SSH with its host keys recorded at launch and the cluster's own key (head_ssh.py):
+        its dashboard listens on its loopback only."""
+        return head_host(resources, user=str(self.settings.get("ssh-user")), title=self.title)
+
     async def stop(self, record: ClusterRecord, checkpoint: Checkpoint) -> None:
         """Terminate a cluster from any process, using only its recorded resources and the API."""
         await self.teardown(checkpoint)
+
+    async def taken_back(self, record: ClusterRecord, resources: list[ResourceRecord]) -> list[tuple[str, str]]:
+        """The cluster's recorded instances that the cloud lists as taken back (TAKEN_BACK, e.g. preempted)."""
+        billing = {r.resource_id for r in resources if r.kind == "instance"
+                   and r.state not in GONE and r.state != "interrupted"}
+        if not billing:
+            return []
+        async with self._session() as cloud:
+            return [(i.id, i.status) for i in await cloud.instances() if i.id in billing and i.status in TAKEN_BACK]
 
     async def confirm_gone(self, record: ClusterRecord, checkpoint: Checkpoint) -> bool:
         """Whether the cloud lists none of the cluster's instances (recorded or marked for it) as still running."""

@@ -26,7 +26,7 @@ __all__ = ["SHARED", "CloudSay", "CloudSettings"]
 SHARED = frozenset({
     "worker-command", "worker-args", "gpu-probe", "install-packages", "python", "scheduler-port",
     "boot-timeout", "scheduler-timeout", "workers-timeout", "confirm-above-per-hour", "print-progress",
-    "orphan-grace",
+    "orphan-grace", "worker-death-timeout", "notice-poll", "ssh-user",
 })
 
 
@@ -72,6 +72,8 @@ class CloudSettings:
             gpu_probe=bool(self.get("gpu-probe")),
             install_packages=bool(self.get("install-packages")),
             python=str(self.get("python")),
+            death_timeout=int(self.seconds("worker-death-timeout")),
+            notice_poll=self.seconds("notice-poll"),
         )
         if not opts.gpu_probe:
             self.logger.warning("the GPU probe on workers is turned off (%s=false)", self.key("gpu-probe"))

@@ -131,6 +131,7 @@ class GatewayProvider(Provider):
     can_scale = True
     sweeps_orphans = False
     takes_own_options = True  # connect("gateway://...", worker_cores=2): the gateway's own cluster options
+    proxies_dashboard = True  # the gateway serves each cluster's dashboard behind its own login
 
     @classmethod
     def check_server_target(cls, address: str) -> None:

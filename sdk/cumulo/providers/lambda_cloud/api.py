@@ -1,8 +1,9 @@
 """Lambda Cloud's REST API v1, as typed calls over cumulo's careful HTTP client: the one Lambda client.
 
 Only the endpoints cumulo uses: instance types (with prices and regions that
-have capacity now), launch, list, get, terminate, SSH keys (list, add, delete)
-and firewall rules. Shapes follow Lambda's public documentation (see
+have capacity now), launch (with tags and firewall rulesets), list, get,
+terminate, SSH keys (list, add, delete), firewall rulesets (list, create,
+delete) and, for rows of older cumulo versions, the account-wide firewall rules. Shapes follow Lambda's public documentation (see
 ../shared/DESIGN.md, "Facts about the outside world"); errors come back as
 cumulo exceptions via :data:`LAMBDA_ERRORS`. Every request, the price refresh's
 included, goes through :class:`cumulo.http.ApiClient`, so pacing, retries and
@@ -16,11 +17,11 @@ from typing import Any
 from dask.utils import parse_timedelta
 
 from ... import config
-from ...exceptions import CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
+from ...exceptions import AccountError, CapacityError, CredentialsError, ProviderError, QuotaError, SpecError
 from ...http import DEFAULT_HINTS, ApiClient, ErrorMapping
 from ...security.credentials import Secret, find
 from .key import API_KEY
-from .shapes import InstanceType, parse_instance_types
+from .shapes import Image, InstanceType, parse_images, parse_instance_types
 
 __all__ = ["API_KEY", "LAMBDA_ERRORS", "LambdaApi", "lambda_api_key"]
 
@@ -34,7 +35,8 @@ LAMBDA_ERRORS = ErrorMapping(
     provider="Lambda Cloud",
     codes={
         "global/invalid-api-key": CredentialsError,
-        "global/account-inactive": CredentialsError,
+        "global/account-inactive": AccountError,
+        "global/invalid-address": AccountError,
         "global/quota-exceeded": QuotaError,
         "instance-operations/launch/insufficient-capacity": CapacityError,
         "global/invalid-parameters": SpecError,
@@ -46,6 +48,16 @@ LAMBDA_ERRORS = ErrorMapping(
         "characters. Create a new key in Lambda's dashboard if it was revoked.",
         CapacityError: "Capacity changes by the minute: try another region or shape, or again later.",
     },
+    code_hints={
+        "global/invalid-address": "Lambda needs a valid billing address on the account before it launches "
+        "anything: add or correct it in Lambda's dashboard (Settings, Billing), then try again. Your API key "
+        "is fine.",
+        "global/account-inactive": "The Lambda account is not active (a new account awaiting approval, or one "
+        "suspended, e.g. for an unpaid invoice): see Lambda's dashboard or contact Lambda support. Your API "
+        "key is fine.",
+    },
+    # upstream failures at Lambda ("try again"): retried with backoff, then reported
+    retry=("provider/",),
 )
 
 
@@ -78,6 +90,7 @@ class LambdaApi:
             timeout=float(parse_timedelta(config.get("lambda.request-timeout"))) if timeout is None else timeout,
             min_interval=float(config.get("lambda.request-interval")),
             intervals={"/instance-operations/launch": float(config.get("lambda.launch-interval"))},
+            windows={"/instance-operations/launch": (int(config.get("lambda.launches-per-minute") or 0), 60.0)},
         )
 
     def __repr__(self) -> str:
@@ -95,12 +108,19 @@ class LambdaApi:
         """Every instance type with its price and the regions with capacity now (capacity is not reserved)."""
         return parse_instance_types((await self.client.request("GET", "/instance-types"))["data"])
 
-    async def launch(self, *, region: str, instance_type: str, name: str, ssh_key: str, user_data: str) -> list[str]:
-        """Launch one instance named ``name``; its id(s). Never retried after it may have applied.
+    async def images(self) -> list[Image]:
+        """The machine images instances can boot, one entry per region."""
+        return parse_images((await self.client.request("GET", "/images"))["data"])
+
+    async def launch(self, *, region: str, instance_type: str, name: str, ssh_key: str, user_data: str,
+                     tags: dict[str, str] | None = None, firewall_rulesets: list[str] | None = None,
+                     image: str | None = None) -> list[str]:
+        """Launch one instance named ``name``, with ``tags`` and attached to ``firewall_rulesets`` (ids, in the
+        same region); its id(s). Never retried after it may have applied.
 
         One instance per request: Lambda's launch endpoint refuses ``quantity`` above 1.
         """
-        body = {
+        body: dict[str, Any] = {
             "region_name": region,
             "instance_type_name": instance_type,
             "ssh_key_names": [ssh_key],
@@ -109,6 +129,12 @@ class LambdaApi:
             "name": name,
             "user_data": user_data,
         }
+        if tags:
+            body["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        if firewall_rulesets:
+            body["firewall_rulesets"] = [{"id": r} for r in firewall_rulesets]
+        if image:
+            body["image"] = {"id": image}
         data = await self.client.request("POST", "/instance-operations/launch", json=body)
         return list(data["data"]["instance_ids"])
 
@@ -155,16 +181,48 @@ class LambdaApi:
         return dict(data["data"])
 
     async def delete_ssh_key(self, key_id: str) -> bool:
-        """Delete an SSH key by id; False if Lambda did not know it (already deleted)."""
+        """Delete an SSH key by id; False if Lambda did not know it (already deleted).
+
+        Lambda answers a key that is already gone with 400 ``global/invalid-parameters``, not 404: that is
+        "gone" when the key is no longer listed (a teardown racing another one must not fail on it)."""
         try:
             await self.client.request("DELETE", f"/ssh-keys/{key_id}")
         except ProviderError as exc:
             if _not_found(exc):
                 return False
             raise
+        except SpecError as exc:  # global/invalid-parameters
+            if key_id not in {str(k.get("id")) for k in await self.ssh_keys()}:
+                return False
+            raise exc from None
         return True
 
-    # -- firewall ------------------------------------------------------------------------------
+    # -- firewall rulesets (per region, attached at launch) ------------------------------------
+
+    async def firewall_rulesets(self) -> list[dict[str, Any]]:
+        """The account's firewall rulesets: dicts with id, name, region and rules (the global one excluded)."""
+        return [dict(r) for r in (await self.client.request("GET", "/firewall-rulesets"))["data"]]
+
+    async def create_firewall_ruleset(self, *, name: str, region: str, rules: list[dict[str, Any]]) -> str:
+        """Create a ruleset in ``region`` that instances launched there can be attached to; its id.
+
+        Not retried after a 5xx or timeout (it may have applied): teardown finds it by name."""
+        data = await self.client.request("POST", "/firewall-rulesets",
+                                         json={"name": name, "region": region, "rules": rules})
+        return str(data["data"]["id"])
+
+    async def delete_firewall_ruleset(self, ruleset_id: str) -> bool:
+        """Delete a ruleset; False if Lambda did not know it. A ruleset still attached to an instance is a
+        ProviderError with code ``firewall-ruleset-in-use`` (wait until the instance is gone)."""
+        try:
+            await self.client.request("DELETE", f"/firewall-rulesets/{ruleset_id}")
+        except ProviderError as exc:
+            if _not_found(exc):
+                return False
+            raise
+        return True
+
+    # -- account-wide firewall rules (clusters of cumulo versions before rulesets) -------------
 
     async def firewall_rules(self) -> list[dict[str, Any]]:
         """The account's inbound firewall rules."""

@@ -12,7 +12,8 @@ from typing import Any
 
 from ...exceptions import CapacityError, SpecError
 
-__all__ = ["InstanceType", "choose_instance_type", "parse_instance_types"]
+__all__ = ["Image", "InstanceType", "Offer", "choose_image", "choose_instance_type", "parse_images",
+           "parse_instance_types"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +109,54 @@ def choose_instance_type(
         + ("; ".join(lines) + ". " if lines else "No shape has capacity anywhere right now. ")
         + "Pass region= or instance_type= accordingly, or try again later."
     )
+
+
+@dataclass(frozen=True)
+class Image:
+    """A machine image instances can boot (``GET /images``): in one region, named by id or by family."""
+
+    id: str
+    family: str
+    name: str
+    version: str
+    region: str
+
+    def summary(self) -> str:
+        """How the estimate names it."""
+        return f"{self.name or self.family} {self.version}".strip() + f" ({self.family}, id {self.id})"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """What a Lambda launch boots: the instance type and, when one was asked for, the image (None: Lambda's
+    default, Lambda Stack)."""
+
+    instance_type: InstanceType
+    image: Image | None = None
+
+
+def parse_images(data: list[dict[str, Any]]) -> list[Image]:
+    """The ``data`` of ``GET /images``."""
+    out = []
+    for entry in data:
+        region = entry.get("region") or {}
+        out.append(Image(id=str(entry.get("id") or ""), family=str(entry.get("family") or ""),
+                         name=str(entry.get("name") or ""), version=str(entry.get("version") or ""),
+                         region=str(region.get("name") if isinstance(region, dict) else region or "")))
+    return out
+
+
+def choose_image(images: list[Image], wanted: str, region: str, *, chosen: bool = False) -> Image:
+    """The image ``wanted`` (an id, or a family: its latest version) in ``region`` (``chosen``: by price, not
+    named by the user); SpecError saying what exists."""
+    matches = [i for i in images if wanted in (i.id, i.family)]
+    if not matches:
+        families = sorted({i.family for i in images if i.family})
+        raise SpecError(f"Lambda has no image {wanted!r} (by id or family); families offered: "
+                        f"{', '.join(families) or 'none'}")
+    here = [i for i in matches if i.region == region]
+    if not here:
+        raise SpecError(f"image {wanted!r} is not offered in {region}"
+                        + (", the region with the cheapest capacity" if chosen else "") + "; it is in "
+                        f"{', '.join(sorted({i.region for i in matches}))}: pass region= one of those")
+    return max(here, key=lambda i: tuple(int(p) if p.isdigit() else 0 for p in i.version.split(".")))

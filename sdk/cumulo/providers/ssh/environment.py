@@ -77,7 +77,13 @@ async def install(session: Session, facts: HostFacts, lock: envsync.Lock, wheels
     try:
         out = await session.run(script, timeout=timeout + 30, what="installing the notebook's environment")
     except ProviderError as exc:
-        text = str(exc)
+        text = envsync.without_credentials(str(exc))
+        index = envsync.unreachable_index(text)
+        if index is not None:  # the URL names a package, but no package was refused: the index did not answer
+            raise EnvironmentSyncError(
+                f"{session.host.label} could not reach the package index {index} (nothing was started there):\n"
+                f"{text}\nCheck the host's network and its index setting (its uv config), or add a wheel folder "
+                "with cumulo.env.find-links") from None
         package = envsync.named_package(text)
         named = f"package {package!r} " if package else "the environment "
         raise EnvironmentSyncError(

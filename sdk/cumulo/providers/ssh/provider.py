@@ -30,7 +30,7 @@ from distributed.security import Security
 from ... import config, envsync
 from ...aio import until
 from ...exceptions import CumuloError, LaunchTimeout, ProviderError, SpecError, TerminateError
-from ...life.registry import ClusterRecord
+from ...life.registry import ClusterRecord, ResourceRecord
 from ...security.tlscerts import ClusterTLS, create_cluster_tls, load_cluster_tls, remove_cluster_tls
 from ...spec import ClusterSpec
 from ..base import Deployment, Provider, Say, shutdown_scheduler
@@ -229,6 +229,14 @@ class SSHProvider(Provider):
             await self._stop_hosts(cluster_id, checkpoint, None)
         except CumuloError as exc:
             logger.error("cumulo: cleanup after a failed launch: %s", exc)
+
+    def dashboard_host(self, record: ClusterRecord, resources: list[ResourceRecord]) -> Host | None:
+        """The first host (the scheduler's): its dashboard listens on that host's loopback only."""
+        for res in resources:
+            if res.kind == "ssh-host" and res.meta.get("host"):
+                meta = res.meta
+                return Host(str(meta["host"]), int(meta.get("port") or 22), meta.get("user"))
+        return None
 
     # -- stop --------------------------------------------------------------------------
 

@@ -104,6 +104,22 @@ class Session:
                                 f"{str(done.stderr or '').strip() or 'no message'}")
         return str(done.stdout or "")
 
+    async def forward_local(self, remote_host: str, remote_port: int) -> Any:
+        """Listen on a free port of this machine's loopback and forward each connection to
+        ``remote_host:remote_port`` as the host sees it (``ssh -L``); the listener has ``get_port()``
+        and ``close()``, and stops with the session. ProviderError naming the host when refused."""
+        asyncssh = _asyncssh()
+        try:
+            return await self._conn.forward_local_port("127.0.0.1", 0, remote_host, remote_port)
+        except (asyncssh.Error, OSError) as exc:
+            raise ProviderError(f"{self.host.label} refused a port forward to {remote_host}:{remote_port}: "
+                                f"{exc or type(exc).__name__}. Check AllowTcpForwarding in its sshd_config") from None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is still up (a dropped one is not reused)."""
+        return not self._conn.is_closed()
+
     async def close(self) -> None:
         self._conn.close()
         try:
@@ -147,6 +163,8 @@ async def open_session(host: Host) -> Session:
     follow ``UserKnownHostsFile none`` in ~/.ssh/config and check nothing)."""
     asyncssh = _asyncssh()
     timeout = float(parse_timedelta(config.get("ssh.connect-timeout")))
+    if host.host_keys:
+        return await _open_launched(host, timeout)
     known = _known_hosts()
     options: dict[str, Any] = {"port": host.port, "known_hosts": known, "connect_timeout": timeout}
     if host.user:
@@ -169,9 +187,48 @@ async def open_session(host: Host) -> Session:
             "key to the SSH agent (ssh-add), set cumulo.ssh.key-file, or check the user name in the target"
         ) from None
     except (OSError, asyncio.TimeoutError, asyncssh.Error) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-        raise ConnectError(f"cannot reach {host.label} over SSH: {reason}. Check the host name and port, and that "
-                           "`ssh` to it works from this machine") from None
+        raise _unreachable(host, exc) from None
+    return await _session(host, conn)
+
+
+def _unreachable(host: Host, exc: BaseException) -> ConnectError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+    return ConnectError(f"cannot reach {host.label} over SSH: {reason}. Check the host name and port, and that "
+                        "`ssh` to it works from this machine")
+
+
+async def _open_launched(host: Host, timeout: float) -> Session:
+    """Log in to a host cumulo launched: only its recorded host keys are trusted, only its own key is offered."""
+    asyncssh = _asyncssh()
+    try:
+        trusted = [asyncssh.import_public_key(line) for line in host.host_keys]
+    except (asyncssh.KeyImportError, ValueError):
+        raise HostKeyRefused(f"the host keys recorded for {host.label} cannot be read; this cluster's SSH "
+                             "access cannot be checked (stop it and start a new one)") from None
+    if not host.key_file or not os.path.isfile(host.key_file):
+        raise CredentialsError(f"the cluster's own SSH key for {host.label} ({host.key_file or 'not recorded'}) is "
+                               "gone from this machine: only the machine that launched the cluster can log in to it")
+    options: dict[str, Any] = {"port": host.port, "known_hosts": (trusted, [], []), "connect_timeout": timeout,
+                               "client_keys": [host.key_file], "agent_path": None, "config": None}
+    if host.user:
+        options["username"] = host.user
+    try:
+        conn = await asyncssh.connect(host.host, **options)
+    except asyncssh.HostKeyNotVerifiable:
+        raise HostKeyRefused(
+            f"the SSH host key of {host.label} is not the one its head reported over the cluster's TLS when it "
+            f"started (its fingerprint is {await _fingerprint(host)}): something else answers at that address. "
+            "cumulo does not log in; stop the cluster if you did not expect this") from None
+    except asyncssh.PermissionDenied:
+        raise CredentialsError(
+            f"{host.label} refused the cluster's own SSH key for user {host.user}: set the image's login user "
+            "with cumulo.cloud.ssh-user") from None
+    except (OSError, asyncio.TimeoutError, asyncssh.Error) as exc:
+        raise _unreachable(host, exc) from None
+    return await _session(host, conn)
+
+
+async def _session(host: Host, conn: Any) -> Session:
     session = Session(host, conn)
     try:
         session.home = (await session.run("printf %s \"$HOME\"", what="reading $HOME")).strip()

@@ -20,11 +20,17 @@ _HOST_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9._-]+)@)?(?P<host>\[[0-9A-Fa-f:.]
 
 @dataclass(frozen=True)
 class Host:
-    """One SSH host of a cluster."""
+    """One SSH host of a cluster.
+
+    ``host_keys`` (OpenSSH public key lines) and ``key_file`` are for hosts that cumulo launched
+    itself (cloud heads): their host keys were read over the cluster's own TLS and the login key is
+    the cluster's own, so neither known_hosts nor the user's keys are consulted. Empty: ``ssh``'s way."""
 
     host: str
     port: int = 22
     user: str | None = None
+    host_keys: tuple[str, ...] = ()
+    key_file: str | None = None
 
     @property
     def label(self) -> str:
