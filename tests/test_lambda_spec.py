@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import json
 import re
 import time
 from collections.abc import Callable
@@ -250,13 +251,23 @@ def test_a_preempted_worker_mid_pipeline_leaves_the_result_right_and_stops_billi
         wait_for(lambda: sum(f.status == "finished" for f in futures) >= 10, timeout=60, what="the pipeline to run")
         emulator.preempt(worker.id)  # Lambda takes it back mid-way, without notice
         assert sum(client.gather(futures)) == sum(i * i for i in range(60)), "dask recomputed what it held"
-        wait_for(lambda: Registry().get(cluster.id).rate_per_hour == pytest.approx(2 * 0.75), timeout=30,
-                 what="the preempted instance to leave the bill")
+        # the kernel that launched it launches a replacement (Lambda has no spot market: the same shape)
+        (replaced,) = wait_for(lambda: [m for _, kind, m in Registry().events(cluster.id) if kind == "replaced"],
+                               timeout=90, what="the preempted worker to be replaced")
         states = {r.resource_id: r.state for r in Registry().resources(cluster_id=cluster.id) if r.kind == "instance"}
         assert states[worker.id] == "preempted" and sorted(states.values()).count("preempted") == 1
         (line,) = [m for _, kind, m in Registry().events(cluster.id) if kind == "preempted"]
         assert f"instance {worker.id} ({worker.name}) was preempted by Lambda" in line
-        assert "$0.75/h stops billing" in line and "Not replaced" in line
+        assert "$0.75/h stops billing" in line and line.endswith("A replacement is being launched (same market, "
+                                                                 "then the fallback).")
+        (new,) = [i for i in emulator.live() if i.name.endswith("-worker-3")]
+        assert new.id in replaced and "$0.75/h" in replaced and len(emulator.live()) == 3
+        # the bill: 3 instances, 2 from the preemption seen to the replacement's request, 3 again from then on
+        row = Registry().get(cluster.id)
+        rates = [rate for _, rate in json.loads(row.rate_changes or "[]")]
+        assert rates[-2:] == [pytest.approx(2 * 0.75), pytest.approx(3 * 0.75)] and row.rate_per_hour == pytest.approx(
+            3 * 0.75)
+        assert len({w["host"] for w in client.scheduler_info(n_workers=-1)["workers"].values()}) == 3
     finally:
         cluster.close()
     assert [s for m, p, s in emulator.requests if p.endswith("/terminate")] == [200], "the rest, in one request"

@@ -368,6 +368,13 @@ class Cluster(Starting, SyncMethodMixin):
         """``scale(n)`` on the cluster's loop (for the watchdog: cumulo.life.watched.Watched)."""
         await self._scale(n)
 
+    def replace_lost(self) -> str:
+        """Launch instances in place of those the cloud took back, where this process can (the watchdog asks,
+        on the cluster's loop); the sentence that tells the user what happens."""
+        if self._deployment is None:
+            return "Not replaced: only the kernel that launched the cluster can add instances to it."
+        return self._deployment.replace_lost()
+
     def detach(self) -> None:
         """Let this cluster outlive the kernel: no lease (budget and idle still apply, via `cumulo reap`);
         stop it later with `cumulo down NAME`."""

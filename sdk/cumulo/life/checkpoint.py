@@ -44,6 +44,14 @@ class Checkpoint:
         found = self._registry.resources(cluster_id=self.cluster_id, provider=self.provider)
         return [r for r in found if kind is None or r.kind == kind]
 
+    def billing_starts(self, resource_id: str, *, at: float) -> None:
+        """An instance added to the running cluster bills from ``at``: its price joins the cluster's rate."""
+        self._registry.start_billing(self.provider, resource_id, at=at)
+
+    def billing_stops(self, resource_id: str, *, at: float, state: str) -> None:
+        """An instance removed from the running cluster (``state``, e.g. 'terminated') bills no more from ``at``."""
+        self._registry.stop_billing(self.provider, resource_id, at=at, state=state)
+
     def launched(self) -> None:
         """Something that needs stopping now runs (for providers whose processes are not resources)."""
         self.started = True

@@ -9,6 +9,9 @@ kernel's watchdog reads those events on each pass and hands them to
 :func:`apply`, which records the instance as interrupted and takes its price off
 the cluster's rate from the notice's deadline on, once, whoever sees it first
 (the scheduler keeps its events, so a kernel that re-attaches still sees them).
+The kernel that launched the cluster then launches a replacement, where the
+cloud can add instances (``replace``: the cluster's ``replace_lost``,
+providers/cloud/deployment.py).
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ def _when(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%H:%M:%S UTC")
 
 
+def _not_replaced() -> str:
+    return "Not replaced."
+
+
 def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[tuple[float, Any]], *,
-          title: str, say: Callable[[str], None] | None = None) -> list[str]:
-    """Apply the cluster's interruption events; return a line for each instance newly seen taken back."""
+          title: str, say: Callable[[str], None] | None = None,
+          replace: Callable[[], str] = _not_replaced) -> list[str]:
+    """Apply the cluster's interruption events; return a line for each instance newly seen taken back.
+
+    ``replace`` is asked once each instance has stopped billing: it may start a replacement (the cluster's
+    ``replace_lost``) and gives the sentence that ends the line.
+    """
     lines = []
     for _, msg in events:
         if not isinstance(msg, dict) or not isinstance(msg.get("instance"), str):
@@ -53,7 +65,7 @@ def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[t
                 f"{title} takes instance {msg['instance']} back at {_when(at)}. Its data moved to the other "
                 "workers (retire_workers)"
                 + (f"; its ${float(price):.4g}/h stops billing then" if isinstance(price, (int, float)) else "")
-                + f". Not replaced: {title} clusters do not scale in place yet.")
+                + _then(replace()))
         registry.event(cluster_id, "interrupted", line)
         logger.warning("cumulo: %s", line)
         if say is not None:
@@ -64,10 +76,15 @@ def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[t
     return lines
 
 
+def _then(sentence: str) -> str:
+    return f". {sentence}" if sentence else "."
+
+
 def apply_taken_back(registry: Registry, provider: str, cluster_id: str, taken: Iterable[tuple[str, str]], *,
-                     title: str, at: float, say: Callable[[str], None] | None = None) -> list[str]:
+                     title: str, at: float, say: Callable[[str], None] | None = None,
+                     replace: Callable[[], str] = _not_replaced) -> list[str]:
     """Apply instances the cloud took back without notice (``(id, status)``, e.g. Lambda's ``preempted``), seen
-    at ``at``: each stops billing then, once; return a line for each newly seen."""
+    at ``at``: each stops billing then, once; return a line for each newly seen (``replace``: as for apply)."""
     lines = []
     for instance, status in taken:
         was = registry.stop_billing(provider, instance, at=at, state=status)
@@ -78,8 +95,7 @@ def apply_taken_back(registry: Registry, provider: str, cluster_id: str, taken: 
         line = (f"instance {instance} ({was.meta.get('name') or 'a worker'}) was {status} by {title}, seen at "
                 f"{_when(at)}: its workers left the cluster and dask recomputes what they held"
                 + (f"; its ${float(price):.4g}/h stops billing" if isinstance(price, (int, float)) else "")
-                + (". The head is gone: the cluster is lost" if role == "head"
-                   else f". Not replaced: {title} clusters do not scale in place yet."))
+                + (". The head is gone: the cluster is lost." if role == "head" else _then(replace())))
         registry.event(cluster_id, status, line)
         logger.warning("cumulo: %s", line)
         if say is not None:

@@ -544,18 +544,26 @@ class Registry:
                              (provider, resource_id)).fetchone()
             if row is None or row["state"] in _NOT_BILLING:
                 return None
-            meta = json.loads(row["meta"])
-            price = meta.get("price_per_hour")
+            price = json.loads(row["meta"]).get("price_per_hour")
             db.execute("UPDATE resources SET state = ?, updated = ? WHERE provider = ? AND resource_id = ?",
                        (state, time.time(), provider, resource_id))
-            cluster = db.execute("SELECT created, rate_per_hour, rate_changes FROM clusters WHERE id = ?",
-                                 (row["cluster_id"],)).fetchone()
-            if cluster is not None and cluster["rate_per_hour"] is not None and isinstance(price, (int, float)):
-                changes = json.loads(cluster["rate_changes"] or "null") or [[cluster["created"],
-                                                                             cluster["rate_per_hour"]]]
-                changes = rate_change(changes, at=at, delta=-float(price))
-                db.execute("UPDATE clusters SET rate_per_hour = ?, rate_changes = ?, updated = ? WHERE id = ?",
-                           (changes[-1][1], json.dumps(changes), time.time(), row["cluster_id"]))
+            if isinstance(price, (int, float)):
+                _shift_rate(db, row["cluster_id"], at=at, delta=-float(price))
+            return _resource(row)
+
+    def start_billing(self, provider: str, resource_id: str, *, at: float) -> ResourceRecord | None:
+        """An instance added to a running priced cluster (a scale-up, a replacement) bills from ``at``: add its
+        recorded ``price_per_hour`` to the cluster's rate from then on. Returns the resource, or None when it is
+        unknown, not billing, or has no recorded price."""
+        with self._write() as db:
+            row = db.execute("SELECT * FROM resources WHERE provider = ? AND resource_id = ?",
+                             (provider, resource_id)).fetchone()
+            if row is None or row["state"] in _NOT_BILLING:
+                return None
+            price = json.loads(row["meta"]).get("price_per_hour")
+            if not isinstance(price, (int, float)):
+                return None
+            _shift_rate(db, row["cluster_id"], at=at, delta=float(price))
             return _resource(row)
 
     def resources(
@@ -578,6 +586,18 @@ def _resource(row: sqlite3.Row) -> ResourceRecord:
     return ResourceRecord(provider=row["provider"], resource_id=row["resource_id"], cluster_id=row["cluster_id"],
                           kind=row["kind"], state=row["state"], created=row["created"], updated=row["updated"],
                           meta=json.loads(row["meta"]))
+
+
+def _shift_rate(db: sqlite3.Connection, cluster_id: str, *, at: float, delta: float) -> None:
+    """Change a priced cluster's rate by ``delta`` $/h from ``at`` on, keeping the history (``rate_changes``)."""
+    cluster = db.execute("SELECT created, rate_per_hour, rate_changes FROM clusters WHERE id = ?",
+                         (cluster_id,)).fetchone()
+    if cluster is None or cluster["rate_per_hour"] is None:
+        return
+    changes = json.loads(cluster["rate_changes"] or "null") or [[cluster["created"], cluster["rate_per_hour"]]]
+    changes = rate_change(changes, at=at, delta=delta)
+    db.execute("UPDATE clusters SET rate_per_hour = ?, rate_changes = ?, updated = ? WHERE id = ?",
+               (changes[-1][1], json.dumps(changes), time.time(), cluster_id))
 
 
 #: Resource states of instances that no longer bill (taken back by the cloud, or gone).

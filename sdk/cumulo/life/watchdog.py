@@ -181,7 +181,7 @@ class Watchdog:
         self._interruptions_seen = len(events)
         return interruptions.apply(self.registry, self.provider.name, self.cluster.id, events,
                                    title=getattr(self.provider, "title", self.provider.name),
-                                   say=self.provider.progress)
+                                   say=self.provider.progress, replace=self.cluster.replace_lost)
 
     async def _taken_back(self, rec: Any) -> list[str]:
         """When workers left since the last pass, ask the provider which instances it took back without a
@@ -203,7 +203,8 @@ class Watchdog:
             return []
         return interruptions.apply_taken_back(self.registry, self.provider.name, rec.id, taken,
                                               title=getattr(self.provider, "title", self.provider.name),
-                                              at=time.time(), say=self.provider.progress)
+                                              at=time.time(), say=self.provider.progress,
+                                              replace=self.cluster.replace_lost)
 
     async def _ledger(self) -> dict[str, Any] | None:
         if not self.usage.installed or self.cluster.client is None:

@@ -13,7 +13,7 @@ Each protocol adds to the one before::
     Measured   what Usage reads: id, status, client, registry, record
     Metered    + what the meter shows: name, loop, budget, usage
     Watched    + what the watchdog needs to act: lifecycle, spec, sync, and
-               let_go / stop_for / scale_to, run on the cluster's loop
+               let_go / stop_for / scale_to / replace_lost, run on the cluster's loop
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Metered(Measured, Protocol):
 
 @runtime_checkable
 class Watched(Metered, Protocol):
-    """What the watchdog reads of a cluster and the three things it may do to it, on the cluster's loop."""
+    """What the watchdog reads of a cluster and the things it may do to it, on the cluster's loop."""
 
     @property
     def lifecycle(self) -> Lifecycle:
@@ -116,4 +116,9 @@ class Watched(Metered, Protocol):
 
     async def scale_to(self, n: int) -> None:
         """Ask for ``n`` workers (NotOwner when this process did not start the cluster)."""
+        ...
+
+    def replace_lost(self) -> str:
+        """Start replacing the instances the cloud took back, where this process can; the sentence that tells
+        the user what happens (run on the cluster's loop)."""
         ...

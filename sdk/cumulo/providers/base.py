@@ -132,6 +132,11 @@ class Deployment:
             raise NotOwner("this cluster was started outside cumulo; adapt it where it was started")
         return self.manager.adapt(minimum=minimum, maximum=maximum)
 
+    def replace_lost(self) -> str:
+        """Launch workers in place of those the provider took back (spot interruptions), where it can; the
+        sentence that tells the user what happens. Here: nothing, said so."""
+        return "Not replaced: this kind of cluster does not replace what its provider takes back."
+
     async def close(self) -> None:
         """Stop everything this deployment started and return once it is confirmed gone."""
         if self.manager is not None:

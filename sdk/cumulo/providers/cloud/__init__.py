@@ -6,6 +6,8 @@ marks that say which resources are this installation's). The layer does the rest
 same way for every cloud (docs/providers.md):
 
 - ``launch.py``: record -> request -> adopt -> wait for active -> TLS scheduler -> workers;
+- ``deployment.py``: the running cluster in the process that launched it: scale(n), replacing what the cloud
+  took back;
 - ``teardown.py``: terminate from records and by mark, confirmed, then rule, key and certificates;
 - ``orphans.py``: what no open cluster owns, this installation's (terminated) or others' (reported);
 - ``plan.py``: the launch plan, the confirm-above-price check; ``network.py``: the firewall's source
@@ -16,8 +18,9 @@ same way for every cloud (docs/providers.md):
 from __future__ import annotations
 
 from .adapter import ACTIVE, BOOTING, GONE, CloudAdapter, Instance, Mark, Resource
+from .deployment import CloudDeployment
 from .plan import Plan, check_price, last_resort_idle
-from .provider import CloudDeployment, CloudProvider
+from .provider import CloudProvider
 from .settings import SHARED, CloudSay, CloudSettings
 
 __all__ = [

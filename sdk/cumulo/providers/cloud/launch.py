@@ -10,6 +10,8 @@
     them in one (``workers``) where the cloud launches many at once, while the
     head installs its environment; wait for the scheduler to answer over TLS,
     then for the workers to be active and to join.
+Later, ``grow()`` adds worker instances to the running cluster the same way
+(a scale-up, or replacements of instances the cloud took back: deployment.py).
 Each request is recorded (kind "launch", by the name the adapter gives it)
 before it is sent and its instance ids as soon as the answer arrives; a
 request that may have applied is followed by adopting whatever carries its
@@ -38,6 +40,7 @@ from .head_ssh import SSH_META, read_head_ssh
 from .plan import Plan
 from .settings import CloudSettings
 from .sshkey import new_key_pair
+from .teardown import terminate_confirmed
 
 if TYPE_CHECKING:
     from ...life.checkpoint import Checkpoint
@@ -57,6 +60,14 @@ class Launcher:
         self.rate_per_hour = plan.rate_per_hour
         self._prices: list[float | None] = []
         self._metas: dict[str, dict[str, Any]] = {}  # each instance's recorded meta, by id
+        #: What grow() needs of the launch, once run() has made it: the scheduler's address and client TLS,
+        #: the SSH key's name and the workers' first-boot script.
+        self.address: str | None = None
+        self.security: Security | None = None
+        self._ssh_key: str | None = None
+        self._worker_script: str | None = None
+        self._grown = 0  # instances grow() launched so far (their roles are "worker-<instances + n>")
+        self.head_id: str | None = None
         self.opts: BootstrapOptions = dataclasses.replace(settings.bootstrap_options(), idle_timeout=plan.idle_timeout,
                                                           power_off=adapter.power_off, notice=adapter.notice,
                                                           client_lease=plan.client_lease if adapter.power_off else None,
@@ -78,16 +89,18 @@ class Launcher:
         await self._open_firewall()
         head_script = user_data("head", cluster_id=self.cluster_id, tls=tls, options=self.opts)
         head = await self._launch("head", ssh_key, head_script)
+        self.head_id = head[0]
         info = (await self._wait_active(head))[head[0]]
         address = f"tls://{info.ip}:{self.opts.scheduler_port}"
         self.checkpoint.address(address)
         self.say(f"head instance active at {info.ip}")
         workers: list[str] = []
+        script = user_data("worker", cluster_id=self.cluster_id, tls=tls, options=self.opts,
+                           scheduler_host=info.private_ip or info.ip)
+        self.address, self.security, self._ssh_key, self._worker_script = address, security, ssh_key, script
         if self.plan.instances > 1:
             # the workers boot (and install their environment) while the head installs and starts its
             # scheduler: they retry joining it until their death timeout
-            script = user_data("worker", cluster_id=self.cluster_id, tls=tls, options=self.opts,
-                               scheduler_host=info.private_ip or info.ip)
             if self.cloud.batch_launch:  # one request for all of them, marked "workers"
                 workers = await self._launch("workers", ssh_key, script, count=self.plan.instances - 1)
             else:
@@ -100,6 +113,59 @@ class Launcher:
         await self._wait_workers(address, security, hosts=self.plan.instances)
         self._record_rate()
         return address, security
+
+    async def grow(self, cloud: CloudAdapter, count: int) -> list[str]:
+        """Launch ``count`` more worker instances into the running cluster (a scale-up, a replacement), through
+        ``cloud`` (a new adapter: the launch's is closed), and wait until their workers have joined.
+
+        Each instance is recorded before its request, as at launch, and bills from its request on (its own price
+        joins the cluster's rate). On any failure, timeout or cancellation, what this call launched is terminated
+        (confirmed) before re-raising: the rest of the cluster runs on, and nothing it added still bills.
+        """
+        if self.address is None or self.security is None or self._worker_script is None or self._ssh_key is None:
+            raise ProviderError("the cluster's launch did not finish: nothing to grow")
+        self.cloud = cloud
+        cloud.prepare(self.plan)
+        before = {r.resource_id for r in self.checkpoint.resources("instance")}
+        billing: list[str] = []
+        try:
+            ids: list[str] = []
+            roles = ([f"workers-{self.plan.instances + self._grown}"] if cloud.batch_launch
+                     else [f"worker-{self.plan.instances + self._grown + n}" for n in range(count)])
+            self._grown += count
+            for role in roles:
+                asked = time.time()
+                launched = await self._launch(role, self._ssh_key, self._worker_script,
+                                              count=count if cloud.batch_launch else 1)
+                for iid in launched:
+                    self.checkpoint.billing_starts(iid, at=asked)
+                    billing.append(iid)
+                ids += launched
+            active = await self._wait_active(ids)
+            # the new instances' own workers, by address: a retiring worker of the instance being replaced may
+            # still be connected, and must not count
+            await self._wait_workers(self.address, self.security, hosts=len(ids),
+                                     among={a for i in active.values() for a in (i.ip, i.private_ip) if a})
+            return ids
+        except BaseException:
+            added = [r.resource_id for r in self.checkpoint.resources("instance") if r.resource_id not in before]
+            await asyncio.shield(self._terminate_added(cloud, added, billing))
+            raise
+
+    async def _terminate_added(self, cloud: CloudAdapter, added: list[str], billing: list[str]) -> None:
+        """Terminate what a failed grow() launched (confirmed); those that billed stop billing then."""
+        if not added:
+            return
+        self.say(f"adding workers failed: terminating {', '.join(added)}")
+        await cloud.terminate(added)
+
+        def gone(iid: str) -> None:
+            if iid in billing:
+                self.checkpoint.billing_stops(iid, at=time.time(), state="terminated")
+            else:
+                self.checkpoint.resource_state(iid, "terminated")
+
+        await terminate_confirmed(cloud, added, on_terminated=gone, say=self.say, settings=self.settings)
 
     def _record_rate(self) -> None:
         """Bill what was launched: where the adapter knows each instance's price (a spot price, a fallback
@@ -220,14 +286,17 @@ class Launcher:
                 "/opt/cumulo/bootstrap.log on the head instance, if you want to look before retrying.") from None
         self.say(f"scheduler answering at {address} (TLS, this cluster's certificates)")
 
-    async def _wait_workers(self, address: str, security: Security, *, hosts: int) -> None:
+    async def _wait_workers(self, address: str, security: Security, *, hosts: int,
+                            among: set[str] | None = None) -> None:
+        """Wait until workers on ``hosts`` instances have joined (``among``: counting only these addresses)."""
         timeout = self.settings.seconds("workers-timeout")
         joined = -1
 
         async def all_joined() -> bool | None:
             nonlocal joined
             ident = await self._identity(address, security) or {}
-            now = len({w.get("host") for w in ident.get("workers", {}).values()})
+            now = len({w.get("host") for w in ident.get("workers", {}).values()
+                       if among is None or w.get("host") in among})
             if now != joined:
                 joined = now
                 self.say(f"workers joined: {joined}/{hosts} instances")

@@ -19,19 +19,20 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from distributed.security import Security
 
 from ... import envsync
 from ...envsync import Prepared
-from ...exceptions import ProviderError, TerminateError
+from ...exceptions import TerminateError
 from ...life.registry import ClusterRecord, Registry, ResourceRecord
 from ...security.tlscerts import load_cluster_tls
 from ...spec import ClusterSpec
 from ..base import Deployment, Orphan, Provider
 from ..ssh.target import Host
 from .adapter import GONE, TAKEN_BACK, CloudAdapter, Mark
+from .deployment import CloudDeployment
 from .head_ssh import head_host
 from .launch import Launcher
 from .orphans import sweep
@@ -45,38 +46,11 @@ if TYPE_CHECKING:
 __all__ = ["CloudDeployment", "CloudProvider"]
 
 
-class CloudDeployment(Deployment):
-    """A running cloud cluster held by the process that launched it."""
-
-    def __init__(self, address: str, *, security: Security, provider: CloudProvider, checkpoint: Checkpoint,
-                 rate_per_hour: float) -> None:
-        super().__init__(address, security=security, dashboard_link=None)
-        self.cluster_id = checkpoint.cluster_id
-        self.rate_per_hour = rate_per_hour
-        self._provider = provider
-        self._checkpoint = checkpoint
-
-    async def scale(self, n: int) -> None:
-        raise ProviderError(f"scaling a {self._provider.title} cluster in place is not supported yet: close it "
-                            "and connect again with workers=N")
-
-    def adapt(self, minimum: int, maximum: int) -> Any:
-        raise ProviderError(f"adaptive scaling of {self._provider.title} clusters is not supported yet: choose "
-                            "workers= at connect")
-
-    async def close(self) -> None:
-        """Terminate every instance (confirmed), remove the firewall rule, SSH key and certificates.
-
-        Safe to call again after a failure (e.g. a TerminateError): each call uses a new API client.
-        """
-        await self._provider.teardown(self._checkpoint)
-
-
 class CloudProvider(Provider):
     """GPU instances at a cloud, driven through its adapter; see the module docstring."""
 
     bills_independently = True  # instances bill until terminated, whatever their scheduler does
-    can_scale = False
+    can_scale = True  # by the process that launched it: deployment.py
     sweeps_orphans = True
     #: The cloud as messages name it ("Lambda").
     title: ClassVar[str]
@@ -171,7 +145,7 @@ class CloudProvider(Provider):
                         f"{pattern} in {self.title}'s dashboard") from exc
                 raise
         deployment = self.deployment_class(address, security=security, provider=self, checkpoint=checkpoint,
-                                           rate_per_hour=launcher.rate_per_hour)
+                                           rate_per_hour=launcher.rate_per_hour, launcher=launcher)
         if prepared is not None and prepared.wheels:
             deployment.local_wheels, deployment.local_digest = prepared.wheels, prepared.lock.local_digest
         return deployment

@@ -26,7 +26,7 @@ __all__ = ["SHARED", "CloudSay", "CloudSettings"]
 SHARED = frozenset({
     "worker-command", "worker-args", "gpu-probe", "install-packages", "python", "scheduler-port",
     "boot-timeout", "scheduler-timeout", "workers-timeout", "confirm-above-per-hour", "print-progress",
-    "orphan-grace", "worker-death-timeout", "notice-poll", "ssh-user",
+    "orphan-grace", "worker-death-timeout", "notice-poll", "ssh-user", "replace-taken-back",
 })
 
 
