@@ -7,6 +7,8 @@ secrets; specs are checked for secret-looking keys before they are stored
 (see spec.ClusterSpec.validate), and free-text fields are only ever written by
 cumulo itself.
 
+The rows as read are records.py's; the SQL schema and its migrations are schema.py's.
+
 Tables:
   clusters   one row per cluster ever started or attached (name unique among open rows)
   resources  billable things a cluster owns at a provider (instances, firewall rules)
@@ -24,187 +26,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from .. import config
 from ..exceptions import RegistryError, SpecError
-from .owner import Owner, alive, this_process
-from .states import FINAL, OPEN
+from .owner import Owner, this_process
+from .records import (CLOSED_STATES, OPEN_SQL, OPEN_STATES, ClusterRecord, CorruptRow, ResourceRecord, cluster_of_row,
+                      readable, resource_of_row)
+from .schema import MIGRATIONS, OPEN_NAME_INDEX, SCHEMA, SCHEMA_VERSION
 
 __all__ = ["ClusterRecord", "CorruptRow", "Registry", "ResourceRecord", "OPEN_STATES", "CLOSED_STATES", "SCHEMA_VERSION",
            "rate_change"]
 
 logger = logging.getLogger(__name__)
-
-#: States of a cluster that may still be running (and billing); see cumulo.lifecycle.
-OPEN_STATES = tuple(sorted(s.value for s in OPEN))
-#: Final states: closed (confirmed stopped), failed (never came up, cleaned up), lost (gone without us).
-CLOSED_STATES = tuple(sorted(s.value for s in FINAL))
-_OPEN_SQL = "(" + ", ".join(f"'{s}'" for s in OPEN_STATES) + ")"
-
-#: The schema this cumulo writes. Older files are migrated forward; newer ones are refused.
-SCHEMA_VERSION = 4
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS clusters (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    spec TEXT NOT NULL DEFAULT '{}',
-    address TEXT,
-    dashboard TEXT,
-    state TEXT NOT NULL,
-    owner_pid INTEGER,
-    owner_host TEXT,
-    owner_started REAL,
-    owner_boot TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    closed REAL,
-    heartbeat REAL,
-    lease_seconds REAL,
-    workers INTEGER,
-    threads INTEGER,
-    memory INTEGER,
-    gpus INTEGER,
-    gpu_model TEXT,
-    backend TEXT,
-    budget REAL,
-    idle_timeout REAL,
-    rate_per_hour REAL,
-    cost REAL,
-    cost_kind TEXT,
-    note TEXT,
-    usage TEXT,
-    rate_changes TEXT
-);
-CREATE INDEX IF NOT EXISTS clusters_created ON clusters(created);
-CREATE TABLE IF NOT EXISTS resources (
-    provider TEXT NOT NULL,
-    resource_id TEXT NOT NULL,
-    cluster_id TEXT NOT NULL REFERENCES clusters(id),
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    meta TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (provider, resource_id)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    cluster_id TEXT NOT NULL,
-    ts REAL NOT NULL,
-    kind TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-"""
-
-#: Forward migrations: MIGRATIONS[v] takes a file from schema v to v + 1.
-MIGRATIONS: dict[int, str] = {
-    # v1 -> v2: 'stop-failed' (cleanup failed, may still bill) is an open state, so it holds its name
-    1: "DROP INDEX IF EXISTS clusters_one_open_name; "
-       "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    # v2 -> v3: an owner is a process identity, not a bare PID (cumulo.life.owner); a closed cluster keeps
-    # its final usage (JSON: totals, busy/idle, energy, top cells) so `cumulo usage` shows it later
-    2: "ALTER TABLE clusters ADD COLUMN owner_started REAL; "
-       "ALTER TABLE clusters ADD COLUMN owner_boot TEXT; "
-       "ALTER TABLE clusters ADD COLUMN usage TEXT;",
-    # v3 -> v4: a cluster's rate can change while it runs (a spot instance taken back stops billing)
-    3: "ALTER TABLE clusters ADD COLUMN rate_changes TEXT;",
-}
-_OPEN_NAME_INDEX = f"CREATE UNIQUE INDEX IF NOT EXISTS clusters_one_open_name ON clusters(name) WHERE state IN {_OPEN_SQL};"
-
-
-@dataclass
-class ClusterRecord:
-    """One row of the clusters table."""
-
-    id: str
-    name: str
-    provider: str
-    spec: dict[str, Any]
-    state: str
-    created: float
-    updated: float
-    address: str | None = None
-    dashboard: str | None = None
-    owner_pid: int | None = None
-    owner_host: str | None = None
-    #: The owner's start time (clock ticks since boot) and boot id: with the PID, who the owner is.
-    owner_started: float | None = None
-    owner_boot: str | None = None
-    closed: float | None = None
-    heartbeat: float | None = None
-    lease_seconds: float | None = None
-    workers: int | None = None
-    threads: int | None = None
-    memory: int | None = None
-    gpus: int | None = None
-    gpu_model: str | None = None
-    backend: str | None = None
-    budget: float | None = None
-    idle_timeout: float | None = None
-    rate_per_hour: float | None = None
-    cost: float | None = None
-    cost_kind: str | None = None
-    note: str | None = None
-    #: The usage kept when the cluster closed (a JSON object; see cumulo.cost.metering), None while open.
-    usage: str | None = None
-    #: Where the rate changed while the cluster ran (an instance stopped billing): a JSON list of
-    #: [time, rate per hour from then on], the first entry the rate from creation; None: one rate throughout.
-    rate_changes: str | None = None
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the cluster may still be running."""
-        return self.state in OPEN_STATES
-
-    @property
-    def may_bill(self) -> bool:
-        """Whether a stop of this cluster failed, so its resources may still bill."""
-        return self.state == "stop-failed"
-
-    @property
-    def age(self) -> float:
-        """Seconds since creation (until closing, for closed clusters)."""
-        return (self.closed or time.time()) - self.created
-
-    @property
-    def owner(self) -> Owner | None:
-        """The process that owns the row, None when nobody does (disconnected, or never recorded)."""
-        if not self.owner_pid or not self.owner_host:
-            return None
-        return Owner(pid=self.owner_pid, host=self.owner_host, started=self.owner_started, boot=self.owner_boot)
-
-    def owned_here(self) -> bool:
-        """Whether this process owns the cluster (started it, and has not disconnected)."""
-        return self.owner is not None and self.owner == this_process()
-
-    def owner_alive(self) -> bool | None:
-        """Whether the process that owns the cluster still runs: None when that is unknowable from here
-        (another host, no owner recorded, or no start time to tell a reused PID from the owner)."""
-        owner = self.owner
-        return None if owner is None else alive(owner)
-
-
-@dataclass
-class ResourceRecord:
-    """A billable thing at a provider that belongs to a cluster."""
-
-    provider: str
-    resource_id: str
-    cluster_id: str
-    kind: str
-    state: str
-    created: float
-    updated: float
-    meta: dict[str, Any] = field(default_factory=dict)
-
 
 _CLUSTER_FIELDS = {f.name for f in fields(ClusterRecord)}
 _UPDATABLE = _CLUSTER_FIELDS - {"id", "created"}
@@ -283,7 +119,7 @@ class Registry:
                 fresh = again == 0 and not db.execute(
                     "SELECT 1 FROM sqlite_master WHERE type='table' AND name='clusters'").fetchone()
                 if fresh:
-                    for stmt in _SCHEMA.split(";"):
+                    for stmt in SCHEMA.split(";"):
                         if stmt.strip():
                             db.execute(stmt)
                 else:
@@ -291,7 +127,7 @@ class Registry:
                         for stmt in MIGRATIONS[step].split(";"):
                             if stmt.strip():
                                 db.execute(stmt)
-                db.execute(_OPEN_NAME_INDEX)
+                db.execute(OPEN_NAME_INDEX)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
         except BaseException:
@@ -383,31 +219,31 @@ class Registry:
         rows = self._read("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
         if not rows:
             raise KeyError(cluster_id)
-        return _cluster(rows[0], self.path)
+        return cluster_of_row(rows[0], self.path)
 
     def find_open(self, name: str) -> ClusterRecord | None:
         """The open cluster with this name, if any."""
         rows = self._read(
-            f"SELECT * FROM clusters WHERE name = ? AND state IN {_OPEN_SQL}", (name,)
+            f"SELECT * FROM clusters WHERE name = ? AND state IN {OPEN_SQL}", (name,)
         )
-        return _cluster(rows[0], self.path) if rows else None
+        return cluster_of_row(rows[0], self.path) if rows else None
 
     def latest(self, name: str) -> ClusterRecord | None:
         """The most recent cluster with this name, open or closed."""
         rows = self._read("SELECT * FROM clusters WHERE name = ? ORDER BY created DESC LIMIT 1", (name,))
-        return _cluster(rows[0], self.path) if rows else None
+        return cluster_of_row(rows[0], self.path) if rows else None
 
     def list(self, *, include_closed: bool = True, since: float | None = None) -> list[ClusterRecord]:
         """Clusters, newest first; closed ones only if they were created after ``since`` (when given)."""
         sql = "SELECT * FROM clusters"
         args: tuple[Any, ...] = ()
         if not include_closed:
-            sql += f" WHERE state IN {_OPEN_SQL}"
+            sql += f" WHERE state IN {OPEN_SQL}"
         elif since is not None:
-            sql += f" WHERE state IN {_OPEN_SQL} OR created >= ?"
+            sql += f" WHERE state IN {OPEN_SQL} OR created >= ?"
             args = (since,)
         sql += " ORDER BY created DESC"
-        return _readable(self._read(sql, args), self.path)
+        return readable(self._read(sql, args), self.path)
 
     def update(self, cluster_id: str, **values: Any) -> None:
         """Set fields of a cluster row (``spec`` may be given as a dict); never its state.
@@ -549,7 +385,7 @@ class Registry:
                        (state, time.time(), provider, resource_id))
             if isinstance(price, (int, float)):
                 _shift_rate(db, row["cluster_id"], at=at, delta=-float(price))
-            return _resource(row)
+            return resource_of_row(row)
 
     def start_billing(self, provider: str, resource_id: str, *, at: float) -> ResourceRecord | None:
         """An instance added to a running priced cluster (a scale-up, a replacement) bills from ``at``: add its
@@ -564,7 +400,7 @@ class Registry:
             if not isinstance(price, (int, float)):
                 return None
             _shift_rate(db, row["cluster_id"], at=at, delta=float(price))
-            return _resource(row)
+            return resource_of_row(row)
 
     def resources(
         self, *, cluster_id: str | None = None, provider: str | None = None
@@ -579,13 +415,7 @@ class Registry:
             sql += " AND provider = ?"
             args.append(provider)
         rows = self._read(sql + " ORDER BY created", tuple(args))
-        return [_resource(r) for r in rows]
-
-
-def _resource(row: sqlite3.Row) -> ResourceRecord:
-    return ResourceRecord(provider=row["provider"], resource_id=row["resource_id"], cluster_id=row["cluster_id"],
-                          kind=row["kind"], state=row["state"], created=row["created"], updated=row["updated"],
-                          meta=json.loads(row["meta"]))
+        return [resource_of_row(r) for r in rows]
 
 
 def _shift_rate(db: sqlite3.Connection, cluster_id: str, *, at: float, delta: float) -> None:
@@ -646,43 +476,3 @@ def _private_place(path: Path, *, own_folder: bool) -> None:
                 p.chmod(0o600)
         except FileNotFoundError:
             continue
-
-
-class CorruptRow(RegistryError):
-    """A registry row cumulo cannot read (its spec is not a JSON object): named, and skipped in lists."""
-
-    def __init__(self, row: dict[str, Any], registry: Path | str, why: str) -> None:
-        self.cluster_id = str(row.get("id"))
-        super().__init__(
-            f"registry row {self.cluster_id} ({row.get('name')!r}, {row.get('provider')}, {row.get('state')}) is "
-            f"unreadable: {why}. cumulo skips it; if that cluster may still run, stop it in its provider's "
-            f"console, then remove the row: sqlite3 {registry} \"DELETE FROM clusters WHERE id='{self.cluster_id}'\"")
-
-
-#: Ids of unreadable rows already reported by this process (one line each, not one per listing).
-_reported: set[str] = set()
-
-
-def _cluster(row: sqlite3.Row, registry: Path | str = "the registry") -> ClusterRecord:
-    data = dict(row)
-    try:
-        spec = json.loads(data["spec"] or "{}")
-        if not isinstance(spec, dict):
-            raise ValueError("its spec is not a JSON object")
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise CorruptRow(data, registry, str(exc)) from None
-    data["spec"] = spec
-    return ClusterRecord(**data)
-
-
-def _readable(rows: list[sqlite3.Row], registry: Path | str) -> list[ClusterRecord]:
-    """The rows as records, leaving out (and reporting once) those that cannot be read."""
-    out = []
-    for row in rows:
-        try:
-            out.append(_cluster(row, registry))
-        except CorruptRow as exc:
-            if exc.cluster_id not in _reported:
-                _reported.add(exc.cluster_id)
-                logger.warning("cumulo: %s", exc)
-    return out
