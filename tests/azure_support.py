@@ -19,10 +19,12 @@ from cumulo.life.registry import Registry
 from .azure_emulator import ArmEmulator
 
 
-def fast_config(tmp_path: Path, endpoint: str) -> dict[str, Any]:
-    """cumulo.azure.* and cumulo.cloud.* for tests: the emulator, short intervals, CPU workers, no installs."""
+def fast_config(tmp_path: Path, endpoint: str, metadata: str = "http://127.0.0.1:9") -> dict[str, Any]:
+    """cumulo.azure.* and cumulo.cloud.* for tests: the emulator (ARM, and the VMs' metadata service),
+    short intervals, CPU workers, no installs."""
     return {
         "cumulo.azure.arm-endpoint": endpoint,
+        "cumulo.azure.metadata-endpoint": metadata,
         "cumulo.azure.credential": "static-token",
         "cumulo.azure.poll-interval": 0.05,
         "cumulo.azure.terminate-timeout": 15,
@@ -48,7 +50,7 @@ def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEmulator
     for key, value in emu.env().items():
         monkeypatch.setenv(key, value)
     try:
-        with dask.config.set(fast_config(tmp_path, emu.endpoint)):
+        with dask.config.set(fast_config(tmp_path, emu.endpoint, emu.metadata.endpoint)):
             yield emu
     finally:
         emu.close()

@@ -33,6 +33,17 @@ def _when(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%H:%M:%S UTC")
 
 
+def _recorded(registry: Registry, provider: str, cluster_id: str, instance: str) -> str:
+    """The recorded id of the instance a watcher reported: its id (an EC2 instance knows it), or, where a
+    machine knows only its name (an Azure VM: its id is ARM's resource path), the id of the cluster's
+    instance recorded under that name."""
+    found = [r for r in registry.resources(cluster_id=cluster_id, provider=provider) if r.kind == "instance"]
+    if any(r.resource_id == instance for r in found):
+        return instance
+    named = [r.resource_id for r in found if str(r.meta.get("name") or "").lower() == instance.lower()]
+    return named[0] if len(named) == 1 else instance
+
+
 def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[tuple[float, Any]], *,
           title: str, say: Callable[[str], None] | None = None) -> list[str]:
     """Apply the cluster's interruption events; return a line for each instance newly seen taken back."""
@@ -43,7 +54,8 @@ def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[t
         at = float(msg.get("at") or msg.get("notice_at") or 0.0)
         if at <= 0:
             continue
-        was = registry.stop_billing(provider, msg["instance"], at=at, state="interrupted")
+        was = registry.stop_billing(provider, _recorded(registry, provider, cluster_id, msg["instance"]), at=at,
+                                    state="interrupted")
         if was is None:  # unknown here, or already applied
             continue
         market = was.meta.get("market") or "spot"

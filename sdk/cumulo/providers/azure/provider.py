@@ -5,9 +5,10 @@ sweeps through :class:`~.adapter.AzureAdapter`; this class adds what is
 Azure's own: its offers and refusals (preflight.py), its config section
 (config.yaml, ``cumulo.azure.*``), the credentials workers must never see
 (keys.py) and the subscription. The Azure SDKs load only when Azure is used,
-not when every provider is declared. Its prices are the catalog's Azure rows
-(the bundled snapshot, refreshed from Azure's retail prices API by
-``cumulo prices --refresh``).
+not when every provider is declared. Its pay-as-you-go prices are the
+catalog's Azure rows (the bundled snapshot, refreshed from Azure's retail
+prices API by ``cumulo prices --refresh``); a Spot VM's is the region's Spot
+price, read when the launch is planned (spotprices.py).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class AzureProvider(CloudProvider):
         self._region = spec.region or self._region
 
     async def preflight(self, spec: ClusterSpec) -> None:
-        """Refuse what cannot launch (options, spot, region, size, price, NAT) before any row exists."""
+        """Refuse what cannot launch (options, region, Spot max price, size, quotas, price, NAT) before any row
+        exists."""
         # light: the refusals need no SDK (preflight.py imports the adapter only for type checking)
         from .preflight import refuse_unsupported
 
