@@ -32,6 +32,7 @@ def fast_config(tmp_path: Path, endpoint: str, metadata: str = "http://127.0.0.1
         "cumulo.azure.read-timeout": 5,
         "cumulo.azure.connection-timeout": 3,
         "cumulo.azure.certs-dir": str(tmp_path / "certs"),
+        "cumulo.catalog.cache-path": str(tmp_path / "prices-cache.json"),  # the bundled prices, not this machine's
         "cumulo.cloud.boot-timeout": 20,
         "cumulo.cloud.scheduler-timeout": 30,
         "cumulo.cloud.workers-timeout": 40,

@@ -21,6 +21,7 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 import pytest
+from cumulo.cost import catalog
 from cumulo.cost.spend import spend_of
 from cumulo.exceptions import CapacityError, QuotaError, SpecError
 from cumulo.life.registry import Registry
@@ -141,6 +142,25 @@ def test_spot_only_never_falls_back_and_leaves_nothing(arm: ArmEmulator, spot_pr
     (row,) = Registry().list(include_closed=True)
     assert row.state == "failed"
     assert not arm.live() and not arm.cumulo_groups()
+
+
+def test_without_the_retail_api_a_refreshed_spot_price_is_used_labelled_with_its_date(
+        arm: ArmEmulator, caplog: pytest.LogCaptureFixture) -> None:
+    pages = [[azure_item(A100, 3.5), azure_item(A100, 0.8, spot=True)]]
+    with PriceEmulator(azure_pages=pages) as emu, dask.config.set({"cumulo.catalog.azure-url": emu.azure_url}):
+        report = catalog.refresh(sources=("azure",))  # `cumulo prices --refresh`
+    assert report.ok == {"azure": 1}, report.text()
+    (row,) = catalog.prices(provider="azure", region="eastus", labelled=False).query(
+        f"instance_type == '{A100}'").to_dict("records")
+    assert (row["on_demand_per_hour"], row["spot_per_hour"]) == (3.5, 0.8)
+    # the API is down now (cumulo.catalog.azure-url is a closed port): the plan takes the refreshed Spot price
+    provider = AzureProvider()
+    asyncio.run(provider.preflight(_spec(spot="only")))
+    (offer,) = [line for line in _lines(caplog) if line.startswith("offer:")]
+    assert "head regular priority, $3.5/h" in offer and "1 worker(s) Spot, $0.8/h (Spot price of eastus" in offer
+    assert f"`cumulo prices --refresh` from {emu.azure_url}, as of {row['as_of']}" in offer
+    assert any("could not read the Spot price" in line for line in _lines(caplog))
+    assert not Registry().list(include_closed=True) and not any(c[0] == "PUT" for c in arm.calls)
 
 
 def test_spot_only_without_a_spot_price_is_refused_before_anything_is_created(arm: ArmEmulator) -> None:
