@@ -29,7 +29,12 @@ from cumulo.providers.azure import AzureProvider
 from cumulo.spec import ClusterSpec
 
 from . import azure_support
-from .azure_emulator import ALLOCATION_FAILED, LOW_PRIORITY_QUOTA, ArmEmulator
+from .azure_emulator import (
+    ALLOCATION_FAILED,
+    API_VERSIONS,
+    LOW_PRIORITY_QUOTA,
+    ArmEmulator,
+)
 from .cloud_support import Started, close, start
 from .conftest import wait_for
 from .price_emulator import PriceEmulator, azure_item
@@ -127,6 +132,24 @@ def test_spot_refused_falls_back_to_regular_priority_in_one_line_and_leaves_noth
         nics = [r for r in arm.resources.values() if r["type"].endswith("networkInterfaces")]
         assert len(nics) == 2 and all("virtualMachine" in n["properties"] for n in nics)
         assert ("DELETE", "microsoft.network", "2026-03-01") in arm.calls
+        assert {(t, v) for _, t, v in arm.calls} <= set(API_VERSIONS.items())  # only what the emulator knows
+    finally:
+        asyncio.run(close(s))
+
+
+def test_a_spot_head_refused_falls_back_with_its_public_ip_made_again(
+        arm: ArmEmulator, spot_prices: PriceEmulator, caplog: pytest.LogCaptureFixture) -> None:
+    arm.faults.spot_refused, arm.faults.spot_refused_at = 1, "put"  # the head's Spot PUT; the worker's is granted
+    with dask.config.set({"cumulo.azure.head-spot": True}):
+        s = _launch(_spec())
+    try:
+        fallback = [line for line in _lines(caplog) if "falling back" in line]
+        assert len(fallback) == 1 and "-head in eastus (AllocationFailed)" in fallback[0]
+        vms = {v.body["tags"]["cumulo-role"]: v.body["properties"] for v in arm.live()}
+        assert "priority" not in vms["head"] and vms["worker-1"]["priority"] == "Spot"
+        pips = [r for r in arm.resources.values() if r["type"].endswith("publicIPAddresses")]
+        assert len(pips) == 1 and pips[0]["properties"].get("ipAddress")  # the new one, on the new NIC
+        assert Registry().get(s.id).rate_per_hour == pytest.approx(REGULAR + SPOT)
     finally:
         asyncio.run(close(s))
 
