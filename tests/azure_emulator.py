@@ -315,16 +315,17 @@ class ArmEmulator:
             time.sleep(0.05)
         return False
 
-    def preempt(self, vm_id: str, *, in_seconds: float = 30.0) -> float:
+    def preempt(self, vm_id: str, *, in_seconds: float = 30.0, notice: bool = True) -> float:
         """Evict a Spot VM as Azure does: a Preempt Scheduled Event now, the VM deleted ``in_seconds`` later (about
-        30 s on Azure). Returns when."""
+        30 s on Azure). ``notice=False``: no event (one the VM never saw). Returns when."""
         at = time.time() + in_seconds
         with self._lock:
             vm = self.vms[vm_id.lower()]
             assert vm.body["properties"].get("priority") == "Spot", "Azure evicts Spot VMs only"
             self.evictions[vm_id.lower()] = at
             name = vm.body["name"]
-        self.metadata.preempt(name, at)
+        if notice:
+            self.metadata.preempt(name, at)
         return at
 
     def _vm_of_group(self, pgid: int) -> str | None:

@@ -3,7 +3,7 @@
 Import the fixtures into a test module (``from .azure_support import arm, no_azure_leftovers``);
 ``no_azure_leftovers`` is autouse there: after every test the emulator must hold
 no VM and no resource group of cumulo's, no VM process may still run, and every
-instance the registry knows must be recorded as terminated.
+instance the registry knows must be recorded as terminated (or preempted: evicted, seen gone).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def no_azure_leftovers(arm: ArmEmulator) -> Iterator[None]:
     live = [v.id for v in arm.live() if v.booted_at >= 0]
     groups = arm.running_process_groups()
     not_terminated = [(r.resource_id, r.state) for r in Registry().resources(provider="azure")
-                      if r.kind == "instance" and r.state != "terminated"]
+                      if r.kind == "instance" and r.state not in ("terminated", "preempted")]
     assert not live, f"VMs left at the emulator: {live}"
     assert not groups, f"VM processes still running: {groups}"
     assert not not_terminated, f"registry holds instances not recorded as terminated: {not_terminated}"

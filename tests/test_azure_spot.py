@@ -272,3 +272,28 @@ def test_a_spot_worker_evicted_mid_pipeline_retires_and_stops_billing(
             cluster.close()
     assert Registry().get(cluster.id).state == "closed"
     assert arm.wait_idle()
+
+
+def test_a_spot_vm_evicted_without_a_notice_stops_billing_when_its_worker_is_missed(
+        arm: ArmEmulator, spot_prices: PriceEmulator) -> None:
+    with dask.config.set({"cumulo.guards.interval": 0.5}):
+        cluster = cumulo.connect("azure", gpu="A100", workers=2, region="eastus", spot=True, name="unnoticed")
+        try:
+            registry = Registry()
+            (victim,) = [r.resource_id for r in registry.resources(cluster_id=cluster.id)
+                         if r.kind == "instance" and r.meta.get("market") == "spot"]
+            arm.preempt(victim, in_seconds=0, notice=False)  # the VM never saw its Preempt event
+            wait_for(lambda: victim.lower() not in arm.vms, timeout=30, what="Azure to evict the VM")
+            # the worker is missed; ARM no longer lists the Spot VM: the watchdog stops its billing, once
+            row = wait_for(lambda: (r := registry.get(cluster.id)).rate_changes and r, timeout=60,
+                           what="the watchdog to stop the evicted VM's billing")
+            assert row.rate_per_hour == pytest.approx(REGULAR)
+            states = {r.resource_id: r.state for r in registry.resources(cluster_id=cluster.id)}
+            assert states[victim] == "preempted"
+            events = [m for _, kind, m in registry.events(cluster.id) if kind == "preempted"]
+            assert len(events) == 1 and "was preempted by Azure" in events[0] and "$0.9/h stops billing" in events[0]
+            assert cluster.client.submit(lambda x: x + 1, 1).result(timeout=30) == 2
+        finally:
+            cluster.close()
+    assert Registry().get(cluster.id).state == "closed"
+    assert arm.wait_idle()
