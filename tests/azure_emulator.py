@@ -31,10 +31,27 @@ case-insensitive; so are these.
 - **Resource SKUs** per location from ``skus`` (size -> family, vCPUs, locations), and **compute usages**
   per location: each quota of ``quotas`` (a family's vCPUs, ``cores`` the regional total) with what the
   emulator's VMs there take.
+- **Spot VMs**: a VM PUT may carry ``priority`` ("Regular", "Low" or "Spot"),
+  ``evictionPolicy`` ("Delete" or "Deallocate", required with Spot, refused
+  otherwise) and ``billingProfile.maxPrice`` (-1 or above 0, with Spot only), as
+  ARM validates them (400 ``InvalidParameter``). Spot VMs take the region's
+  ``lowPriorityCores`` usage and not their family's or ``cores``.
+  :meth:`ArmEmulator.preempt` evicts one as Azure does: its metadata service
+  (tests/azure_metadata_emulator.py, ``metadata.endpoint``) posts a Preempt
+  Scheduled Event with ``NotBefore`` now + N seconds, and when that time comes
+  the VM is deleted (eviction policy Delete: its disk and NIC with it; its
+  processes killed).
+- **NICs and public IPs** also answer DELETE (200 when deleted, 204 when there
+  was none), as a refused Spot VM's are deleted before the next attempt.
 - **Faults** (:class:`Faults`): ``throttle`` (the next N calls answer 429 with
   ``Retry-After``), ``fail_after_accept`` (the next N VM PUTs are accepted and
   their operation then fails with ``InternalExecutionError``, the VM left
-  ``Failed``), ``delete_failures`` (the next N VM or group deletes answer 500).
+  ``Failed``), ``delete_failures`` (the next N VM or group deletes answer 500),
+  ``spot_refused`` (the next N Spot VM PUTs are refused with ``spot_error``'s
+  code and message: ARM's ``{"error": {"code", "message"}}``, on the VM's
+  long-running operation after a 201 when ``spot_refused_at`` is "operation",
+  the VM then left ``Failed`` as ARM leaves it, or on the PUT itself, 409,
+  when it is "put").
 """
 
 from __future__ import annotations
@@ -61,6 +78,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .azure_metadata_emulator import MetadataEmulator
 from .lambda_emulator import _live_groups
 
 SUBSCRIPTION = "00000000-0000-4000-8000-00000000c0de"
@@ -77,8 +95,17 @@ API_VERSIONS = {
 SKUS = {"Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, ["eastus", "westus2"]),
         "Standard_NC4as_T4_v3": ("standardNCASv3_T4Family", 4, ["eastus"]),
         "Standard_NC40ads_H100_v5": ("standardNCadsH100v5Family", 40, ["eastus"])}
-#: vCPU quotas per family (and "cores", the regional total) unless a test sets its own.
-QUOTAS = {"cores": 350, **{family: 100 for family, _, _ in SKUS.values()}}
+#: vCPU quotas per family (and "cores", the regional total; "lowPriorityCores", Spot VMs') unless a test sets its own.
+QUOTAS = {"cores": 350, "lowPriorityCores": 100, **{family: 100 for family, _, _ in SKUS.values()}}
+#: ARM's refusals of a Spot VM, as it words them (code, message).
+ALLOCATION_FAILED = ("AllocationFailed", "Allocation failed. We do not have sufficient capacity for the requested VM "
+                     "size in this region. Read more about improving likelihood of allocation success at "
+                     "http://aka.ms/allocation-guidance")
+LOW_PRIORITY_QUOTA = ("OperationNotAllowed", "Operation could not be completed as it results in exceeding approved "
+                      "LowPriorityCores quota. Additional details - Deployment Model: Resource Manager, Location: "
+                      "eastus, Current Limit: 0, Current Usage: 0, Additional Required: 24, (Minimum) New Limit "
+                      "Required: 24. Submit a request for Quota increase at https://aka.ms/ProdportalCRP by "
+                      "specifying parameters listed in the 'Details' section for deployment to succeed.")
 
 
 @dataclass
@@ -89,6 +116,9 @@ class Faults:
     retry_after: int = 1
     fail_after_accept: int = 0
     delete_failures: int = 0
+    spot_refused: int = 0
+    spot_error: tuple[str, str] = ALLOCATION_FAILED
+    spot_refused_at: str = "operation"
 
 
 @dataclass
@@ -114,6 +144,8 @@ class Operation:
     fail: bool = False
     done: Any = None
     error: dict[str, Any] = field(default_factory=dict)
+    #: the error the operation fails with (None: InternalExecutionError)
+    fail_with: tuple[str, str] | None = None
 
 
 def _throwaway_tls(directory: Path) -> tuple[Path, Path, Path]:
@@ -152,6 +184,27 @@ def _throwaway_tls(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
+#: How ARM names the regional quotas (the families': "<family> vCPUs" here).
+_LOCALIZED = {"cores": "Total Regional vCPUs", "lowPriorityCores": "Total Regional Low-priority vCPUs"}
+
+
+def _spot_invalid(props: dict[str, Any]) -> str | None:
+    """ARM's validation of a VM's priority, eviction policy and max price: the message of its 400, or None."""
+    priority = props.get("priority", "Regular")
+    if priority not in ("Regular", "Low", "Spot"):
+        return f"The value '{priority}' of parameter 'priority' is not allowed."
+    eviction, billing = props.get("evictionPolicy"), props.get("billingProfile")
+    if priority == "Regular" and (eviction or billing):
+        return "Eviction policy and max price can be set only for Spot/Low priority virtual machines."
+    if priority != "Regular":
+        if eviction not in ("Delete", "Deallocate"):
+            return "Eviction policy must be specified for Spot virtual machines ('Delete' or 'Deallocate')."
+        price = (billing or {}).get("maxPrice", -1)
+        if not isinstance(price, (int, float)) or (price != -1 and price <= 0):
+            return f"The max price {price} is not valid: use -1 or a price greater than zero."
+    return None
+
+
 def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
@@ -184,6 +237,9 @@ class ArmEmulator:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pgids: set[int] = set()  # every VM's process group, ever
+        #: each VM's metadata service (its name, Scheduled Events): cumulo.azure.metadata-endpoint
+        self.metadata = MetadataEmulator(who=self._vm_of_group)
+        self.evictions: dict[str, float] = {}  # lower VM id -> when Azure takes it back
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -207,6 +263,7 @@ class ArmEmulator:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._server.socket = self._tls.wrap_socket(self._server.socket, server_side=True)
+        self.metadata.start()
         for target in (self._server.serve_forever, self._run_loop):
             t = threading.Thread(target=target, daemon=True, name=f"arm-emulator-{target.__name__}")
             t.start()
@@ -221,6 +278,7 @@ class ArmEmulator:
             self._server.server_close()
         for t in self._threads:
             t.join(10)
+        self.metadata.close()
         with self._lock:
             vms = list(self.vms.values())
         _kill(*vms)
@@ -257,6 +315,23 @@ class ArmEmulator:
             time.sleep(0.05)
         return False
 
+    def preempt(self, vm_id: str, *, in_seconds: float = 30.0, notice: bool = True) -> float:
+        """Evict a Spot VM as Azure does: a Preempt Scheduled Event now, the VM deleted ``in_seconds`` later (about
+        30 s on Azure). ``notice=False``: no event (one the VM never saw). Returns when."""
+        at = time.time() + in_seconds
+        with self._lock:
+            vm = self.vms[vm_id.lower()]
+            assert vm.body["properties"].get("priority") == "Spot", "Azure evicts Spot VMs only"
+            self.evictions[vm_id.lower()] = at
+            name = vm.body["name"]
+        if notice:
+            self.metadata.preempt(name, at)
+        return at
+
+    def _vm_of_group(self, pgid: int) -> str | None:
+        with self._lock:
+            return next((v.body["name"] for v in self.vms.values() if v.pgid == pgid), None)
+
     def add_foreign_vm(self, group: str, name: str, tags: dict[str, str] | None = None) -> str:
         """A VM cumulo did not create (its group too), not booted: its id."""
         with self._lock:
@@ -284,10 +359,11 @@ class ArmEmulator:
     def _rid(self, group: str, rtype: str, name: str) -> str:
         return f"{self._group_id(group)}/providers/{rtype}/{name}"
 
-    def _operation(self, location: str, *, seconds: float, fail: bool = False, done: Any = None) -> str:
+    def _operation(self, location: str, *, seconds: float, fail: bool = False, done: Any = None,
+                   fail_with: tuple[str, str] | None = None) -> str:
         op = uuid.uuid4().hex
         with self._lock:
-            self.operations[op] = Operation(due=time.monotonic() + seconds, fail=fail, done=done)
+            self.operations[op] = Operation(due=time.monotonic() + seconds, fail=fail, done=done, fail_with=fail_with)
         return (f"{self.endpoint}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Compute/locations/{location}/"
                 f"operations/{op}?api-version={API_VERSIONS['microsoft.compute/locations']}")
 
@@ -309,13 +385,23 @@ class ArmEmulator:
                 for _, op in due:
                     if op.fail:
                         op.status = "Failed"
-                        op.error = {"code": "InternalExecutionError",
-                                    "message": "An internal execution error occurred. Please retry later."}
+                        code, message = op.fail_with or ("InternalExecutionError",
+                                                         "An internal execution error occurred. Please retry later.")
+                        op.error = {"code": code, "message": message}
                     else:
                         op.status = "Succeeded"
             for _, op in due:
                 if op.done is not None:
                     op.done(op.status)
+            with self._lock:
+                evicted = [k for k, at in self.evictions.items() if at <= time.time()]
+                for key in evicted:
+                    del self.evictions[key]
+            for key in evicted:  # eviction policy Delete: the VM goes, with its disk and NIC
+                vm = self.vms.get(key)
+                if vm is not None:
+                    self.metadata.done(vm.body["name"])
+                    self._delete_vm(key)
             with self._lock:
                 booting = [v for v in self.vms.values() if v.state == "Succeeded" and v.pgid is None
                            and v.workdir is None and v.booted_at >= 0]
@@ -466,12 +552,13 @@ class ArmEmulator:
                     continue
                 size = vm.body.get("properties", {}).get("hardwareProfile", {}).get("vmSize", "")
                 family, vcpus, _ = self.skus.get(size, ("", 0, []))
-                for name in (family, "cores"):
+                spot = vm.body.get("properties", {}).get("priority") in ("Spot", "Low")
+                for name in (["lowPriorityCores"] if spot else [family, "cores"]):
                     if name in used:
                         used[name] += vcpus
         return [{"unit": "Count", "currentValue": used[name], "limit": limit,
-                 "name": {"value": name, "localizedValue": f"{name} vCPUs" if name != "cores" else
-                          "Total Regional vCPUs"}} for name, limit in self.quotas.items()]
+                 "name": {"value": name, "localizedValue": _LOCALIZED.get(name, f"{name} vCPUs")}}
+                for name, limit in self.quotas.items()]
 
     def _list_groups(self, filter_: str) -> tuple[int, Any, dict[str, str]]:
         tag = filter_.split("'")[1] if filter_.startswith("tagName eq '") else None
@@ -541,6 +628,14 @@ class ArmEmulator:
                     return 404, _error("ResourceNotFound", f"The Resource '{rtype}/{name}' under resource group "
                                        f"'{group}' was not found."), {}
                 return 200, found, {}
+            if method == "DELETE":
+                if found is None:
+                    return 204, None, {}
+                if "virtualMachine" in found["properties"]:
+                    return 400, _error("NicInUse", f"Network Interface {rid} is used by existing resource "
+                                       f"{found['properties']['virtualMachine']['id']}."), {}
+                del self.resources[key]
+                return 200, None, {}
             if method != "PUT":
                 return 405, _error("MethodNotAllowed", method), {}
             props = json.loads(json.dumps(body.get("properties") or {}))
@@ -592,6 +687,15 @@ class ArmEmulator:
             if method == "PUT":
                 if vm is not None:
                     return 409, _error("OperationNotAllowed", "The VM exists; this emulator does not update VMs."), {}
+                invalid = _spot_invalid(body.get("properties") or {})
+                if invalid:
+                    return 400, _error("InvalidParameter", invalid), {}
+                spot = body["properties"].get("priority") in ("Spot", "Low")
+                refuse = spot and self.faults.spot_refused > 0
+                if refuse:
+                    self.faults.spot_refused -= 1
+                    if self.faults.spot_refused_at == "put":
+                        return 409, _error(*self.faults.spot_error), {}
                 nic = body["properties"]["networkProfile"]["networkInterfaces"][0]["id"].lower()
                 if nic not in self.resources:
                     return 400, _error("InvalidParameter", f"The network interface {nic} was not found."), {}
@@ -602,8 +706,8 @@ class ArmEmulator:
                 vm.body = self._vm_json(rid, name, body, "Creating")
                 vm.body["properties"]["osProfile"]["customData"] = body["properties"]["osProfile"].get("customData", "")
                 self.vms[key] = vm
-                fail = self.faults.fail_after_accept > 0
-                if fail:
+                fail = self.faults.fail_after_accept > 0 or refuse
+                if fail and not refuse:
                     self.faults.fail_after_accept -= 1
 
                 def done(status: str, vm: Vm = vm) -> None:
@@ -612,7 +716,7 @@ class ArmEmulator:
                         vm.body["properties"]["provisioningState"] = vm.state
 
                 async_op = self._operation(body.get("location") or "eastus", seconds=self.boot_seconds, fail=fail,
-                                           done=done)
+                                           done=done, fail_with=self.faults.spot_error if refuse else None)
                 answer = json.loads(json.dumps(vm.body))
                 answer["properties"]["osProfile"].pop("customData", None)
                 return 201, answer, {"Azure-AsyncOperation": async_op}

@@ -38,21 +38,23 @@ LAMBDA_TYPES = {
 }
 
 
-def _azure_item(sku: str, price: float, *, spot: bool = False, windows: bool = False,
-                region: str = "eastus") -> dict[str, Any]:
+def azure_item(sku: str, price: float, *, spot: bool = False, windows: bool = False,
+               region: str = "eastus") -> dict[str, Any]:
+    """One item of Azure's retail prices API, as it lists a VM size's hourly meter (Spot: skuName ends " Spot")."""
     return {
         "currencyCode": "USD", "retailPrice": price, "unitPrice": price, "armRegionName": region,
         "location": "US East", "meterName": sku.replace("Standard_", "") + (" Spot" if spot else ""),
         "productName": "Virtual Machines Series" + (" Windows" if windows else ""),
         "skuName": sku.replace("Standard_", "") + (" Spot" if spot else ""), "serviceName": "Virtual Machines",
         "armSkuName": sku, "type": "Consumption", "unitOfMeasure": "1 Hour", "isPrimaryMeterRegion": True,
+        "effectiveStartDate": "2026-11-01T00:00:00Z",
     }
 
 
 AZURE_PAGES = [
-    [_azure_item("Standard_NC24ads_A100_v4", 3.5), _azure_item("Standard_NC24ads_A100_v4", 0.9, spot=True),
-     _azure_item("Standard_NC24ads_A100_v4", 4.9, windows=True)],
-    [_azure_item("Standard_ND96isr_H200_v5", 84.8), _azure_item("Standard_Unknown_v9", 1.0)],
+    [azure_item("Standard_NC24ads_A100_v4", 3.5), azure_item("Standard_NC24ads_A100_v4", 0.9, spot=True),
+     azure_item("Standard_NC24ads_A100_v4", 4.9, windows=True)],
+    [azure_item("Standard_ND96isr_H200_v5", 84.8), azure_item("Standard_Unknown_v9", 1.0)],
 ]
 
 
@@ -80,7 +82,9 @@ class LoopbackHTTP:
 class PriceEmulator(LoopbackHTTP):
     """Serve both APIs on 127.0.0.1:<free port>; ``lambda_url``/``azure_url`` go into cumulo.catalog.* config."""
 
-    def __init__(self) -> None:
+    def __init__(self, azure_pages: list[list[dict[str, Any]]] | None = None) -> None:
+        #: the retail prices API's pages (Items), in order
+        self.azure_pages = azure_pages if azure_pages is not None else AZURE_PAGES
         self.fail = False
         self.echo = False
         self.requests: list[str] = []
@@ -112,9 +116,10 @@ class PriceEmulator(LoopbackHTTP):
                     return self._send(200, {"data": LAMBDA_TYPES})
                 if url.path == "/azure/api/retail/prices":
                     page = int(parse_qs(url.query).get("page", ["0"])[0])
-                    nxt = f"{emu.base}/azure/api/retail/prices?page={page + 1}" if page + 1 < len(AZURE_PAGES) else None
-                    return self._send(200, {"BillingCurrency": "USD", "Items": AZURE_PAGES[page],
-                                            "NextPageLink": nxt, "Count": len(AZURE_PAGES[page])})
+                    pages = emu.azure_pages
+                    nxt = f"{emu.base}/azure/api/retail/prices?page={page + 1}" if page + 1 < len(pages) else None
+                    return self._send(200, {"BillingCurrency": "USD", "Items": pages[page],
+                                            "NextPageLink": nxt, "Count": len(pages[page])})
                 return self._send(404, {"error": {"code": "not-found", "message": self.path}})
 
         super().__init__(Handler)

@@ -40,6 +40,17 @@ def _not_replaced() -> str:
     return "Not replaced."
 
 
+def _recorded(registry: Registry, provider: str, cluster_id: str, instance: str) -> str:
+    """The recorded id of the instance a watcher reported: its id (an EC2 instance knows it), or, where a
+    machine knows only its name (an Azure VM: its id is ARM's resource path), the id of the cluster's
+    instance recorded under that name."""
+    found = [r for r in registry.resources(cluster_id=cluster_id, provider=provider) if r.kind == "instance"]
+    if any(r.resource_id == instance for r in found):
+        return instance
+    named = [r.resource_id for r in found if str(r.meta.get("name") or "").lower() == instance.lower()]
+    return named[0] if len(named) == 1 else instance
+
+
 def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[tuple[float, Any]], *,
           title: str, say: Callable[[str], None] | None = None,
           replace: Callable[[], str] = _not_replaced) -> list[str]:
@@ -55,7 +66,8 @@ def apply(registry: Registry, provider: str, cluster_id: str, events: Iterable[t
         at = float(msg.get("at") or msg.get("notice_at") or 0.0)
         if at <= 0:
             continue
-        was = registry.stop_billing(provider, msg["instance"], at=at, state="interrupted")
+        was = registry.stop_billing(provider, _recorded(registry, provider, cluster_id, msg["instance"]), at=at,
+                                    state="interrupted")
         if was is None:  # unknown here, or already applied
             continue
         market = was.meta.get("market") or "spot"

@@ -11,12 +11,22 @@ How the layer's hooks map onto Azure (the layer calls them in this order):
   whose one subnet carries the NSG;
 - ``create``: per VM a NIC (the head also a public IP) and the VM itself,
   tagged, booting the first-boot script as its customData (base64), each PUT
-  waited for through the SDK's ARM poller;
+  waited for through the SDK's ARM poller; the plan's attempts in order
+  (cloud/market.py): a Spot VM (priority Spot, eviction policy Delete,
+  ``billingProfile.maxPrice`` from ``cumulo.azure.spot-max-price``) that ARM
+  refuses for capacity or low-priority quota is deleted with its NIC and
+  public IP, and the VM is asked for again at regular priority, in one line
+  that says so (never with ``spot="only"``);
 - ``terminate``: the VMs are deleted (their OS disk and NIC with them,
   ``deleteOption: Delete``) and the deletes waited for;
 - ``remove_rules``: the cluster's whole resource group is deleted (vnet, NSG,
   public IP and whatever a failed launch left), waited for: this is what
   leaves nothing behind.
+
+Spot evictions: every VM's first-boot script runs the shared watcher
+(cloud/notice_watch.py) with notice.py, which reads the VM's Scheduled Events at
+``cumulo.azure.metadata-endpoint`` and reports a Preempt event for the VM by its
+name; the kernel's watchdog then stops that VM's billing (life/interruptions.py).
 
 Instances are listed over the whole subscription (``instances``), each VM's
 power state read from its instance view, its addresses from the NICs and
@@ -29,17 +39,19 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ... import config
-from ...exceptions import ProviderError, SpecError
+from ...exceptions import CapacityError, ProviderError, QuotaError, SpecError
 from ..cloud.adapter import ACTIVE, BOOTING, CloudAdapter, Instance, Mark, Resource
+from ..cloud.market import Attempt
 from ..cloud.plan import Plan
 from .api import Azure
 from .marks import INSTALLATION, RULE_SUFFIX, group_of, mark_of, name_of, tags_of
-from .preflight import Offer
+from .preflight import Offer, describe
 
-__all__ = ["PROVIDER", "AzureAdapter"]
+__all__ = ["PROVIDER", "AzureAdapter", "notice_source", "spot_refusal"]
 
 PROVIDER = "azure"
 #: The instances' sshd port (the image's), opened to the client alongside the scheduler's.
@@ -51,6 +63,25 @@ _PROVISIONING = {"Creating": BOOTING, "Updating": BOOTING, "Migrating": BOOTING,
 #: PowerState/<code> -> the layer's status. A stopped VM still bills; a deallocated one bills its disk.
 _POWER = {"running": ACTIVE, "starting": BOOTING, "stopping": "stopping", "stopped": "stopped",
           "deallocating": "deallocating", "deallocated": "deallocated"}
+
+
+#: The Scheduled Events reader run on each VM (standard library only), before the shared watcher.
+_NOTICE = (Path(__file__).parent / "notice.py").read_text()
+
+
+def notice_source(endpoint: str) -> str:
+    """notice.py as the VMs run it: reading Scheduled Events at ``endpoint`` (``cumulo.azure.metadata-endpoint``,
+    which the VMs cannot read: they have no cumulo configuration)."""
+    return _NOTICE.replace('ENDPOINT = "http://169.254.169.254"', f"ENDPOINT = {endpoint.rstrip('/')!r}", 1)
+
+
+def spot_refusal(exc: BaseException) -> bool:
+    """Whether ARM refused a Spot VM for want of Spot capacity (AllocationFailed, ZonalAllocationFailed,
+    SkuNotAvailable, OverconstrainedAllocationRequest, ...) or of low-priority vCPU quota: regular priority may
+    still be granted. Any other refusal is not the Spot market's and is raised as it is."""
+    if isinstance(exc, CapacityError):
+        return True
+    return isinstance(exc, QuotaError) and "lowprioritycores" in str(exc).lower().replace("-", "").replace(" ", "")
 
 
 def _wire(obj: Any) -> dict[str, Any]:
@@ -81,6 +112,9 @@ class AzureAdapter(CloudAdapter):
         self.region = region
         self.say = say or (lambda line: None)
         self._keys: dict[str, str] = {}  # key name -> public key, for this launch's VMs
+        self._launched: dict[str, Attempt] = {}  # VM id (lower case) -> the attempt that created it
+        #: Spot evictions: each VM's watcher reads Scheduled Events (notice.py) at the configured endpoint.
+        self.notice = notice_source(str(config.get("azure.metadata-endpoint")))  # type: ignore[misc]
         self._marks: dict[str, Mark] = {}  # resource name -> its mark (name() comes first)
 
     async def aclose(self) -> None:
@@ -194,12 +228,43 @@ class AzureAdapter(CloudAdapter):
     # -- instances -----------------------------------------------------------------------------
 
     async def create(self, mark: Mark, *, plan: Plan, ssh_key: str, user_data: str, count: int = 1) -> list[str]:
-        """A NIC (and on the head a public IP), then the VM, each PUT waited for through ARM's poller."""
+        """The plan's attempts in order (Spot, then regular priority unless ``spot="only"``): for each a NIC (and
+        on the head a public IP), then the VM, each PUT waited for through ARM's poller. A Spot VM that Azure
+        refuses (no capacity, SKU not available, the low-priority vCPU quota) is deleted with its NIC and
+        public IP, so nothing of it bills, and the next attempt goes on, saying so in one line."""
         if count != 1:
             raise ProviderError("the Azure adapter launches one VM per request")
         if ssh_key not in self._keys:
             raise SpecError("Azure VMs take the cluster's SSH public key at creation: a key of your own "
                             "(an Azure SSH key resource) is not supported yet")
+        offer: Offer = plan.shape
+        group, vm = group_of(mark), self.name(mark)
+        tries = offer.head if mark.role == "head" else offer.workers
+        refused: list[str] = []
+        for n, attempt in enumerate(tries):
+            if refused and attempt.market == "on-demand" and tries[n - 1].market == "spot":
+                self.say(f"Azure refused a Spot {plan.instance_type} for {vm} in {attempt.zone} ({refused[-1]}): "
+                         f"falling back to regular priority ({describe(attempt)})")
+            else:
+                self.say(f"asking for {plan.instance_type} as {vm}: {describe(attempt)}")
+            try:
+                vm_id = await self._create_vm(mark, plan, ssh_key, user_data, attempt)
+            except ProviderError as exc:
+                if attempt.market != "spot" or not spot_refusal(exc):
+                    raise
+                code = str(getattr(exc, "code", "") or "refused")
+                refused.append(f"{code}: the low-priority vCPU quota" if isinstance(exc, QuotaError) else code)
+                await self._discard(group, vm)
+                continue
+            self._launched[vm_id.lower()] = attempt
+            return [vm_id]
+        raise CapacityError(
+            f"Azure refused a Spot {plan.instance_type} in {plan.region} ({'; '.join(refused) or 'no Spot price'}) "
+            "and spot='only' never falls back; nothing of it was left running. Pass spot=True to fall back to "
+            "regular priority, try another region (region=) or GPU type, or later")
+
+    async def _create_vm(self, mark: Mark, plan: Plan, ssh_key: str, user_data: str, attempt: Attempt) -> str:
+        """One attempt: the head's public IP, the NIC, then the VM at the attempt's priority; its id."""
         offer: Offer = plan.shape
         group, vm = group_of(mark), self.name(mark)
         tags = tags_of(mark)
@@ -217,7 +282,7 @@ class AzureAdapter(CloudAdapter):
                                     group, f"{vm}-nic", {"location": self.region, "tags": tags, "properties": {
                                         "ipConfigurations": [{"name": "ipconfig", "properties": ip_config}]}})
         user = str(config.get("cloud.ssh-user"))
-        body = {"location": self.region, "tags": tags, "properties": {
+        body: dict[str, Any] = {"location": self.region, "tags": tags, "properties": {
             "hardwareProfile": {"vmSize": plan.instance_type},
             "storageProfile": {"imageReference": offer.image, "osDisk": {
                 "name": f"{vm}-disk", "createOption": "FromImage", "deleteOption": "Delete",
@@ -229,8 +294,11 @@ class AzureAdapter(CloudAdapter):
             "networkProfile": {"networkInterfaces": [{"id": _wire(nic).get("id"),
                                                       "properties": {"primary": True, "deleteOption": "Delete"}}]},
         }}
+        if attempt.market == "spot":
+            # evicted VMs are deleted (with their disk and NIC): an evicted Spot VM never bills on
+            body["properties"].update({"priority": "Spot", "evictionPolicy": "Delete",
+                                       "billingProfile": {"maxPrice": offer.max_price}})
         vm_id = self._id(group, "Microsoft.Compute", "virtualMachines", vm)
-        self.say(f"asking for {plan.instance_type} as {vm}")
         try:
             made = await self.azure.wait(f"creating the VM {vm}",
                                          self.azure.compute.virtual_machines.begin_create_or_update, group, vm, body)
@@ -238,7 +306,26 @@ class AzureAdapter(CloudAdapter):
             # the PUT may have been accepted before the operation failed: the layer adopts what carries the mark
             exc.maybe_applied = True  # type: ignore[attr-defined]
             raise
-        return [str(_wire(made).get("id") or vm_id)]
+        return str(_wire(made).get("id") or vm_id)
+
+    async def _discard(self, group: str, vm: str) -> None:
+        """Delete a refused VM, then its NIC and public IP (each waited for; a missing one is no error), so that
+        nothing of a refused attempt is left to bill or to block the next attempt's names."""
+        network = self.azure.network
+        await self.azure.wait(f"deleting the refused VM {vm}", self.azure.compute.virtual_machines.begin_delete,
+                              group, vm)
+        await self.azure.wait(f"deleting the NIC of the refused VM {vm}", network.network_interfaces.begin_delete,
+                              group, f"{vm}-nic")
+        await self.azure.wait(f"deleting the public IP of the refused VM {vm}",
+                              network.public_ip_addresses.begin_delete, group, f"{vm}-ip")
+        self.say(f"deleted the refused VM {vm} and its NIC: nothing of it bills")
+
+    def launch_meta(self, instance_id: str) -> dict[str, Any]:
+        attempt = self._launched.get(instance_id.lower())
+        if attempt is None:
+            return {}
+        return {"market": "spot" if attempt.market == "spot" else "regular", "price_per_hour": attempt.price,
+                "price_basis": attempt.basis}
 
     async def _addresses(self) -> dict[str, tuple[str | None, str | None]]:
         """VM id (lower case) -> (public IP, private IP), from the subscription's NICs and public IPs."""
@@ -280,9 +367,11 @@ class AzureAdapter(CloudAdapter):
 
     def _instance(self, data: dict[str, Any], status: str, ips: tuple[str | None, str | None]) -> Instance:
         tags = tuple(sorted((str(k), str(v)) for k, v in (data.get("tags") or {}).items()))
+        attempt = self._launched.get(str(data["id"]).lower())
         return Instance(id=str(data["id"]), name=str(data.get("name", "")), status=status, ip=ips[0] or ips[1],
                         private_ip=ips[1], instance_type=data.get("properties", {}).get("hardwareProfile", {}).get(
-                            "vmSize"), region=data.get("location"), labels=tags)
+                            "vmSize"), region=data.get("location"), price_per_hour=attempt.price if attempt else None,
+                        labels=tags)
 
     async def instances(self) -> list[Instance]:
         vms = await self.azure.call("listing virtual machines",

@@ -1,32 +1,41 @@
 """Everything an Azure launch can be refused for, decided before anything bills (and before any registry row).
 
 :func:`refuse_unsupported` refuses without a request what cannot launch at
-all (unknown options, spot for now, no workers, an unknown region);
+all (unknown options, no workers, an unknown region, a bad Spot max price);
 :func:`make_plan` turns a spec into a :class:`~..cloud.plan.Plan`: the VM size
 (shapes.py, from the catalog), whether the subscription offers it in the
-region (Resource SKUs, with its restrictions), the image, the price check, the
-vCPU quotas (quotas.py) and the firewall source. Or it raises why not.
+region (Resource SKUs, with its restrictions), the image, with ``spot=`` the
+region's Spot price (spotprices.py) and the attempts in order (the shared
+cloud/market.py: Spot, then regular priority unless ``spot="only"``; the head
+regular unless ``cumulo.azure.head-spot``), the price check, the vCPU quotas
+(quotas.py: the family's and the region's for regular VMs, low-priority vCPUs
+for Spot ones) and the firewall source. Or it raises why not.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ... import config
 from ...cost import catalog
 from ...exceptions import CapacityError, SpecError, did_you_mean
 from ...spec import ClusterSpec
 from ..cloud import network
+from ..cloud.market import Attempt, SpotPrice, attempts
 from ..cloud.plan import Plan, check_price, last_resort_idle, last_resort_lease
 from ..cloud.settings import CloudSay, CloudSettings
-from .quotas import check_quota
+from .quotas import check_quota, needs
 from .regions import REGIONS
-from .shapes import choose_shape, shapes
+from .shapes import Shape, choose_shape, shapes
+from .spotprices import spot_price
 
 if TYPE_CHECKING:
     from .adapter import AzureAdapter
 
-__all__ = ["OPTIONS", "Offer", "image_reference", "make_plan", "refuse_unsupported", "region_of"]
+__all__ = ["OPTIONS", "Offer", "describe", "image_reference", "make_plan", "max_price", "refuse_unsupported",
+           "region_of"]
 
 #: connect() keywords the Azure provider takes besides the spec's fields.
 OPTIONS = {"confirm": "options={'confirm': True} accepts a price above cumulo.cloud.confirm-above-per-hour",
@@ -47,8 +56,7 @@ def refuse_unsupported(spec: ClusterSpec) -> None:
             raise SpecError(f"the Azure provider has no option {key!r}{did_you_mean(key, OPTIONS)}; it takes: "
                             + "; ".join(OPTIONS.values()))
     if spec.spot:
-        raise SpecError("Azure Spot VMs are not supported by cumulo yet: pass spot=False (regular priority, "
-                        "billed at the pay-as-you-go price); see docs/azure.md")
+        max_price()
     region = region_of(spec)
     if region not in REGIONS:
         raise SpecError(f"Azure has no region {region!r}{did_you_mean(region, REGIONS)}; pass region= one of "
@@ -75,11 +83,32 @@ async def _offered(cloud: AzureAdapter, region: str, vm_size: str) -> str | None
                         f"--size {vm_size} --output table` lists them), or another GPU type")
 
 
-class Offer:
-    """What the plan resolved that only Azure's adapter needs: the image reference."""
+def max_price() -> float:
+    """``cumulo.azure.spot-max-price``: -1 (up to the pay-as-you-go price) or a cap in $/h; SpecError otherwise."""
+    value = float(config.get("azure.spot-max-price"))
+    if value != -1 and value <= 0:
+        raise SpecError(f"cumulo.azure.spot-max-price is {value:g}: set it to -1 (Spot VMs cost up to the "
+                        "pay-as-you-go price, evicted only when Azure needs the capacity) or to a price in $/h "
+                        "above 0 (evicted also when the Spot price rises above it)")
+    return value
 
-    def __init__(self, *, image: dict[str, str]) -> None:
-        self.image = image
+
+@dataclass(frozen=True)
+class Offer:
+    """What the plan resolved that only Azure's adapter needs: the image, the attempts and the Spot cap."""
+
+    image: dict[str, str]
+    #: The attempts for the head and for each worker, in order (cloud/market.py; the "zone" is the region).
+    head: tuple[Attempt, ...] = ()
+    workers: tuple[Attempt, ...] = ()
+    #: billingProfile.maxPrice of a Spot VM: -1 (up to the pay-as-you-go price) or a cap in $/h.
+    max_price: float = -1.0
+
+
+def describe(attempt: Attempt) -> str:
+    """An attempt in Azure's words: "Spot, $0.9/h (...)" or "regular priority, $3.673/h (pay-as-you-go ...)"."""
+    market = "Spot" if attempt.market == "spot" else "regular priority"
+    return f"{market}, ${attempt.price:.4g}/h ({attempt.basis})"
 
 
 def image_reference(urn: str) -> dict[str, str]:
@@ -95,6 +124,19 @@ def _image(spec: ClusterSpec) -> dict[str, str]:
     return image_reference(str(spec.image or config.get("azure.image")))
 
 
+async def _spot(shape: Shape, region: str, cap: float, say: CloudSay) -> dict[str, SpotPrice]:
+    """The region's Spot price as cloud/market.py takes it ({region: price}); {} when there is none to bill at,
+    or when it is above the cap (Azure would not start the VM)."""
+    found = await asyncio.to_thread(spot_price, shape.vm_size, region, say=say)
+    if found is None:
+        return {}
+    if cap != -1 and found.price > cap:
+        say(f"the Spot price of {shape.vm_size} in {region} (${found.price:.4g}/h) is above cumulo.azure."
+            f"spot-max-price (${cap:.4g}/h): Azure would not start a Spot VM")
+        return {}
+    return {region: found}
+
+
 async def make_plan(cloud: AzureAdapter, spec: ClusterSpec, say: CloudSay, settings: CloudSettings) -> Plan:
     """Resolve ``spec`` against Azure's offers now and show the offer, or raise why it cannot launch."""
     refuse_unsupported(spec)
@@ -103,15 +145,32 @@ async def make_plan(cloud: AzureAdapter, spec: ClusterSpec, say: CloudSay, setti
                          vm_size=spec.instance_type, gpus_per_instance=spec.gpus_per_worker)
     image = _image(spec)
     n = max(spec.workers if spec.workers is not None else 1, 1)
-    rate = n * shape.on_demand
     where = "" if shape.price_region == region else f"; the {shape.price_region} price: {region} may differ"
-    say(f"offer: {n} x {shape.summary()} in {region} at ${shape.on_demand:.4g}/h each (pay-as-you-go, "
-        f"{shape.price_source}{where}); estimated ${rate:.2f}/h, billed until deleted")
+    cap = max_price() if spec.spot else -1.0
+    spot_prices = await _spot(shape, region, cap, say) if spec.spot else {}
+    common: dict[str, Any] = dict(spot=spec.spot, zones=[region], spot_prices=spot_prices, on_demand=shape.on_demand,
+                                  on_demand_basis=f"pay-as-you-go, {shape.price_source}{where}")
+    head = attempts(**common, head=True, head_spot=bool(config.get("azure.head-spot")))
+    workers = attempts(**common)
+    if not head or not workers:
+        raise SpecError(f"there is no Spot price to bill a Spot {shape.vm_size} in {region} at (see the lines "
+                        "above), and spot='only' never falls back: pass spot=True to fall back to regular priority, "
+                        "or check cumulo.catalog.azure-url (Azure's retail prices API) and cumulo.azure."
+                        "spot-max-price, or run `cumulo prices --refresh`")
+    if spec.spot and not spot_prices:
+        say(f"no Spot price to bill {shape.vm_size} in {region} at: every VM at regular priority")
+    rate = head[0].price + (n - 1) * workers[0].price
+    say(f"offer: {n} x {shape.summary()} in {region}: head {describe(head[0])}"
+        + (f"; {n - 1} worker(s) {describe(workers[0])}" if n > 1 else "")
+        + f"; estimated ${rate:.2f}/h, billed until deleted")
     check_price(rate, spec, settings)
     family = await _offered(cloud, region, shape.vm_size)
-    await check_quota(cloud.azure, region, family=family, vcpus=n * shape.vcpus, say=say)
+    spot_vms = sum(1 for a in [head[0]] + [workers[0]] * (n - 1) if a.market == "spot")
+    await check_quota(cloud.azure, region, say=say,
+                      wanted=needs(family=family, regular=(n - spot_vms) * shape.vcpus, spot=spot_vms * shape.vcpus))
     source = network.client_cidr(cloud.api_url, configured=config.get("azure.client-cidr"),
                                  setting="cumulo.azure.client-cidr", cloud="Azure")
+    offer = Offer(image=image, head=tuple(head), workers=tuple(workers), max_price=cap)
     return Plan(instance_type=shape.vm_size, region=region, price_per_hour=shape.on_demand, instances=n,
                 rate_per_hour=rate, ssh_key=None, source=source, idle_timeout=last_resort_idle(spec, settings),
-                client_lease=last_resort_lease(spec), shape=Offer(image=image))
+                client_lease=last_resort_lease(spec), shape=offer)

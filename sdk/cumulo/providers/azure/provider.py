@@ -5,9 +5,10 @@ sweeps through :class:`~.adapter.AzureAdapter`; this class adds what is
 Azure's own: its offers and refusals (preflight.py), its config section
 (config.yaml, ``cumulo.azure.*``), the credentials workers must never see
 (keys.py) and the subscription. The Azure SDKs load only when Azure is used,
-not when every provider is declared. Its prices are the catalog's Azure rows
-(the bundled snapshot, refreshed from Azure's retail prices API by
-``cumulo prices --refresh``).
+not when every provider is declared. Its pay-as-you-go prices are the
+catalog's Azure rows (the bundled snapshot, refreshed from Azure's retail
+prices API by ``cumulo prices --refresh``); a Spot VM's is the region's Spot
+price, read when the launch is planned (spotprices.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from ... import config
 from ...exceptions import CredentialsError
-from ...life.registry import ClusterRecord, Registry
+from ...life.registry import ClusterRecord, Registry, ResourceRecord
 from ...spec import ClusterSpec
 from ..base import Orphan
+from ..cloud.adapter import GONE
 from ..cloud.plan import Plan
 from ..cloud.provider import CloudDeployment, CloudProvider
 from ..cloud.settings import CloudSay
@@ -68,7 +70,8 @@ class AzureProvider(CloudProvider):
         self._region = spec.region or self._region
 
     async def preflight(self, spec: ClusterSpec) -> None:
-        """Refuse what cannot launch (options, spot, region, size, price, NAT) before any row exists."""
+        """Refuse what cannot launch (options, region, Spot max price, size, quotas, price, NAT) before any row
+        exists."""
         # light: the refusals need no SDK (preflight.py imports the adapter only for type checking)
         from .preflight import refuse_unsupported
 
@@ -93,6 +96,19 @@ class AzureProvider(CloudProvider):
         """Delete the cluster's VMs (confirmed) and its resource group, from its row alone."""
         self._take_record(record)
         await super().stop(record, checkpoint)
+
+    async def taken_back(self, record: ClusterRecord, resources: list[ResourceRecord]) -> list[tuple[str, str]]:
+        """Spot VMs Azure evicted without their watcher's report (a notice missed): with eviction policy Delete
+        an evicted VM is deleted, so a recorded Spot VM, still billing in the registry, that ARM no longer lists
+        was taken back; each as (id, "preempted"). Asked only when workers left the cluster."""
+        self._take_record(record)
+        spot = {r.resource_id.lower(): r.resource_id for r in resources if r.kind == "instance"
+                and r.meta.get("market") == "spot" and r.state not in GONE and r.state != "interrupted"}
+        if not spot:
+            return []
+        async with self._session() as cloud:
+            listed = {i.id.lower() for i in await cloud.instances()}
+        return [(rid, "preempted") for low, rid in sorted(spot.items()) if low not in listed]
 
     async def confirm_gone(self, record: ClusterRecord, checkpoint: Checkpoint) -> bool:
         """Whether Azure lists none of the cluster's VMs as still there."""
