@@ -11,6 +11,7 @@ billed, and that nothing is left (the autouse ``no_azure_leftovers``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -221,7 +222,9 @@ def test_a_spot_worker_evicted_mid_pipeline_retires_and_stops_billing(
 
     frame = pd.DataFrame({"x": range(40_000), "k": [i % 7 for i in range(40_000)]})
     expected = frame.assign(y=frame.x * 2).groupby("k").y.sum()
-    with dask.config.set({"cumulo.cloud.notice-poll": 0.2, "cumulo.guards.interval": 0.5}):
+    # this test follows the VM that is not replaced; the next one sees a replacement launched
+    with dask.config.set({"cumulo.cloud.notice-poll": 0.2, "cumulo.guards.interval": 0.5,
+                          "cumulo.cloud.replace-taken-back": False}):
         cluster = cumulo.connect("azure", gpu="A100", workers=3, region="eastus", spot=True, name="evicted")
         try:
             client = cluster.client
@@ -264,6 +267,7 @@ def test_a_spot_worker_evicted_mid_pipeline_retires_and_stops_billing(
                                                    abs=0.01)
             events = [m for _, kind, m in registry.events(cluster.id) if kind == "interrupted"]
             assert len(events) == 1 and "interrupted (spot)" in events[0] and victim_name in events[0]
+            assert events[0].endswith("Not replaced (cumulo.cloud.replace-taken-back is off).")
             assert "interrupted (spot)" in capfd.readouterr().err
             # Azure deleted it when its time came (eviction policy Delete); the rest of the cluster still computes
             wait_for(lambda: victim.lower() not in arm.vms, timeout=40, what="Azure to evict the VM")
@@ -274,7 +278,7 @@ def test_a_spot_worker_evicted_mid_pipeline_retires_and_stops_billing(
     assert arm.wait_idle()
 
 
-def test_a_spot_vm_evicted_without_a_notice_stops_billing_when_its_worker_is_missed(
+def test_a_spot_vm_evicted_without_a_notice_stops_billing_when_its_worker_is_missed_and_is_replaced(
         arm: ArmEmulator, spot_prices: PriceEmulator) -> None:
     with dask.config.set({"cumulo.guards.interval": 0.5}):
         cluster = cumulo.connect("azure", gpu="A100", workers=2, region="eastus", spot=True, name="unnoticed")
@@ -284,14 +288,25 @@ def test_a_spot_vm_evicted_without_a_notice_stops_billing_when_its_worker_is_mis
                          if r.kind == "instance" and r.meta.get("market") == "spot"]
             arm.preempt(victim, in_seconds=0, notice=False)  # the VM never saw its Preempt event
             wait_for(lambda: victim.lower() not in arm.vms, timeout=30, what="Azure to evict the VM")
-            # the worker is missed; ARM no longer lists the Spot VM: the watchdog stops its billing, once
-            row = wait_for(lambda: (r := registry.get(cluster.id)).rate_changes and r, timeout=60,
-                           what="the watchdog to stop the evicted VM's billing")
-            assert row.rate_per_hour == pytest.approx(REGULAR)
-            states = {r.resource_id: r.state for r in registry.resources(cluster_id=cluster.id)}
+            # the worker is missed; ARM no longer lists the Spot VM: the watchdog stops its billing, once, and the
+            # kernel that launched the cluster launches another Spot VM in its place
+            (replaced,) = wait_for(lambda: [m for _, kind, m in registry.events(cluster.id) if kind == "replaced"],
+                                   timeout=90, what="the evicted VM to be replaced")
+            states = {r.resource_id: r.state for r in registry.resources(cluster_id=cluster.id)
+                      if r.kind == "instance"}
             assert states[victim] == "preempted"
+            (new,) = [r for r in registry.resources(cluster_id=cluster.id) if r.kind == "instance"
+                      and r.resource_id != victim and r.meta.get("market") == "spot"]
+            assert new.resource_id in replaced and "spot" in replaced and "$0.9/h" in replaced
+            assert arm.vms[new.resource_id.lower()].body["properties"]["priority"] == "Spot"
             events = [m for _, kind, m in registry.events(cluster.id) if kind == "preempted"]
             assert len(events) == 1 and "was preempted by Azure" in events[0] and "$0.9/h stops billing" in events[0]
+            assert events[0].endswith("A replacement is being launched (same market, then the fallback).")
+            # the bill: regular + spot, regular alone from the eviction seen, then spot again from the request
+            row = registry.get(cluster.id)
+            rates = [rate for _, rate in json.loads(row.rate_changes or "[]")]
+            assert rates[-2:] == [pytest.approx(REGULAR), pytest.approx(REGULAR + SPOT)]
+            assert len({w["host"] for w in cluster.client.scheduler_info(n_workers=-1)["workers"].values()}) == 2
             assert cluster.client.submit(lambda x: x + 1, 1).result(timeout=30) == 2
         finally:
             cluster.close()

@@ -214,8 +214,11 @@ class AzureAdapter(CloudAdapter):
     # -- the SSH key: kept for this launch's VMs ---------------------------------------------------
 
     async def add_ssh_key(self, name: str, public_key: str) -> str | None:
-        self._keys[name] = public_key.strip()
+        self.knows_ssh_key(name, public_key)
         return None
+
+    def knows_ssh_key(self, name: str, public_key: str) -> None:
+        self._keys[name] = public_key.strip()
 
     async def ssh_keys(self) -> list[Resource]:
         return []  # none at the account: each VM carries its cluster's public key

@@ -159,6 +159,11 @@ class CloudAdapter(abc.ABC):
     async def add_ssh_key(self, name: str, public_key: str) -> str | None:
         """Register a public key under ``name``; its id at the cloud, if it has one."""
 
+    def knows_ssh_key(self, name: str, public_key: str) -> None:
+        """The key a launch registered (``add_ssh_key``) through an earlier adapter of the same cluster, for a
+        later create (a scale-up, a replacement): nothing to do where the cloud keeps keys at the account; a
+        cloud that gives each instance the public key itself (Azure) keeps it here."""
+
     @abc.abstractmethod
     async def ssh_keys(self) -> list[Resource]:
         """The account's SSH keys."""

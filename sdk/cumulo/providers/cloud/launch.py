@@ -65,6 +65,7 @@ class Launcher:
         self.address: str | None = None
         self.security: Security | None = None
         self._ssh_key: str | None = None
+        self._ssh_public: str | None = None  # the public half of the key this launch made (None: the user's)
         self._worker_script: str | None = None
         self._grown = 0  # instances grow() launched so far (their roles are "worker-<instances + n>")
         self.head_id: str | None = None
@@ -126,6 +127,8 @@ class Launcher:
             raise ProviderError("the cluster's launch did not finish: nothing to grow")
         self.cloud = cloud
         cloud.prepare(self.plan)
+        if self._ssh_public is not None:
+            cloud.knows_ssh_key(self._ssh_key, self._ssh_public)
         before = {r.resource_id for r in self.checkpoint.resources("instance")}
         billing: list[str] = []
         try:
@@ -192,6 +195,7 @@ class Launcher:
     async def _upload_key(self, tls: ClusterTLS) -> str:
         name = self.cloud.name(self._mark(""))
         path, public = new_key_pair(tls.directory, comment=name)
+        self._ssh_public = public
         # Recorded before the upload: a process killed during it leaves the name for teardown to find.
         self.checkpoint.resource("ssh-key", name, state="requested", meta={"private_key": str(path)})
         key_id = await self.cloud.add_ssh_key(name, public)
