@@ -248,6 +248,11 @@ class ArmEmulator:
         assert self._server is not None
         return f"https://127.0.0.1:{self._server.server_address[1]}"
 
+    def cumulo_config(self) -> dict[str, str]:
+        """cumulo.azure.* pointing at the emulator: its ARM endpoint, and the bearer token read from
+        AZURE_ACCESS_TOKEN (``credential: static-token``, as ``az account get-access-token`` gives one)."""
+        return {"cumulo.azure.arm-endpoint": self.endpoint, "cumulo.azure.credential": "static-token"}
+
     def env(self) -> dict[str, str]:
         """What a process needs to reach the emulator: the token, the subscription, and trust in its CA."""
         return {"AZURE_ACCESS_TOKEN": self.token, "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,

@@ -1,7 +1,7 @@
 """The notebook gallery: every notebook has a script, a README entry and a test that executes it.
 
 The dataframes, cost-control and team notebooks run here through `cumulo run` (which fails on the
-first cell that raises); quickstart, training, lambda_cloud and aws_spot run in their own test files, named below.
+first cell that raises); quickstart, training, lambda_cloud, aws_spot and azure_spot run in their own test files, named below.
 The team notebook runs against a real OpenSSH server on loopback (tests/sshd.py, as root) and a real
 dask-gateway-server (tests/test_gateway.py), given to it as parameters.
 """
@@ -35,6 +35,7 @@ EXECUTED_BY = {
     "lambda_cloud": "tests/test_lambda_notebook.py::test_notebook_against_the_emulator",
     "team": "tests/test_gallery.py::test_team_notebook_runs_on_hosts_and_a_gateway",
     "aws_spot": "tests/test_aws_notebook.py::test_aws_notebook_against_the_emulator",
+    "azure_spot": "tests/test_azure_notebook.py::test_azure_notebook_against_the_emulator",
     "mlflow_cost": "tests/test_mlflow.py::test_mlflow_cost_notebook_runs",
 }
 
