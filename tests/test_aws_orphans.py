@@ -140,7 +140,9 @@ asyncio.run(main())
 def test_a_forgotten_cluster_powers_itself_off_with_no_cumulo_process_left(aws: AwsEmulator, tmp_path: Path) -> None:
     # the workers get 15 s to join (two worker processes start slowly on a loaded 2-core machine; 4 s was seen
     # to fail in CI), so the head's idle stop comes 2 s + 15 s after its scheduler starts
-    config = {**fast_config(tmp_path), "cumulo.cloud.workers-timeout": 15, "cumulo.cloud.worker-death-timeout": 3}
+    # a worker waits up to its death timeout for the head's scheduler, at start too: 3 s was seen too short for a
+    # head that starts slowly on a loaded machine; 10 s still ends a forgotten worker well within the deadline
+    config = {**fast_config(tmp_path), "cumulo.cloud.workers-timeout": 15, "cumulo.cloud.worker-death-timeout": 10}
     spec = {"provider": "aws", "gpu": "A10G", "workers": 2, "idle_timeout": 2}
     log = tmp_path / "forgotten-kernel.log"
     with log.open("w") as err:
@@ -155,7 +157,7 @@ def test_a_forgotten_cluster_powers_itself_off_with_no_cumulo_process_left(aws: 
         proc.stdout.close()  # type: ignore[union-attr]
     assert len(aws.live()) == 2
     # the head's scheduler stops after its idle timeout (2 s + the 15 s workers may take to join), the head powers
-    # off; the worker's scheduler is gone, it exits after 3 s and powers off too: both terminate themselves
+    # off; the worker's scheduler is gone, it exits after 10 s and powers off too: both terminate themselves
     deadline = time.monotonic() + 90
     while aws.live() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -197,7 +199,7 @@ def _kernel(tmp_path: Path, name: str, *, lease: str, then: str) -> tuple[subpro
     heard a client: the launch attaches within that even on a loaded machine."""
     # the kernel's client heartbeats every 0.5 s, so that a lease of seconds is three heartbeats or more (the
     # head's lease is never shorter: a live kernel must not be declared gone between two heartbeats)
-    config = {**fast_config(tmp_path), "cumulo.cloud.workers-timeout": 15, "cumulo.cloud.worker-death-timeout": 3,
+    config = {**fast_config(tmp_path), "cumulo.cloud.workers-timeout": 15, "cumulo.cloud.worker-death-timeout": 10,
               "cumulo.guards.lease-grace": lease, "cumulo.guards.idle-timeout": "1h",
               "distributed.client.heartbeat": "0.5s"}
     spec = {"gpu": "A10G", "workers": 2, "name": name}
@@ -241,7 +243,7 @@ def test_a_cluster_disconnected_on_purpose_outlives_the_lease(aws: AwsEmulator, 
     try:
         proc.send_signal(signal.SIGKILL)  # the kernel is gone after disconnect(): that was the user's choice
         proc.wait(10)
-        time.sleep(10)  # three leases and the workers' death timeout
+        time.sleep(12)  # three leases (9 s) and the workers' death timeout (10 s)
         assert len(aws.live()) == 2 and not aws.powered_off
     finally:
         proc.kill()
