@@ -134,8 +134,10 @@ def test_with_an_instance_profile_the_workers_read_s3_as_their_own_role(aws: Aws
         for env_key, method, key in seen.values():
             # no key in the environment: s3fs found the role's credentials in the instance's metadata service
             assert env_key is None and method == "iam-role" and key in issued
-        # each partition was read on a worker, signed with its instance's role credentials
+        # each partition was read on a worker, signed with its instance's role credentials; the notebook listed
+        # the files with its own (docs/aws.md: the user needs to read the data too)
         assert _read_with(aws, issued, since) == set(parts)
+        assert "/team-data" in _read_with(aws, {os.environ["AWS_ACCESS_KEY_ID"]}, since)
         roles = {aws._role_of(i.id) for i in aws.live()}
         assert roles == {"team-reader"}
     finally:
