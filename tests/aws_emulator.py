@@ -34,6 +34,11 @@ thread of the test process), each with the AWS behaviour it copies:
   ``interrupt(id, in_seconds=)`` serves a spot interruption notice and terminates
   the instance when its time comes, as EC2 does; an instance launched with an
   instance profile gets its role's credentials there, as on EC2.
+- **Who read S3**: ``s3_requests`` lists every S3 request (method, path, the
+  access key id that signed it, from SigV4's ``Authorization`` credential
+  scope), as CloudTrail's S3 data events record each request's
+  ``accessKeyId``: tests see whose credentials read an object (a worker's
+  session or role, or the notebook's own key). moto checks no signature.
 - **Addresses**: each instance gets its own loopback address 127.X.Y.N (Linux
   routes all of 127/8 to lo) as its public and private IP, exported to its
   user data as CUMULO_BIND_HOST, so real dask schedulers and workers listen
@@ -73,6 +78,7 @@ from moto.core.exceptions import ServiceException
 from moto.ec2.models.instances import Instance as MotoInstance
 from moto.ec2.models.instances import InstanceBackend
 from moto.ec2.responses import EC2Response
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from moto.server import ThreadedMotoServer
 from moto.servicequotas.models import ServiceQuotasBackend
 from moto.ssm.models import Parameter, SimpleSystemManagerBackend
@@ -98,6 +104,17 @@ class Faults:
     throttle: int = 0
     run_delay: float = 0.0
     terminate_failures: int = 0
+
+
+@dataclass(frozen=True)
+class S3Request:
+    """One S3 request the emulator served: what CloudTrail's S3 data event says of it."""
+
+    method: str
+    #: path-style: /bucket/key
+    path: str
+    #: the access key id of the credentials that signed it (None: unsigned)
+    access_key: str | None
 
 
 @dataclass
@@ -143,6 +160,8 @@ class AwsEmulator:
         self.imds = ImdsEmulator(role_of=self._role_of)
         #: instance id -> when EC2 takes it back (a spot interruption in progress)
         self.taken_back: dict[str, float] = {}
+        #: every S3 request served, with the key that signed it (see the module docstring)
+        self.s3_requests: list[S3Request] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -490,6 +509,34 @@ def _install_patches() -> None:
         return original_quota(self, service_code, quota_code)
 
     ServiceQuotasBackend.get_service_quota = get_service_quota  # type: ignore[method-assign]
+
+    original_dispatch = DomainDispatcherApplication.__call__
+
+    def dispatch(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
+        emu = _emu()
+        if emu is not None:
+            scope = _sigv4_scope(environ.get("HTTP_AUTHORIZATION", ""))
+            if scope is not None and scope[1] == "s3":
+                with emu._lock:
+                    emu.s3_requests.append(S3Request(environ.get("REQUEST_METHOD", ""),
+                                                     environ.get("PATH_INFO", ""), scope[0]))
+        return original_dispatch(self, environ, start_response)
+
+    DomainDispatcherApplication.__call__ = dispatch  # type: ignore[method-assign]
+
+
+def _sigv4_scope(authorization: str) -> tuple[str, str] | None:
+    """(access key id, service) from a SigV4 ``Authorization`` header
+    (``AWS4-HMAC-SHA256 Credential=AKID/20261207/us-east-1/s3/aws4_request, ...``); None when unsigned."""
+    if not authorization.startswith("AWS4-HMAC-SHA256 "):
+        return None
+    for part in authorization[len("AWS4-HMAC-SHA256 "):].split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "Credential":
+            fields = value.split("/")
+            if len(fields) == 5:
+                return fields[0], fields[3]
+    return None
 
 
 def _subnet_zone(backend: Any, subnet_id: str | None) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 import dask
 import pytest
 from cumulo.life.registry import Registry
+from s3fs import S3FileSystem
 
 from .aws_emulator import AwsEmulator
 
@@ -50,6 +51,9 @@ def serving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **options: Any) -> 
     """A running EC2 emulator (``options``: the AwsEmulator's), boto3's endpoint and (made-up) credentials
     pointing at it, fast config; closed (every instance killed) on the way out."""
     emu = AwsEmulator(**options).start()
+    # s3fs keeps one file system per set of arguments for the life of the process, bound to the endpoint it
+    # found first; each emulator has an endpoint of its own, so the notebook's (this process's) must go
+    S3FileSystem.clear_instance_cache()
     emu.spot_prices = {k: dict(v) for k, v in SPOT_PRICES.items()}
     for key, value in emu.env().items():
         monkeypatch.setenv(key, value)

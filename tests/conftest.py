@@ -84,9 +84,10 @@ def no_outside_services(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-#: Threads that may outlive a test: pools and loops owned by the interpreter or by libraries, not by a cluster.
+#: Threads that may outlive a test: pools and loops owned by the interpreter or by libraries, not by a cluster
+#: (fsspecIO: fsspec's one event loop per process, started by the first s3fs call, as dd.read_parquet("s3://")).
 _LONG_LIVED_THREADS = ("asyncio_", "ThreadPoolExecutor", "Dask-Offload", "Profile", "IO loop", "AsyncProcess",
-                       "TCP-Executor", "QueueFeederThread", "pydevd", "Thread-")
+                       "TCP-Executor", "QueueFeederThread", "pydevd", "Thread-", "fsspecIO")
 
 
 def _own_threads() -> set[threading.Thread]:

@@ -4,12 +4,18 @@ It follows the documented shapes (``{"data": ...}`` bodies, ``{"error": {"code",
 "message", "suggestion"}}`` errors), Bearer auth, rate limits (429 with
 Retry-After) and the instance lifecycle booting -> active -> terminating ->
 terminated. When an instance becomes active the emulator runs its ``user_data``
-as a real local process group, as cloud-init would: each instance gets its own
-loopback address 127.X.Y.N (Linux routes all of 127/8 to lo), exported to the
-script as CUMULO_BIND_HOST, so real dask schedulers and workers talk TLS to each
-other and to the test (``ip`` and ``private_ip`` are that one address: unlike
-Lambda's, which differ). ``make_unhealthy(id)`` lists an instance as
-``unhealthy``. Terminating kills the process group.
+as a real local process group, as cloud-init would. Each instance has two
+loopback addresses (Linux routes all of 127/8 to lo), as a Lambda instance has
+two: ``private_ip`` 127.X.Y.N, the only one its processes listen on (exported
+to the script as CUMULO_BIND_HOST), which the other instances reach; and
+``ip`` 127.X'.Y'.N, its public address, which the notebook reaches: a one-to-one
+NAT (tests/nat.py) serves there every port that listens on the private address
+and relays each connection to it, behaving as a network path does (a refused
+dial is a reset; the public listeners close when the instance terminates).
+So real dask schedulers and workers talk TLS to each other over the private
+addresses and to the test over the public ones, and a test can see which
+address each side dialled (``nat.accepted(ip)``). ``make_unhealthy(id)`` lists
+an instance as ``unhealthy``. Terminating kills the process group.
 
 Fault modes (attributes of ``Emulator.faults``, set by tests):
   no_capacity        set of instance type names with no capacity anywhere
@@ -78,8 +84,10 @@ import psutil
 
 try:
     from . import lambda_spec as spec
+    from .nat import Nat
 except ImportError:  # run as a script: python tests/lambda_emulator.py
     import lambda_spec as spec  # type: ignore[no-redef]
+    from nat import Nat  # type: ignore[no-redef]
 
 PRICES = {  # cents per hour, public list prices (DESIGN.md anchors; others plausible)
     "gpu_1x_a10": (75, "1x A10 (24 GB PCIe)", 30, 200, 1),
@@ -124,7 +132,10 @@ class Instance:
     name: str
     type_name: str
     region: str
+    #: the public address (what the notebook reaches, through the NAT) and the private one (what the
+    #: instance's processes listen on, and the other instances reach)
     ip: str
+    private_ip: str
     user_data: str
     status: str = "booting"
     created: float = field(default_factory=time.monotonic)
@@ -142,7 +153,7 @@ class Instance:
         up = self.status in ("active", "unhealthy", "terminating", "preempted")
         return {
             "id": self.id, "name": self.name, "status": self.status,
-            "ip": self.ip if up else None, "private_ip": self.ip if up else None,
+            "ip": self.ip if up else None, "private_ip": self.private_ip if up else None,
             "hostname": f"{self.ip.replace('.', '-')}-emulated", "ssh_key_names": list(self.ssh_key_names),
             "tags": [dict(t) for t in self.tags], "firewall_rulesets": [{"id": r} for r in self.rulesets],
             "image": {"id": self.image} if self.image else None,
@@ -191,8 +202,12 @@ class Emulator:
         self._lock = threading.RLock()
         self._last_request = 0.0
         self._last_launch = 0.0
-        self._net = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}"
+        second = random.randint(100, 249)
+        self._net = f"127.{second}.{random.randint(0, 250)}"  # private addresses
+        self._public_net = f"127.{second + 1}.{random.randint(0, 250)}"  # public addresses
         self._next_host = 2
+        #: the public addresses: each instance's ip, translated to its private_ip
+        self.nat: Nat | None = None
         self._root = Path(tempfile.mkdtemp(prefix="lambda-emulator-"))
         self._ssh_root: Path | None = None
         self._stop = threading.Event()
@@ -214,6 +229,7 @@ class Emulator:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        self.nat = Nat()
         for target in (self._server.serve_forever, self._tick_loop):
             t = threading.Thread(target=target, daemon=True, name=f"lambda-emulator-{target.__name__}")
             t.start()
@@ -231,6 +247,8 @@ class Emulator:
         with self._lock:
             insts = list(self.instances.values())
         self._kill(*insts)
+        if self.nat is not None:
+            self.nat.close()
         shutil.rmtree(self._root, ignore_errors=True)
         if self._ssh_root is not None:
             shutil.rmtree(self._ssh_root, ignore_errors=True)
@@ -320,7 +338,7 @@ class Emulator:
         else:
             path = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.update({
-            "CUMULO_ROOT": str(inst.workdir), "CUMULO_BIND_HOST": inst.ip,
+            "CUMULO_ROOT": str(inst.workdir), "CUMULO_BIND_HOST": inst.private_ip,
             "CUMULO_DASHBOARD_PORT": "0", "PATH": path,
         })
         env.pop("LAMBDA_API_KEY", None)  # an instance never sees the user's key
@@ -347,7 +365,7 @@ class Emulator:
             self._ssh_root = Path(tempfile.mkdtemp(prefix="lambda-emulator-ssh-"))
             self._ssh_root.chmod(0o755)
         assert self.ssh_user is not None
-        return sshd.instance_command(self._ssh_root / inst.id, inst.ip, self.ssh_user, keys)
+        return sshd.instance_command(self._ssh_root / inst.id, inst.private_ip, self.ssh_user, keys)
 
     def make_unhealthy(self, instance_id: str) -> None:
         """Lambda lists the instance as ``unhealthy`` (its processes keep running)."""
@@ -357,6 +375,9 @@ class Emulator:
 
     def _kill(self, *insts: Instance) -> None:
         # Termination is a power-off: SIGKILL each process group, then wait (bounded) until none is left.
+        if self.nat is not None:  # a powered-off instance's public address answers nothing
+            for inst in insts:
+                self.nat.remove(inst.ip)
         groups = {i.pgid for i in insts if i.pgid is not None}
         for pgid in groups:
             try:
@@ -524,9 +545,12 @@ class Emulator:
         ids = []
         for _ in range(quantity):
             iid = uuid.uuid4().hex
-            ip = f"{self._net}.{self._next_host}"
+            ip, private_ip = f"{self._public_net}.{self._next_host}", f"{self._net}.{self._next_host}"
             self._next_host += 1
-            self.instances[iid] = Instance(iid, name, type_name, region, ip, user_data, ssh_key_names=list(keys),
+            if self.nat is not None:
+                self.nat.add(ip, private_ip)
+            self.instances[iid] = Instance(iid, name, type_name, region, ip, private_ip, user_data,
+                                           ssh_key_names=list(keys),
                                            tags=[dict(t) for t in tags], rulesets=attached, image=image)
             ids.append(iid)
         if self.faults.launch_500_after_create:

@@ -46,6 +46,12 @@ ERROR_CODES = {
     "provider/internal-unavailable": 503,  # (assumed) the code of an upstream failure that says "try again"
 }
 
+#: An instance's two addresses (``GET /instances``): ``ip`` is its public IPv4 address, what the notebook
+#: dials (the scheduler's TLS port, SSH for the dashboard tunnel); ``private_ip`` its private one in the
+#: region's network, what the other instances dial (the workers' scheduler address). They differ; both are
+#: null until the instance is up (assumed: until it is active).
+INSTANCE_ADDRESSES = {"ip": "public", "private_ip": "private"}
+
 #: Instance statuses.
 STATUSES = frozenset({"booting", "active", "unhealthy", "terminating", "terminated", "preempted"})
 
