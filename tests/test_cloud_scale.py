@@ -51,7 +51,7 @@ def test_scale_up_and_down_in_place_bills_what_runs(emulator: Emulator) -> None:
         cluster.scale(1)  # the head stays; the two others retire (their data moves) and are terminated
         head = next(i for i in emulator.instances.values() if i.name.endswith("-head"))
         assert [i.id for i in emulator.live()] == [head.id] and list(_billing(cluster.id)) == [head.id]
-        assert _hosts(client) == {head.ip}
+        assert _hosts(client) == {head.private_ip}  # workers bind their private address
         assert held.x.sum().compute() == frame.x.sum(), "retire_workers moved the data to the head's worker"
         assert registry.get(cluster.id).rate_per_hour == pytest.approx(0.75)
         states = {r.resource_id: r.state for r in registry.resources(cluster_id=cluster.id) if r.kind == "instance"}
