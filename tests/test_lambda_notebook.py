@@ -26,6 +26,7 @@ def test_notebook_against_the_emulator(tmp_path: Path, monkeypatch: pytest.Monke
     assert "gpu_1x_a10" in text and "offer: 2 x gpu_1x_a10" in text
     assert "scheduler: tls://127." in text and "estimated $/h: 1.5" in text
     assert "workers joined: 2/2" in text and "confirmed terminated" in text
+    assert "after scale(3): 3 instances' workers, $/h: 2.25" in text
     assert "state: closed" in text
     assert "orphans: []" in text and "instances still billing at the emulator: []" in text
     assert Registry().latest("lambda-demo").state == "closed"
