@@ -41,8 +41,23 @@ case-insensitive; so are these.
   Scheduled Event with ``NotBefore`` now + N seconds, and when that time comes
   the VM is deleted (eviction policy Delete: its disk and NIC with it; its
   processes killed).
-- **NICs and public IPs** also answer DELETE (200 when deleted, 204 when there
-  was none), as a refused Spot VM's are deleted before the next attempt.
+- **Deleting singly** (a cluster in an existing resource group, and a refused
+  Spot VM's NIC and public IP): NICs, public IPs, vnets and NSGs answer DELETE
+  as ARM's network provider does, 202 with ``Azure-AsyncOperation`` (a
+  Microsoft.Network operation) and ``Location``, the resource gone when the
+  operation is done; 204 when there was none; 400 while something uses it (a
+  NIC held by a VM, a public IP by a NIC, a vnet whose subnet a NIC is in, an
+  NSG a subnet or NIC carries), so teardown has to delete in ARM's order.
+- **OS disks**: a VM PUT makes its ``osDisk`` a managed disk (``managedBy`` the
+  VM), deleted with the VM when its ``deleteOption`` is Delete, else detached;
+  disks are listed over the subscription and answer GET and DELETE (202 +
+  ``Azure-AsyncOperation``; 409 while attached).
+- **Managed identities**: a VM PUT may carry ``identity`` (``UserAssigned`` with
+  ``userAssignedIdentities`` keyed by identity resource ids, validated as ARM
+  does: 400 ``InvalidParameter`` otherwise); the VM keeps it (``vm.body["identity"]``),
+  each identity given a principal and client id.
+- **Existing groups**: :meth:`ArmEmulator.add_group` and :meth:`ArmEmulator.add_foreign`
+  put a group and resources there that cumulo did not create.
 - **Faults** (:class:`Faults`): ``throttle`` (the next N calls answer 429 with
   ``Retry-After``), ``fail_after_accept`` (the next N VM PUTs are accepted and
   their operation then fails with ``InternalExecutionError``, the VM left
@@ -62,6 +77,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -90,7 +106,11 @@ API_VERSIONS = {
     "microsoft.compute/virtualmachines": "2026-04-01",
     "microsoft.compute/locations": "2026-04-01",
     "microsoft.compute/skus": "2021-07-01",
+    "microsoft.compute/disks": "2026-03-02",
 }
+#: A user-assigned managed identity's resource id, as ARM checks it.
+_IDENTITY = re.compile(r"/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.managedidentity/"
+                       r"userassignedidentities/[^/]+", re.IGNORECASE)
 #: VM sizes the emulator's Resource SKUs list: their family, vCPUs, and where.
 SKUS = {"Standard_NC24ads_A100_v4": ("standardNCADSA100v4Family", 24, ["eastus", "westus2"]),
         "Standard_NC4as_T4_v3": ("standardNCASv3_T4Family", 4, ["eastus"]),
@@ -202,6 +222,23 @@ def _spot_invalid(props: dict[str, Any]) -> str | None:
         price = (billing or {}).get("maxPrice", -1)
         if not isinstance(price, (int, float)) or (price != -1 and price <= 0):
             return f"The max price {price} is not valid: use -1 or a price greater than zero."
+    return None
+
+
+def _identity_invalid(identity: Any) -> str | None:
+    """ARM's validation of a VM's ``identity``: the message of its 400, or None."""
+    if not identity:
+        return None
+    kind = identity.get("type")
+    if kind not in ("None", "SystemAssigned", "UserAssigned", "SystemAssigned, UserAssigned"):
+        return f"The value '{kind}' of parameter 'identity.type' is not allowed."
+    ids = identity.get("userAssignedIdentities") or {}
+    if "UserAssigned" in kind and not ids:
+        return "The 'userAssignedIdentities' property is required with identity type 'UserAssigned'."
+    for uid in ids:
+        if not _IDENTITY.fullmatch(uid):
+            return (f"Resource '{uid}' is not a valid user assigned identity resource id: expected /subscriptions/"
+                    "{id}/resourceGroups/{group}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}.")
     return None
 
 
@@ -337,6 +374,30 @@ class ArmEmulator:
         with self._lock:
             return next((v.body["name"] for v in self.vms.values() if v.pgid == pgid), None)
 
+    def add_group(self, name: str, location: str = "eastus") -> str:
+        """A resource group cumulo did not create (no tags): its id."""
+        with self._lock:
+            self.groups.setdefault(name.lower(), {"id": self._group_id(name), "name": name, "location": location,
+                                                  "type": "Microsoft.Resources/resourceGroups", "tags": {},
+                                                  "properties": {"provisioningState": "Succeeded"}})
+        return self._group_id(name)
+
+    def add_foreign(self, group: str, rtype: str, name: str, properties: dict[str, Any] | None = None) -> str:
+        """A resource cumulo did not create (``rtype`` e.g. Microsoft.Network/networkSecurityGroups or
+        Microsoft.Compute/disks), untagged, in an existing group: its id."""
+        rid = self._rid(group, rtype, name)
+        with self._lock:
+            self.resources[rid.lower()] = {"id": rid, "name": name, "type": rtype, "location": "eastus", "tags": {},
+                                           "properties": {"provisioningState": "Succeeded", **(properties or {})}}
+        return rid
+
+    def in_group(self, group: str) -> list[str]:
+        """The ids of every resource and VM in ``group``."""
+        prefix = self._group_id(group).lower() + "/"
+        with self._lock:
+            return sorted([r["id"] for k, r in self.resources.items() if k.startswith(prefix)]
+                          + [v.id for k, v in self.vms.items() if k.startswith(prefix)])
+
     def add_foreign_vm(self, group: str, name: str, tags: dict[str, str] | None = None) -> str:
         """A VM cumulo did not create (its group too), not booted: its id."""
         with self._lock:
@@ -365,20 +426,29 @@ class ArmEmulator:
         return f"{self._group_id(group)}/providers/{rtype}/{name}"
 
     def _operation(self, location: str, *, seconds: float, fail: bool = False, done: Any = None,
-                   fail_with: tuple[str, str] | None = None) -> str:
+                   fail_with: tuple[str, str] | None = None, network: bool = False) -> str:
         op = uuid.uuid4().hex
         with self._lock:
             self.operations[op] = Operation(due=time.monotonic() + seconds, fail=fail, done=done, fail_with=fail_with)
-        return (f"{self.endpoint}/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Compute/locations/{location}/"
-                f"operations/{op}?api-version={API_VERSIONS['microsoft.compute/locations']}")
+        ns, version = (("Microsoft.Network", API_VERSIONS["microsoft.network"]) if network
+                       else ("Microsoft.Compute", API_VERSIONS["microsoft.compute/locations"]))
+        return (f"{self.endpoint}/subscriptions/{SUBSCRIPTION}/providers/{ns}/locations/{location}/"
+                f"operations/{op}?api-version={version}")
 
     def _vm_json(self, vid: str, name: str, body: dict[str, Any], state: str) -> dict[str, Any]:
         props = json.loads(json.dumps(body.get("properties", {})))
         props.get("osProfile", {}).pop("customData", None)  # ARM never returns customData
         props["provisioningState"] = state
         props["vmId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, vid))
-        return {"id": vid, "name": name, "type": "Microsoft.Compute/virtualMachines",
-                "location": body.get("location"), "tags": body.get("tags") or {}, "properties": props}
+        answer = {"id": vid, "name": name, "type": "Microsoft.Compute/virtualMachines",
+                  "location": body.get("location"), "tags": body.get("tags") or {}, "properties": props}
+        if body.get("identity"):
+            identity = body["identity"]
+            answer["identity"] = {"type": identity.get("type"), "userAssignedIdentities": {
+                uid: {"principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, uid.lower() + "/principal")),
+                      "clientId": str(uuid.uuid5(uuid.NAMESPACE_URL, uid.lower() + "/client"))}
+                for uid in identity.get("userAssignedIdentities") or {}}}
+        return answer
 
     # -- the runner ----------------------------------------------------------------------------
 
@@ -387,17 +457,17 @@ class ArmEmulator:
             now = time.monotonic()
             with self._lock:
                 due = [(k, o) for k, o in self.operations.items() if o.status == "InProgress" and o.due <= now]
-                for _, op in due:
+            for _, op in due:  # what the operation does happens before a poll can see it done
+                if op.done is not None:
+                    op.done("Failed" if op.fail else "Succeeded")
+                with self._lock:
                     if op.fail:
-                        op.status = "Failed"
                         code, message = op.fail_with or ("InternalExecutionError",
                                                          "An internal execution error occurred. Please retry later.")
                         op.error = {"code": code, "message": message}
+                        op.status = "Failed"
                     else:
                         op.status = "Succeeded"
-            for _, op in due:
-                if op.done is not None:
-                    op.done(op.status)
             with self._lock:
                 evicted = [k for k, at in self.evictions.items() if at <= time.time()]
                 for key in evicted:
@@ -444,7 +514,23 @@ class ArmEmulator:
                     self.resources.pop(nic_id, None)
                 elif nic_id in self.resources:
                     self.resources[nic_id]["properties"].pop("virtualMachine", None)
+            os_disk = vm.body.get("properties", {}).get("storageProfile", {}).get("osDisk", {})
+            disk_id = self._disk_id(vm)
+            if os_disk.get("deleteOption") == "Delete":
+                self.resources.pop(disk_id, None)
+            elif disk_id in self.resources:
+                self.resources[disk_id].pop("managedBy", None)
         _kill(vm)
+
+    @staticmethod
+    def _disk_name(vm: Vm) -> str:
+        """The name of a VM's OS disk: its osDisk's, else ARM's way."""
+        return str(vm.body.get("properties", {}).get("storageProfile", {}).get("osDisk", {}).get("name")
+                   or f"{vm.body.get('name')}_OsDisk_1")
+
+    def _disk_id(self, vm: Vm) -> str:
+        """The lower-case id of a VM's OS disk."""
+        return self._rid(vm.group, "Microsoft.Compute/disks", self._disk_name(vm)).lower()
 
     def _delete_group(self, name: str) -> None:
         with self._lock:
@@ -514,8 +600,13 @@ class ArmEmulator:
             if low[3:5] == ["microsoft.compute", "virtualmachines"] and method == "GET":
                 with self._lock:
                     return 200, {"value": [v.body for v in self.vms.values()]}, {}
-            if low[3] == "microsoft.compute" and low[4] == "locations" and n == 8 and low[6] == "operations":
+            if low[3] in ("microsoft.compute", "microsoft.network") and low[4] == "locations" and n == 8 \
+                    and low[6] == "operations":
                 return self._poll_operation(segs[7])
+            if low[3:5] == ["microsoft.compute", "disks"] and n == 5 and method == "GET":
+                with self._lock:
+                    return 200, {"value": [r for r in self.resources.values()
+                                           if r["type"].lower() == "microsoft.compute/disks"]}, {}
             if low[3] == "microsoft.compute" and low[4] == "locations" and n == 7 and low[6] == "usages":
                 return 200, {"value": self._usages(low[5])}, {}
             if low[3] == "microsoft.network" and n == 5 and method == "GET":
@@ -536,6 +627,8 @@ class ArmEmulator:
             rtype, name = f"{segs[5]}/{segs[6]}", segs[7]
             if low[5] == "microsoft.compute" and low[6] == "virtualmachines":
                 return self._vm(method, group, name, low[8:], query, body)
+            if low[5] == "microsoft.compute" and low[6] == "disks" and n == 8:
+                return self._disk(method, group, name)
             if low[5] == "microsoft.network":
                 return self._network(method, group, rtype, name, body)
         return 404, _error("InvalidResourceType", "not emulated"), {}
@@ -636,11 +729,13 @@ class ArmEmulator:
             if method == "DELETE":
                 if found is None:
                     return 204, None, {}
-                if "virtualMachine" in found["properties"]:
-                    return 400, _error("NicInUse", f"Network Interface {rid} is used by existing resource "
-                                       f"{found['properties']['virtualMachine']['id']}."), {}
-                del self.resources[key]
-                return 200, None, {}
+                in_use = self._in_use(found)
+                if in_use:
+                    return 400, _error(*in_use), {}
+                found["properties"]["provisioningState"] = "Deleting"
+                op = self._operation(found.get("location") or "eastus", seconds=self.delete_seconds, network=True,
+                                     done=lambda status, k=key: self._forget(k))
+                return 202, None, {"Azure-AsyncOperation": op, "Location": op}
             if method != "PUT":
                 return 405, _error("MethodNotAllowed", method), {}
             props = json.loads(json.dumps(body.get("properties") or {}))
@@ -672,6 +767,58 @@ class ArmEmulator:
             self.resources[key] = resource
             return (200 if found else 201), resource, {}
 
+    def _forget(self, key: str) -> None:
+        with self._lock:
+            self.resources.pop(key, None)
+
+    def _in_use(self, res: dict[str, Any]) -> tuple[str, str] | None:
+        """ARM's refusal to delete a network resource something still uses: (code, message), or None."""
+        rid, kind = str(res["id"]), str(res["type"]).split("/")[-1].lower()
+        low = rid.lower()
+        props = res["properties"]
+        if kind == "networkinterfaces" and "virtualMachine" in props:
+            return "NicInUse", f"Network Interface {rid} is used by existing resource {props['virtualMachine']['id']}."
+        nics = [r for r in self.resources.values() if r["type"].lower() == "microsoft.network/networkinterfaces"]
+        confs = [c.get("properties", {}) for nic in nics for c in nic["properties"].get("ipConfigurations", [])]
+        if kind == "publicipaddresses" and any(str((c.get("publicIPAddress") or {}).get("id", "")).lower() == low
+                                               for c in confs):
+            return "PublicIPAddressCannotBeDeleted", f"Public IP address {rid} can not be deleted since it is still " \
+                                                     "allocated to a resource."
+        if kind == "virtualnetworks" and any(str((c.get("subnet") or {}).get("id", "")).lower().startswith(
+                low + "/subnets/") for c in confs):
+            return "InUseSubnetCannotBeDeleted", f"Subnet of {rid} is in use by a network interface and cannot be " \
+                                                 "deleted."
+        if kind == "networksecuritygroups":
+            vnets = [r for r in self.resources.values() if r["type"].lower() == "microsoft.network/virtualnetworks"]
+            held = [str((s.get("properties", {}).get("networkSecurityGroup") or {}).get("id", "")).lower()
+                    for v in vnets for s in v["properties"].get("subnets", [])]
+            held += [str((nic["properties"].get("networkSecurityGroup") or {}).get("id", "")).lower() for nic in nics]
+            if low in held:
+                return "InUseNetworkSecurityGroupCannotBeDeleted", f"Network security group {rid} cannot be " \
+                                                                   "deleted because it is in use."
+        return None
+
+    def _disk(self, method: str, group: str, name: str) -> tuple[int, Any, dict[str, str]]:
+        rid = self._rid(group, "Microsoft.Compute/disks", name)
+        key = rid.lower()
+        with self._lock:
+            found = self.resources.get(key)
+            if method == "GET":
+                if found is None:
+                    return 404, _error("ResourceNotFound", f"The Resource 'Microsoft.Compute/disks/{name}' under "
+                                       f"resource group '{group}' was not found."), {}
+                return 200, found, {}
+            if method == "DELETE":
+                if found is None:
+                    return 204, None, {}
+                if found.get("managedBy"):
+                    return 409, _error("OperationNotAllowed", f"Disk {name} is attached to VM "
+                                       f"{found['managedBy']}."), {}
+                op = self._operation(found.get("location") or "eastus", seconds=self.delete_seconds,
+                                     done=lambda status, k=key: self._forget(k))
+                return 202, None, {"Azure-AsyncOperation": op, "Location": op}
+        return 405, _error("MethodNotAllowed", method), {}
+
     def _vm(self, method: str, group: str, name: str, rest: list[str], query: dict[str, str],
             body: Any) -> tuple[int, Any, dict[str, str]]:
         rid = self._rid(group, "Microsoft.Compute/virtualMachines", name)
@@ -692,7 +839,7 @@ class ArmEmulator:
             if method == "PUT":
                 if vm is not None:
                     return 409, _error("OperationNotAllowed", "The VM exists; this emulator does not update VMs."), {}
-                invalid = _spot_invalid(body.get("properties") or {})
+                invalid = _spot_invalid(body.get("properties") or {}) or _identity_invalid(body.get("identity"))
                 if invalid:
                     return 400, _error("InvalidParameter", invalid), {}
                 spot = body["properties"].get("priority") in ("Spot", "Low")
@@ -711,6 +858,11 @@ class ArmEmulator:
                 vm.body = self._vm_json(rid, name, body, "Creating")
                 vm.body["properties"]["osProfile"]["customData"] = body["properties"]["osProfile"].get("customData", "")
                 self.vms[key] = vm
+                disk = self._disk_name(vm)  # the OS disk, held by the VM
+                self.resources[self._disk_id(vm)] = {
+                    "id": self._rid(group, "Microsoft.Compute/disks", disk), "name": disk,
+                    "type": "Microsoft.Compute/disks", "location": body.get("location"), "tags": {}, "managedBy": rid,
+                    "properties": {"provisioningState": "Succeeded", "diskState": "Attached"}}
                 fail = self.faults.fail_after_accept > 0 or refuse
                 if fail and not refuse:
                     self.faults.fail_after_accept -= 1

@@ -23,6 +23,20 @@ How the layer's hooks map onto Azure (the layer calls them in this order):
   public IP and whatever a failed launch left), waited for: this is what
   leaves nothing behind.
 
+In an existing resource group (``resource_group=`` or ``cumulo.azure.resource-group``,
+checked in preflight) no group is created or deleted: the cluster's vnet and
+NSG are named after it (``cumulo-<installation>-<cluster id>-vnet``, ``-nsg``),
+so several clusters share one group, and ``remove_rules`` deletes singly, each
+delete waited for and the group listed again to confirm, what carries the
+cluster's tags (NICs, public IPs, the vnet, the NSG) and the OS disks named
+after its VMs. It finds them over the whole subscription by tags alone, so
+``cumulo down`` and the reaper need no setting; whatever else is in the group
+is never touched.
+
+With ``identity=`` (``cumulo.azure.identity``) every VM carries that user-assigned
+managed identity (``identity.userAssignedIdentities``): workers read Blob/ADLS
+data as it, and nothing of the notebook's credentials is in their customData.
+
 Spot evictions: every VM's first-boot script runs the shared watcher
 (cloud/notice_watch.py) with notice.py, which reads the VM's Scheduled Events at
 ``cumulo.azure.metadata-endpoint`` and reports a Preempt event for the VM by its
@@ -116,12 +130,31 @@ class AzureAdapter(CloudAdapter):
         #: Spot evictions: each VM's watcher reads Scheduled Events (notice.py) at the configured endpoint.
         self.notice = notice_source(str(config.get("azure.metadata-endpoint")))  # type: ignore[misc]
         self._marks: dict[str, Mark] = {}  # resource name -> its mark (name() comes first)
+        #: An existing resource group to launch in (the plan's), or None: a group per cluster.
+        self.resource_group: str | None = None
+        #: The user-assigned managed identity the VMs carry (the plan's), or None.
+        self.identity: str | None = None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.azure.close)
 
     def prepare(self, plan: Plan) -> None:
         self.region = plan.region
+        offer = plan.shape
+        self.resource_group = getattr(offer, "resource_group", None)
+        self.identity = getattr(offer, "identity", None)
+
+    def _group(self, mark: Mark) -> str:
+        """The resource group the mark's cluster lives in: the existing one named, else its own."""
+        return self.resource_group or group_of(mark)
+
+    def _network_names(self, mark: Mark) -> tuple[str, str, str]:
+        """(vnet, subnet, NSG) of the mark's cluster: fixed names in a group of its own, named after the cluster in
+        an existing group (which other clusters may share)."""
+        if self.resource_group is None:
+            return _VNET, _SUBNET, _NSG
+        prefix = group_of(mark)
+        return f"{prefix}-{_VNET}", _SUBNET, f"{prefix}-{_NSG}"
 
     @property
     def api_url(self) -> str:
@@ -153,11 +186,15 @@ class AzureAdapter(CloudAdapter):
         whose subnet carries it. SSH logs in with the cluster's own key only (the Jupyter server's dashboard
         tunnel, and a user reading an instance's bootstrap log)."""
         mark = self._mark(name)
-        group, tags = group_of(mark), tags_of(mark)
-        self.say(f"resource group {group} in {self.region}: network, NSG")
-        await self.azure.call(f"creating the resource group {group}",
-                              self.azure.resources.resource_groups.create_or_update, group,
-                              {"location": self.region, "tags": tags})
+        group, tags = self._group(mark), tags_of(mark)
+        vnet, subnet, nsg_name = self._network_names(mark)
+        if self.resource_group is None:
+            self.say(f"resource group {group} in {self.region}: network, NSG")
+            await self.azure.call(f"creating the resource group {group}",
+                                  self.azure.resources.resource_groups.create_or_update, group,
+                                  {"location": self.region, "tags": tags})
+        else:  # the user's group: never created, tagged or deleted by cumulo
+            self.say(f"in the existing resource group {group} ({self.region}): network {vnet}, NSG {nsg_name}")
         rules = [
             {"name": "cumulo-scheduler-tls", "properties": {
                 "description": "cumulo: the scheduler's TLS port, from the client", "protocol": "Tcp",
@@ -169,47 +206,106 @@ class AzureAdapter(CloudAdapter):
                 "destinationPortRange": str(SSH_PORT), "access": "Allow", "priority": 110, "direction": "Inbound"}},
         ]
         network = self.azure.network
-        nsg = await self.azure.wait(f"creating the NSG of {group}",
-                                    network.network_security_groups.begin_create_or_update, group, _NSG,
+        nsg = await self.azure.wait(f"creating the NSG {nsg_name} in {group}",
+                                    network.network_security_groups.begin_create_or_update, group, nsg_name,
                                     {"location": self.region, "tags": tags, "properties": {"securityRules": rules}})
-        await self.azure.wait(f"creating the vnet of {group}", network.virtual_networks.begin_create_or_update,
-                              group, _VNET, {"location": self.region, "tags": tags, "properties": {
+        await self.azure.wait(f"creating the vnet {vnet} in {group}", network.virtual_networks.begin_create_or_update,
+                              group, vnet, {"location": self.region, "tags": tags, "properties": {
                                   "addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
-                                  "subnets": [{"name": _SUBNET, "properties": {
+                                  "subnets": [{"name": subnet, "properties": {
                                       "addressPrefix": "10.0.0.0/24",
                                       "networkSecurityGroup": {"id": _wire(nsg).get("id")
                                                                or self._id(group, "Microsoft.Network",
-                                                                           "networkSecurityGroups", _NSG)}}}]}})
+                                                                           "networkSecurityGroups", nsg_name)}}}]}})
 
     async def rules(self) -> list[Resource]:
-        """cumulo's resource groups (tagged), each as the firewall rule of its cluster."""
+        """cumulo's resource groups (tagged), each as the firewall rule of its cluster; and, for a cluster in an
+        existing group, its NSG (tagged) there."""
         groups = await self.azure.call("listing resource groups",
                                        lambda: list(self.azure.resources.resource_groups.list(
                                            filter=f"tagName eq '{INSTALLATION}'")))
         out = []
+        own: set[str] = set()
         for g in map(_wire, groups):
             tags = tuple(sorted((str(k), str(v)) for k, v in (g.get("tags") or {}).items()))
             mark = mark_of(tags)
             if mark is None:
                 continue
+            own.add(str(g.get("name", "")).lower())
             rule = name_of(Mark(mark.installation, mark.cluster_id, RULE_SUFFIX[1:]))
             out.append(Resource(rule, rule, f"resource group {g.get('name')} in {g.get('location')} (network, "
                                 "NSG, public IP, disks)", tags))
+        nsgs = await self.azure.call("listing network security groups",
+                                     lambda: list(self.azure.network.network_security_groups.list_all()))
+        for n in map(_wire, nsgs):
+            tags = tuple(sorted((str(k), str(v)) for k, v in (n.get("tags") or {}).items()))
+            mark = mark_of(tags)
+            group = _parts(str(n.get("id", "")))[0] if n.get("id") else ""
+            if mark is None or group.lower() in own:
+                continue
+            rule = name_of(Mark(mark.installation, mark.cluster_id, RULE_SUFFIX[1:]))
+            out.append(Resource(rule, rule, f"network of {name_of(Mark(mark.installation, mark.cluster_id))} in "
+                                f"the resource group {group} (vnet, NSG, public IP, NICs, disks)", tags))
         return out
 
     async def remove_rules(self, names: Iterable[str]) -> int:
-        """Delete the resource groups of these rules (everything left in them), waiting for ARM to confirm."""
+        """Delete the resource groups of these rules (everything left in them), waiting for ARM to confirm; for a
+        cluster without a group of its own (one launched in an existing group), delete singly what it created
+        there (:meth:`_remove_singly`)."""
         groups = sorted({n.removesuffix(RULE_SUFFIX) for n in names if n.endswith(RULE_SUFFIX)})
         removed = 0
         for group in groups:
             if not await self.azure.call(f"reading the resource group {group}",
                                          self.azure.resources.resource_groups.check_existence, group):
+                removed += await self._remove_singly(group)
                 continue
             self.say(f"deleting the resource group {group} (network, NSG, public IP, disks)")
             await self.azure.wait(f"deleting the resource group {group}",
                                   self.azure.resources.resource_groups.begin_delete, group)
             removed += 1
         return removed
+
+    async def _leftovers(self, cluster: str) -> list[tuple[str, str]]:
+        """(kind, id) of what cluster ``cumulo-<installation>-<cluster id>`` created outside a group of its own, in
+        the order ARM lets them go: NICs (which hold the public IPs and the subnet), public IPs, vnets (whose
+        subnet holds the NSG), NSGs, then OS disks. Network resources are the cluster's by their tags; an OS disk
+        (which ARM gives no tags) by its name, ``<cluster>-<role>-disk``, and only when no VM holds it."""
+        network, compute = self.azure.network, self.azure.compute
+        kinds = [("NIC", network.network_interfaces), ("public IP", network.public_ip_addresses),
+                 ("vnet", network.virtual_networks), ("NSG", network.network_security_groups)]
+        out: list[tuple[str, str]] = []
+        for kind, ops in kinds:
+            listed = await self.azure.call(f"listing {kind}s", lambda ops=ops: list(ops.list_all()))
+            for item in map(_wire, listed):
+                mark = mark_of((item.get("tags") or {}).items())
+                if mark is not None and group_of(mark) == cluster:
+                    out.append((kind, str(item["id"])))
+        disks = await self.azure.call("listing disks", lambda: list(compute.disks.list()))
+        for disk in map(_wire, disks):
+            name = str(disk.get("name", ""))
+            if name.startswith(f"{cluster}-") and name.endswith("-disk") and not disk.get("managedBy"):
+                out.append(("disk", str(disk["id"])))
+        return out
+
+    async def _remove_singly(self, cluster: str) -> int:
+        """Delete, one by one and each waited for, what the cluster created in an existing resource group; then
+        list again to confirm nothing of it is left (ProviderError naming what is). The group is never deleted."""
+        found = await self._leftovers(cluster)
+        if not found:
+            return 0
+        network, compute = self.azure.network, self.azure.compute
+        begin = {"NIC": network.network_interfaces.begin_delete, "public IP": network.public_ip_addresses.begin_delete,
+                 "vnet": network.virtual_networks.begin_delete, "NSG": network.network_security_groups.begin_delete,
+                 "disk": compute.disks.begin_delete}
+        for kind, rid in found:
+            group, name = _parts(rid)
+            self.say(f"deleting the {kind} {name} of {cluster} in the resource group {group}")
+            await self.azure.wait(f"deleting the {kind} {name} in {group}", begin[kind], group, name)
+        left = await self._leftovers(cluster)
+        if left:
+            raise ProviderError(f"Azure still lists what {cluster} created after deleting it: "
+                                + ", ".join(rid for _, rid in left) + ": retry with `cumulo down` or `cumulo reap`")
+        return len(found)
 
     # -- the SSH key: kept for this launch's VMs ---------------------------------------------------
 
@@ -241,7 +337,7 @@ class AzureAdapter(CloudAdapter):
             raise SpecError("Azure VMs take the cluster's SSH public key at creation: a key of your own "
                             "(an Azure SSH key resource) is not supported yet")
         offer: Offer = plan.shape
-        group, vm = group_of(mark), self.name(mark)
+        group, vm = self._group(mark), self.name(mark)
         tries = offer.head if mark.role == "head" else offer.workers
         refused: list[str] = []
         for n, attempt in enumerate(tries):
@@ -269,11 +365,12 @@ class AzureAdapter(CloudAdapter):
     async def _create_vm(self, mark: Mark, plan: Plan, ssh_key: str, user_data: str, attempt: Attempt) -> str:
         """One attempt: the head's public IP, the NIC, then the VM at the attempt's priority; its id."""
         offer: Offer = plan.shape
-        group, vm = group_of(mark), self.name(mark)
+        group, vm = self._group(mark), self.name(mark)
         tags = tags_of(mark)
+        vnet, subnet, _ = self._network_names(mark)
         network = self.azure.network
         ip_config: dict[str, Any] = {"subnet": {"id": self._id(group, "Microsoft.Network", "virtualNetworks",
-                                                                f"{_VNET}/subnets/{_SUBNET}")},
+                                                                f"{vnet}/subnets/{subnet}")},
                                      "privateIPAllocationMethod": "Dynamic"}
         if mark.role == "head":
             pip = await self.azure.wait(f"creating the public IP of {vm}",
@@ -297,6 +394,8 @@ class AzureAdapter(CloudAdapter):
             "networkProfile": {"networkInterfaces": [{"id": _wire(nic).get("id"),
                                                       "properties": {"primary": True, "deleteOption": "Delete"}}]},
         }}
+        if self.identity:  # workers read data as this identity (IMDS tokens), never with the notebook's keys
+            body["identity"] = {"type": "UserAssigned", "userAssignedIdentities": {self.identity: {}}}
         if attempt.market == "spot":
             # evicted VMs are deleted (with their disk and NIC): an evicted Spot VM never bills on
             body["properties"].update({"priority": "Spot", "evictionPolicy": "Delete",

@@ -3,10 +3,13 @@
 A cluster lives in one resource group, ``cumulo-<installation>-<cluster id>``;
 inside it the names are fixed (``vnet``, ``subnet``, ``nsg``, and per VM
 ``<vm>-nic``, ``<vm>-ip``, ``<vm>-disk``), so a launch that died part way is
-found again by name. The resource group and every VM carry the tags
+found again by name. In an existing resource group (``resource_group=``), which
+several clusters may share, the vnet and NSG are ``<group_of(mark)>-vnet`` and
+``-nsg`` instead. The resource group, every VM and the network resources carry the tags
 ``cumulo-installation``, ``cumulo-cluster``, ``cumulo-role`` and ``cumulo-owner``
 (who launched it, for a teammate reading the portal): ownership is decided by
-the tags alone. Azure tag names may not hold ``<>%&\\?/``; these hold none.
+the tags alone (save an OS disk left in an existing group, which Azure gives no
+tags: by its name, adapter.py). Azure tag names may not hold ``<>%&\\?/``; these hold none.
 """
 
 from __future__ import annotations

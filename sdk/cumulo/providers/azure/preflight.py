@@ -1,8 +1,11 @@
 """Everything an Azure launch can be refused for, decided before anything bills (and before any registry row).
 
 :func:`refuse_unsupported` refuses without a request what cannot launch at
-all (unknown options, no workers, an unknown region, a bad Spot max price);
-:func:`make_plan` turns a spec into a :class:`~..cloud.plan.Plan`: the VM size
+all (unknown options, no workers, an unknown region, a bad Spot max price, a
+resource group name Azure would refuse, an ``identity=`` that is not a
+user-assigned managed identity's resource id);
+:func:`make_plan` turns a spec into a :class:`~..cloud.plan.Plan`: first, with
+``resource_group=``, that the group exists and is in the region; the VM size
 (shapes.py, from the catalog), whether the subscription offers it in the
 region (Resource SKUs, with its restrictions), the image, with ``spot=`` the
 region's Spot price (spotprices.py) and the attempts in order (the shared
@@ -15,6 +18,7 @@ for Spot ones) and the firewall source. Or it raises why not.
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +38,57 @@ from .spotprices import spot_price
 if TYPE_CHECKING:
     from .adapter import AzureAdapter
 
-__all__ = ["OPTIONS", "Offer", "describe", "image_reference", "make_plan", "max_price", "refuse_unsupported",
-           "region_of"]
+__all__ = ["OPTIONS", "Offer", "describe", "identity_of", "image_reference", "make_plan", "max_price",
+           "refuse_unsupported", "region_of", "resource_group_of"]
 
 #: connect() keywords the Azure provider takes besides the spec's fields.
 OPTIONS = {"confirm": "options={'confirm': True} accepts a price above cumulo.cloud.confirm-above-per-hour",
            "subscription_id": "subscription_id='...' picks the subscription (else cumulo.azure.subscription-id or "
-                              "AZURE_SUBSCRIPTION_ID)"}
+                              "AZURE_SUBSCRIPTION_ID)",
+           "resource_group": "resource_group='my-rg' launches in that existing resource group (else "
+                             "cumulo.azure.resource-group; by default a group of its own per cluster)",
+           "identity": "identity='/subscriptions/.../userAssignedIdentities/NAME' gives the VMs that user-assigned "
+                       "managed identity (else cumulo.azure.identity)"}
+
+#: ARM's rule for resource group names: 1-90 letters, digits, '-', '_', '.', '(' and ')', not ending in '.'.
+_GROUP_NAME = re.compile(r"[-\w.()]{0,89}[-\w()]", re.ASCII)
+#: A user-assigned managed identity's resource id (ARM ids are case-insensitive).
+_IDENTITY_ID = re.compile(r"/subscriptions/[0-9a-f-]{36}/resourceGroups/[-\w.()]{1,90}/providers/"
+                          r"Microsoft\.ManagedIdentity/userAssignedIdentities/[-\w]{3,128}", re.ASCII | re.IGNORECASE)
 
 
 def region_of(spec: ClusterSpec) -> str:
     """The region to launch in: region=, else cumulo.azure.region."""
     return str(spec.region or config.get("azure.region"))
+
+
+def resource_group_of(spec: ClusterSpec) -> str | None:
+    """The existing resource group to launch in (resource_group=, else cumulo.azure.resource-group), or None for
+    a group of the cluster's own; SpecError when the name cannot be an Azure resource group's."""
+    value = spec.options.get("resource_group") or config.get("azure.resource-group")
+    if value is None or value == "":
+        return None
+    group = str(value)
+    if not _GROUP_NAME.fullmatch(group):
+        raise SpecError(f"{group!r} cannot be an Azure resource group's name (1-90 letters, digits, '-', '_', '.', "
+                        "'(' or ')', not ending in '.'): pass resource_group= the name of an existing group, as "
+                        "`az group list --query [].name -o tsv` lists them")
+    return group
+
+
+def identity_of(spec: ClusterSpec) -> str | None:
+    """The user-assigned managed identity the VMs get (identity=, else cumulo.azure.identity), or None; SpecError
+    when it is not such an identity's resource id."""
+    value = spec.options.get("identity") or config.get("azure.identity")
+    if value is None or value == "":
+        return None
+    identity = str(value).strip()
+    if not _IDENTITY_ID.fullmatch(identity):
+        raise SpecError(f"{identity!r} is not the resource id of a user-assigned managed identity: pass identity= "
+                        "'/subscriptions/<subscription id>/resourceGroups/<group>/providers/Microsoft.ManagedIdentity/"
+                        "userAssignedIdentities/<name>', as `az identity show -g <group> -n <name> --query id -o tsv` "
+                        "prints it (docs/azure.md, \"Data on the workers\")")
+    return identity
 
 
 def refuse_unsupported(spec: ClusterSpec) -> None:
@@ -57,6 +100,8 @@ def refuse_unsupported(spec: ClusterSpec) -> None:
                             + "; ".join(OPTIONS.values()))
     if spec.spot:
         max_price()
+    resource_group_of(spec)
+    identity_of(spec)
     region = region_of(spec)
     if region not in REGIONS:
         raise SpecError(f"Azure has no region {region!r}{did_you_mean(region, REGIONS)}; pass region= one of "
@@ -103,6 +148,10 @@ class Offer:
     workers: tuple[Attempt, ...] = ()
     #: billingProfile.maxPrice of a Spot VM: -1 (up to the pay-as-you-go price) or a cap in $/h.
     max_price: float = -1.0
+    #: An existing resource group to launch in (its resources deleted singly), or None: a group of the cluster's own.
+    resource_group: str | None = None
+    #: The resource id of the user-assigned managed identity the VMs carry, or None.
+    identity: str | None = None
 
 
 def describe(attempt: Attempt) -> str:
@@ -137,10 +186,28 @@ async def _spot(shape: Shape, region: str, cap: float, say: CloudSay) -> dict[st
     return {region: found}
 
 
+async def _existing_group(cloud: AzureAdapter, group: str, region: str) -> None:
+    """SpecError unless the resource group ``group`` exists in the subscription and is in ``region``."""
+    found = await cloud.azure.get_or_none(f"reading the resource group {group}",
+                                          cloud.azure.resources.resource_groups.get, group)
+    if found is None:
+        raise SpecError(f"the resource group {group!r} does not exist in subscription {cloud.azure.subscription_id}: "
+                        f"create it (`az group create --name {group} --location {region}`), pass resource_group= "
+                        "a group that exists, or leave resource_group= out and cumulo makes a group per cluster")
+    data = found.as_dict() if hasattr(found, "as_dict") else dict(found)
+    location = str(data.get("location") or "")
+    if location.replace(" ", "").lower() != region.lower():
+        raise SpecError(f"the resource group {group!r} is in {location or 'no region'}, not {region}: pass "
+                        f"region={location!r}, or resource_group= a group in {region}")
+
+
 async def make_plan(cloud: AzureAdapter, spec: ClusterSpec, say: CloudSay, settings: CloudSettings) -> Plan:
     """Resolve ``spec`` against Azure's offers now and show the offer, or raise why it cannot launch."""
     refuse_unsupported(spec)
     region = region_of(spec)
+    group, identity = resource_group_of(spec), identity_of(spec)
+    if group is not None:  # before anything else is asked: a wrong group is the cheapest refusal
+        await _existing_group(cloud, group, region)
     shape = choose_shape(shapes(catalog.prices(provider="azure"), region), gpu=spec.gpu,
                          vm_size=spec.instance_type, gpus_per_instance=spec.gpus_per_worker)
     image = _image(spec)
@@ -170,7 +237,8 @@ async def make_plan(cloud: AzureAdapter, spec: ClusterSpec, say: CloudSay, setti
                       wanted=needs(family=family, regular=(n - spot_vms) * shape.vcpus, spot=spot_vms * shape.vcpus))
     source = network.client_cidr(cloud.api_url, configured=config.get("azure.client-cidr"),
                                  setting="cumulo.azure.client-cidr", cloud="Azure")
-    offer = Offer(image=image, head=tuple(head), workers=tuple(workers), max_price=cap)
+    offer = Offer(image=image, head=tuple(head), workers=tuple(workers), max_price=cap, resource_group=group,
+                  identity=identity)
     return Plan(instance_type=shape.vm_size, region=region, price_per_hour=shape.on_demand, instances=n,
                 rate_per_hour=rate, ssh_key=None, source=source, idle_timeout=last_resort_idle(spec, settings),
                 client_lease=last_resort_lease(spec), shape=offer)
