@@ -4,7 +4,7 @@ How the layer's hooks map onto Azure (the layer calls them in this order):
 
 - ``add_ssh_key``: Azure has no account-wide keys; the public key is kept for
   the VMs of this launch (``osProfile``'s authorized keys), nothing is created;
-- ``open_port`` (the cluster's firewall rule): the resource group
+- ``open_port`` (the cluster's firewall rule, network.py): the resource group
   ``cumulo-<installation>-<cluster id>`` (tagged with the mark), its NSG
   admitting only the scheduler's TLS port and SSH from the client's network
   (Azure's default rules let the VMs of the vnet reach each other), and a vnet
@@ -62,15 +62,13 @@ from ..cloud.adapter import ACTIVE, BOOTING, CloudAdapter, Instance, Mark, Resou
 from ..cloud.market import Attempt
 from ..cloud.plan import Plan
 from .api import Azure
-from .marks import INSTALLATION, RULE_SUFFIX, group_of, mark_of, name_of, tags_of
+from .marks import mark_of, name_of, tags_of
+from .network import NetworkMixin, resource_parts, wire
 from .preflight import Offer, describe
 
 __all__ = ["PROVIDER", "AzureAdapter", "notice_source", "spot_refusal"]
 
 PROVIDER = "azure"
-#: The instances' sshd port (the image's), opened to the client alongside the scheduler's.
-SSH_PORT = 22
-_VNET, _SUBNET, _NSG = "vnet", "subnet", "nsg"
 #: provisioningState -> the layer's status (Succeeded is refined by the power state).
 _PROVISIONING = {"Creating": BOOTING, "Updating": BOOTING, "Migrating": BOOTING, "Failed": "unhealthy",
                  "Canceled": "unhealthy", "Deleting": "terminating"}
@@ -98,24 +96,7 @@ def spot_refusal(exc: BaseException) -> bool:
     return isinstance(exc, QuotaError) and "lowprioritycores" in str(exc).lower().replace("-", "").replace(" ", "")
 
 
-def _wire(obj: Any) -> dict[str, Any]:
-    """An SDK model as ARM's JSON (wire names)."""
-    if obj is None:
-        return {}
-    return dict(obj.as_dict()) if hasattr(obj, "as_dict") else dict(obj)
-
-
-def _parts(resource_id: str) -> tuple[str, str]:
-    """(resource group, name) of an ARM resource id."""
-    bits = resource_id.strip("/").split("/")
-    lower = [b.lower() for b in bits]
-    try:
-        return bits[lower.index("resourcegroups") + 1], bits[-1]
-    except (ValueError, IndexError):
-        raise ProviderError(f"{resource_id!r} is not an Azure resource id") from None
-
-
-class AzureAdapter(CloudAdapter):
+class AzureAdapter(NetworkMixin, CloudAdapter):
     """ARM (through api.Azure) as the cloud layer drives it; see the module docstring."""
 
     provider = PROVIDER
@@ -144,25 +125,9 @@ class AzureAdapter(CloudAdapter):
         self.resource_group = getattr(offer, "resource_group", None)
         self.identity = getattr(offer, "identity", None)
 
-    def _group(self, mark: Mark) -> str:
-        """The resource group the mark's cluster lives in: the existing one named, else its own."""
-        return self.resource_group or group_of(mark)
-
-    def _network_names(self, mark: Mark) -> tuple[str, str, str]:
-        """(vnet, subnet, NSG) of the mark's cluster: fixed names in a group of its own, named after the cluster in
-        an existing group (which other clusters may share)."""
-        if self.resource_group is None:
-            return _VNET, _SUBNET, _NSG
-        prefix = group_of(mark)
-        return f"{prefix}-{_VNET}", _SUBNET, f"{prefix}-{_NSG}"
-
     @property
     def api_url(self) -> str:
         return self.azure.endpoint
-
-    def _id(self, group: str, provider: str, kind: str, name: str) -> str:
-        return (f"/subscriptions/{self.azure.subscription_id}/resourceGroups/{group}/providers/{provider}/"
-                f"{kind}/{name}")
 
     # -- marks: tags -------------------------------------------------------------------------
 
@@ -178,134 +143,6 @@ class AzureAdapter(CloudAdapter):
         if name not in self._marks:
             raise ProviderError(f"cumulo has no mark for {name}: the layer names a resource before creating it")
         return self._marks[name]
-
-    # -- the cluster's resource group and network (the layer's firewall rule) -------------------
-
-    async def open_port(self, name: str, *, port: int, source: str) -> None:
-        """The cluster's resource group, an NSG admitting ``port`` and SSH from ``source`` only, and a vnet
-        whose subnet carries it. SSH logs in with the cluster's own key only (the Jupyter server's dashboard
-        tunnel, and a user reading an instance's bootstrap log)."""
-        mark = self._mark(name)
-        group, tags = self._group(mark), tags_of(mark)
-        vnet, subnet, nsg_name = self._network_names(mark)
-        if self.resource_group is None:
-            self.say(f"resource group {group} in {self.region}: network, NSG")
-            await self.azure.call(f"creating the resource group {group}",
-                                  self.azure.resources.resource_groups.create_or_update, group,
-                                  {"location": self.region, "tags": tags})
-        else:  # the user's group: never created, tagged or deleted by cumulo
-            self.say(f"in the existing resource group {group} ({self.region}): network {vnet}, NSG {nsg_name}")
-        rules = [
-            {"name": "cumulo-scheduler-tls", "properties": {
-                "description": "cumulo: the scheduler's TLS port, from the client", "protocol": "Tcp",
-                "sourceAddressPrefix": source, "sourcePortRange": "*", "destinationAddressPrefix": "*",
-                "destinationPortRange": str(port), "access": "Allow", "priority": 100, "direction": "Inbound"}},
-            {"name": "cumulo-ssh", "properties": {
-                "description": "cumulo: SSH with the cluster's key, from the client", "protocol": "Tcp",
-                "sourceAddressPrefix": source, "sourcePortRange": "*", "destinationAddressPrefix": "*",
-                "destinationPortRange": str(SSH_PORT), "access": "Allow", "priority": 110, "direction": "Inbound"}},
-        ]
-        network = self.azure.network
-        nsg = await self.azure.wait(f"creating the NSG {nsg_name} in {group}",
-                                    network.network_security_groups.begin_create_or_update, group, nsg_name,
-                                    {"location": self.region, "tags": tags, "properties": {"securityRules": rules}})
-        await self.azure.wait(f"creating the vnet {vnet} in {group}", network.virtual_networks.begin_create_or_update,
-                              group, vnet, {"location": self.region, "tags": tags, "properties": {
-                                  "addressSpace": {"addressPrefixes": ["10.0.0.0/16"]},
-                                  "subnets": [{"name": subnet, "properties": {
-                                      "addressPrefix": "10.0.0.0/24",
-                                      "networkSecurityGroup": {"id": _wire(nsg).get("id")
-                                                               or self._id(group, "Microsoft.Network",
-                                                                           "networkSecurityGroups", nsg_name)}}}]}})
-
-    async def rules(self) -> list[Resource]:
-        """cumulo's resource groups (tagged), each as the firewall rule of its cluster; and, for a cluster in an
-        existing group, its NSG (tagged) there."""
-        groups = await self.azure.call("listing resource groups",
-                                       lambda: list(self.azure.resources.resource_groups.list(
-                                           filter=f"tagName eq '{INSTALLATION}'")))
-        out = []
-        own: set[str] = set()
-        for g in map(_wire, groups):
-            tags = tuple(sorted((str(k), str(v)) for k, v in (g.get("tags") or {}).items()))
-            mark = mark_of(tags)
-            if mark is None:
-                continue
-            own.add(str(g.get("name", "")).lower())
-            rule = name_of(Mark(mark.installation, mark.cluster_id, RULE_SUFFIX[1:]))
-            out.append(Resource(rule, rule, f"resource group {g.get('name')} in {g.get('location')} (network, "
-                                "NSG, public IP, disks)", tags))
-        nsgs = await self.azure.call("listing network security groups",
-                                     lambda: list(self.azure.network.network_security_groups.list_all()))
-        for n in map(_wire, nsgs):
-            tags = tuple(sorted((str(k), str(v)) for k, v in (n.get("tags") or {}).items()))
-            mark = mark_of(tags)
-            group = _parts(str(n.get("id", "")))[0] if n.get("id") else ""
-            if mark is None or group.lower() in own:
-                continue
-            rule = name_of(Mark(mark.installation, mark.cluster_id, RULE_SUFFIX[1:]))
-            out.append(Resource(rule, rule, f"network of {name_of(Mark(mark.installation, mark.cluster_id))} in "
-                                f"the resource group {group} (vnet, NSG, public IP, NICs, disks)", tags))
-        return out
-
-    async def remove_rules(self, names: Iterable[str]) -> int:
-        """Delete the resource groups of these rules (everything left in them), waiting for ARM to confirm; for a
-        cluster without a group of its own (one launched in an existing group), delete singly what it created
-        there (:meth:`_remove_singly`)."""
-        groups = sorted({n.removesuffix(RULE_SUFFIX) for n in names if n.endswith(RULE_SUFFIX)})
-        removed = 0
-        for group in groups:
-            if not await self.azure.call(f"reading the resource group {group}",
-                                         self.azure.resources.resource_groups.check_existence, group):
-                removed += await self._remove_singly(group)
-                continue
-            self.say(f"deleting the resource group {group} (network, NSG, public IP, disks)")
-            await self.azure.wait(f"deleting the resource group {group}",
-                                  self.azure.resources.resource_groups.begin_delete, group)
-            removed += 1
-        return removed
-
-    async def _leftovers(self, cluster: str) -> list[tuple[str, str]]:
-        """(kind, id) of what cluster ``cumulo-<installation>-<cluster id>`` created outside a group of its own, in
-        the order ARM lets them go: NICs (which hold the public IPs and the subnet), public IPs, vnets (whose
-        subnet holds the NSG), NSGs, then OS disks. Network resources are the cluster's by their tags; an OS disk
-        (which ARM gives no tags) by its name, ``<cluster>-<role>-disk``, and only when no VM holds it."""
-        network, compute = self.azure.network, self.azure.compute
-        kinds = [("NIC", network.network_interfaces), ("public IP", network.public_ip_addresses),
-                 ("vnet", network.virtual_networks), ("NSG", network.network_security_groups)]
-        out: list[tuple[str, str]] = []
-        for kind, ops in kinds:
-            listed = await self.azure.call(f"listing {kind}s", lambda ops=ops: list(ops.list_all()))
-            for item in map(_wire, listed):
-                mark = mark_of((item.get("tags") or {}).items())
-                if mark is not None and group_of(mark) == cluster:
-                    out.append((kind, str(item["id"])))
-        disks = await self.azure.call("listing disks", lambda: list(compute.disks.list()))
-        for disk in map(_wire, disks):
-            name = str(disk.get("name", ""))
-            if name.startswith(f"{cluster}-") and name.endswith("-disk") and not disk.get("managedBy"):
-                out.append(("disk", str(disk["id"])))
-        return out
-
-    async def _remove_singly(self, cluster: str) -> int:
-        """Delete, one by one and each waited for, what the cluster created in an existing resource group; then
-        list again to confirm nothing of it is left (ProviderError naming what is). The group is never deleted."""
-        found = await self._leftovers(cluster)
-        if not found:
-            return 0
-        network, compute = self.azure.network, self.azure.compute
-        begin = {"NIC": network.network_interfaces.begin_delete, "public IP": network.public_ip_addresses.begin_delete,
-                 "vnet": network.virtual_networks.begin_delete, "NSG": network.network_security_groups.begin_delete,
-                 "disk": compute.disks.begin_delete}
-        for kind, rid in found:
-            group, name = _parts(rid)
-            self.say(f"deleting the {kind} {name} of {cluster} in the resource group {group}")
-            await self.azure.wait(f"deleting the {kind} {name} in {group}", begin[kind], group, name)
-        left = await self._leftovers(cluster)
-        if left:
-            raise ProviderError(f"Azure still lists what {cluster} created after deleting it: "
-                                + ", ".join(rid for _, rid in left) + ": retry with `cumulo down` or `cumulo reap`")
-        return len(found)
 
     # -- the SSH key: kept for this launch's VMs ---------------------------------------------------
 
@@ -377,7 +214,7 @@ class AzureAdapter(CloudAdapter):
                                         network.public_ip_addresses.begin_create_or_update, group, f"{vm}-ip",
                                         {"location": self.region, "tags": tags, "sku": {"name": "Standard"},
                                          "properties": {"publicIPAllocationMethod": "Static"}})
-            ip_config["publicIPAddress"] = {"id": _wire(pip).get("id")}
+            ip_config["publicIPAddress"] = {"id": wire(pip).get("id")}
         nic = await self.azure.wait(f"creating the NIC of {vm}", network.network_interfaces.begin_create_or_update,
                                     group, f"{vm}-nic", {"location": self.region, "tags": tags, "properties": {
                                         "ipConfigurations": [{"name": "ipconfig", "properties": ip_config}]}})
@@ -391,7 +228,7 @@ class AzureAdapter(CloudAdapter):
                           "customData": base64.b64encode(user_data.encode()).decode(),
                           "linuxConfiguration": {"disablePasswordAuthentication": True, "ssh": {"publicKeys": [
                               {"path": f"/home/{user}/.ssh/authorized_keys", "keyData": self._keys[ssh_key]}]}}},
-            "networkProfile": {"networkInterfaces": [{"id": _wire(nic).get("id"),
+            "networkProfile": {"networkInterfaces": [{"id": wire(nic).get("id"),
                                                       "properties": {"primary": True, "deleteOption": "Delete"}}]},
         }}
         if self.identity:  # workers read data as this identity (IMDS tokens), never with the notebook's keys
@@ -408,7 +245,7 @@ class AzureAdapter(CloudAdapter):
             # the PUT may have been accepted before the operation failed: the layer adopts what carries the mark
             exc.maybe_applied = True  # type: ignore[attr-defined]
             raise
-        return str(_wire(made).get("id") or vm_id)
+        return str(wire(made).get("id") or vm_id)
 
     async def _discard(self, group: str, vm: str) -> None:
         """Delete a refused VM, then its NIC and public IP (each waited for; a missing one is no error), so that
@@ -434,9 +271,9 @@ class AzureAdapter(CloudAdapter):
         network = self.azure.network
         nics = await self.azure.call("listing network interfaces", lambda: list(network.network_interfaces.list_all()))
         pips = await self.azure.call("listing public IPs", lambda: list(network.public_ip_addresses.list_all()))
-        public = {str(p.get("id", "")).lower(): p.get("properties", {}).get("ipAddress") for p in map(_wire, pips)}
+        public = {str(p.get("id", "")).lower(): p.get("properties", {}).get("ipAddress") for p in map(wire, pips)}
         out: dict[str, tuple[str | None, str | None]] = {}
-        for nic in map(_wire, nics):
+        for nic in map(wire, nics):
             props = nic.get("properties", {})
             vm = str((props.get("virtualMachine") or {}).get("id", "")).lower()
             if not vm:
@@ -456,12 +293,12 @@ class AzureAdapter(CloudAdapter):
             return _PROVISIONING[state]
         if mark_of((data.get("tags") or {}).items()) is None:
             return ACTIVE if state == "Succeeded" else state.lower() or BOOTING
-        group, name = _parts(str(data["id"]))
+        group, name = resource_parts(str(data["id"]))
         view = await self.azure.get_or_none(f"reading the instance view of {name}",
                                             self.azure.compute.virtual_machines.instance_view, group, name)
         if view is None:  # deleted since it was listed
             return "terminated"
-        for status in _wire(view).get("statuses", []):
+        for status in wire(view).get("statuses", []):
             code = str(status.get("code", ""))
             if code.startswith("PowerState/"):
                 return _POWER.get(code.split("/", 1)[1], code.split("/", 1)[1])
@@ -478,7 +315,7 @@ class AzureAdapter(CloudAdapter):
     async def instances(self) -> list[Instance]:
         vms = await self.azure.call("listing virtual machines",
                                     lambda: list(self.azure.compute.virtual_machines.list_all()))
-        found = [_wire(v) for v in vms]
+        found = [wire(v) for v in vms]
         if not found:
             return []
         ips = await self._addresses()
@@ -487,12 +324,12 @@ class AzureAdapter(CloudAdapter):
                 for v, s in zip(found, statuses, strict=True)]
 
     async def instance(self, instance_id: str) -> Instance | None:
-        group, name = _parts(instance_id)
+        group, name = resource_parts(instance_id)
         vm = await self.azure.get_or_none(f"reading the VM {name}", self.azure.compute.virtual_machines.get,
                                           group, name)
         if vm is None:
             return None
-        data = _wire(vm)
+        data = wire(vm)
         ips = (await self._addresses()).get(str(data["id"]).lower(), (None, None))
         return self._instance(data, await self._status(data), ips)
 
@@ -500,7 +337,7 @@ class AzureAdapter(CloudAdapter):
         """Delete the VMs (OS disk and NIC with them), waiting for ARM to confirm each delete."""
 
         async def delete(iid: str) -> None:
-            group, name = _parts(iid)
+            group, name = resource_parts(iid)
             await self.azure.wait(f"deleting the VM {name}", self.azure.compute.virtual_machines.begin_delete,
                                   group, name)
 
